@@ -1,0 +1,318 @@
+"""The admin: prices, strategies, configurations, teams, keys, budgets, router versions, queries.
+Changes to prices, budgets, keys and configurations are written to the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import transaction
+from django.http import HttpRequest
+
+from routerapp import models as m
+from routerapp.services.apikeys import api_key_create, api_key_revoke
+from routerapp.services.audit import audit_diff, audit_record
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Record who changed which audited field, from what to what."""
+
+    audited_fields: list[str] = []
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        old = type(obj).objects.filter(pk=obj.pk).first() if change else None
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            audit_record(
+                action="update" if change else "create",
+                obj=obj,
+                changes=audit_diff(old, obj, self.audited_fields),
+                actor=request.user,
+                team=getattr(obj, "team", None),
+            )
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            audit_record(
+                action="delete",
+                obj=obj,
+                changes={},
+                actor=request.user,
+                team=getattr(obj, "team", None),
+            )
+            super().delete_model(request, obj)
+
+
+class MembershipInline(admin.TabularInline):
+    model = m.TeamMembership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(m.Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ["name", "created_at"]
+    search_fields = ["name"]
+    inlines = [MembershipInline]
+
+
+class ModelEndpointForm(forms.ModelForm):
+    class Meta:
+        model = m.ModelEndpoint
+        fields = [
+            "name",
+            "display_name",
+            "engine",
+            "engine_params",
+            "input_usd_per_mtok",
+            "output_usd_per_mtok",
+            "gpu_usd_per_hour",
+            "queue",
+            "descriptors",
+            "enabled",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        engine, params = data.get("engine"), data.get("engine_params")
+        if engine and params is not None:
+            from workers.engines import validate_engine_params
+
+            try:
+                data["engine_params"] = validate_engine_params(engine, params)
+            except ValueError as exc:
+                self.add_error("engine_params", str(exc))
+        return data
+
+
+@admin.register(m.ModelEndpoint)
+class ModelEndpointAdmin(AuditedAdmin):
+    form = ModelEndpointForm
+    list_display = [
+        "name",
+        "engine",
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "gpu_usd_per_hour",
+        "enabled",
+        "updated_at",
+    ]
+    list_editable = ["input_usd_per_mtok", "output_usd_per_mtok", "enabled"]
+    list_filter = ["engine", "enabled"]
+    search_fields = ["name", "display_name"]
+    audited_fields = [
+        "engine",
+        "engine_params",
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "gpu_usd_per_hour",
+        "queue",
+        "enabled",
+    ]
+
+
+class StrategyConfigForm(forms.ModelForm):
+    class Meta:
+        model = m.StrategyConfig
+        fields = ["name", "strategy", "params", "description"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        slug, params = data.get("strategy"), data.get("params")
+        if slug:
+            from pydantic import ValidationError
+
+            from workers.strategies import get_strategy
+
+            try:
+                strategy = get_strategy(slug)
+            except KeyError as exc:
+                self.add_error("strategy", str(exc.args[0] if exc.args else exc))
+                return data
+            try:
+                data["params"] = strategy.validate_params(params or {}).model_dump()
+            except ValidationError as exc:
+                self.add_error(
+                    "params",
+                    "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+                )
+        return data
+
+
+@admin.register(m.StrategyConfig)
+class StrategyConfigAdmin(AuditedAdmin):
+    form = StrategyConfigForm
+    list_display = ["name", "strategy", "params", "updated_at"]
+    list_filter = ["strategy"]
+    search_fields = ["name", "strategy", "description"]
+    audited_fields = ["strategy", "params"]
+
+
+@admin.register(m.Configuration)
+class ConfigurationAdmin(AuditedAdmin):
+    list_display = ["slug", "endpoint", "strategy", "max_prompt_tokens", "enabled", "updated_at"]
+    list_editable = ["enabled"]
+    list_filter = ["enabled", "endpoint", "strategy__strategy"]
+    search_fields = ["slug", "endpoint__name", "strategy__name"]
+    autocomplete_fields = ["endpoint", "strategy"]
+    audited_fields = ["endpoint", "strategy", "max_prompt_tokens", "enabled"]
+
+
+class ApiKeyAddForm(forms.ModelForm):
+    class Meta:
+        model = m.ApiKey
+        fields = ["team", "name", "scopes", "expires_at", "rate_limit_rpm", "rate_limit_tpm"]
+
+
+@admin.register(m.ApiKey)
+class ApiKeyAdmin(AuditedAdmin):
+    list_display = [
+        "name",
+        "prefix",
+        "team",
+        "scopes",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
+    list_filter = ["team", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "team__name"]
+    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at", "created_by"]
+    actions = ["revoke_keys"]
+    audited_fields = ["name", "scopes", "expires_at", "rate_limit_rpm", "rate_limit_tpm"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiKeyAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.readonly_fields if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key, raw = api_key_create(
+            team=obj.team,
+            name=obj.name,
+            created_by=request.user,
+            scopes=obj.scopes,
+            expires_at=obj.expires_at,
+            rate_limit_rpm=obj.rate_limit_rpm,
+            rate_limit_tpm=obj.rate_limit_tpm,
+        )
+        obj.pk = key.pk
+        obj.prefix, obj.hashed_key, obj.created_at = key.prefix, key.hashed_key, key.created_at
+        messages.warning(request, f"Copy this API key now, it will not be shown again: {raw}")
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request: HttpRequest, queryset: Any) -> None:
+        for key in queryset:
+            api_key_revoke(key=key, actor=request.user)
+        messages.success(request, f"Revoked {queryset.count()} key(s).")
+
+
+class BudgetUsageInline(admin.TabularInline):
+    model = m.BudgetUsage
+    extra = 0
+    readonly_fields = ["period_start", "reserved_usd", "spent_usd", "updated_at"]
+    can_delete = False
+    ordering = ["-period_start"]
+
+
+@admin.register(m.BudgetPolicy)
+class BudgetPolicyAdmin(AuditedAdmin):
+    list_display = ["name", "team", "api_key", "period", "limit_usd", "mode", "enabled"]
+    list_editable = ["limit_usd", "mode", "enabled"]
+    list_filter = ["period", "mode", "enabled", "team"]
+    search_fields = ["name", "team__name", "api_key__prefix"]
+    inlines = [BudgetUsageInline]
+    audited_fields = ["team", "api_key", "period", "limit_usd", "mode", "enabled"]
+
+
+@admin.register(m.RouterVersion)
+class RouterVersionAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "learner",
+        "status",
+        "is_active",
+        "is_shadow",
+        "created_at",
+        "trained_at",
+    ]
+    list_filter = ["status", "is_active", "is_shadow", "learner"]
+    search_fields = ["name"]
+    readonly_fields = ["trained_on", "evaluation", "progress", "error", "trained_at"]
+
+
+class SampleInline(admin.TabularInline):
+    model = m.Sample
+    extra = 0
+    can_delete = False
+    fields = [
+        "index",
+        "extracted_answer",
+        "score",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+        "aborted",
+        "chosen",
+        "cost_usd",
+    ]
+    readonly_fields = fields
+
+
+@admin.register(m.Query)
+class QueryAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "team",
+        "status",
+        "configuration",
+        "task",
+        "cost_usd",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "graded_correct",
+        "created_at",
+    ]
+    list_filter = ["status", "source", "team", "configuration", "graded_correct"]
+    search_fields = ["id", "prompt", "task", "answer"]
+    date_hierarchy = "created_at"
+    list_select_related = ["team", "configuration"]
+    inlines = [SampleInline]
+    readonly_fields = [f.name for f in m.Query._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(m.AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "actor",
+        "actor_api_key",
+        "action",
+        "object_type",
+        "object_repr",
+        "changes",
+    ]
+    list_filter = ["action", "object_type"]
+    search_fields = ["object_repr", "object_id", "actor__username"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

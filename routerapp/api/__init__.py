@@ -1,0 +1,1 @@
+"""The HTTP API: the native jobs API and the OpenAI-compatible endpoints."""

@@ -1,0 +1,58 @@
+"""Bearer API-key authentication for the REST API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from routerapp.models import ApiKey
+from routerapp.services.apikeys import api_key_authenticate
+
+
+class ApiKeyPrincipal:
+    """The caller of an API request: a team acting through one of its keys."""
+
+    is_authenticated = True
+    is_anonymous = False
+
+    def __init__(self, key: ApiKey):
+        self.key = key
+        self.team = key.team
+
+    def __str__(self) -> str:
+        return f"api key {self.key.prefix}"
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            raise exceptions.NotAuthenticated(
+                "missing API key: send the header 'Authorization: Bearer <key>'"
+            )
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != self.keyword.lower() or not raw.strip():
+            raise exceptions.AuthenticationFailed(
+                "malformed Authorization header: expected 'Bearer <key>'"
+            )
+        key = api_key_authenticate(raw.strip())
+        if key is None:
+            raise exceptions.AuthenticationFailed("invalid, expired or revoked API key")
+        return ApiKeyPrincipal(key), key
+
+    def authenticate_header(self, request: Request) -> str:
+        # A WWW-Authenticate header makes DRF answer 401 rather than 403.
+        return 'Bearer realm="costpass"'
+
+
+def require_scope(principal: Any, scope: str) -> None:
+    """Raise PermissionDenied unless the key holds `scope` (an empty scope list holds all)."""
+    from routerapp.errors import PermissionDenied
+
+    scopes = principal.key.scopes or []
+    if scopes and scope not in scopes:
+        raise PermissionDenied(f"this API key lacks the '{scope}' scope")

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from routerapp.services.bootstrap import bootstrap
+
+
+class Command(BaseCommand):
+    help = "Create the demo team, the CPU model, its configurations and an admin user (idempotent)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--admin-username", default="admin")
+
+    def handle(self, *args: Any, admin_username: str, **options: Any) -> None:
+        report = bootstrap(
+            admin_username=admin_username,
+            admin_password=os.environ.get("COSTPASS_ADMIN_PASSWORD") or None,
+        )
+        for item in report.created:
+            self.stdout.write(f"created {item}")
+        if not report.created:
+            self.stdout.write("nothing to do: everything exists")
+        if report.admin_password:
+            path = settings.VAR_DIR / "admin-password.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(report.admin_password + "\n")
+            path.chmod(0o600)
+            self.stdout.write(
+                f"admin login: {admin_username} / {report.admin_password} (also in {path})"
+            )

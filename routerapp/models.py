@@ -1,0 +1,430 @@
+"""The data model: teams and keys, priced model endpoints, strategies and the configurations the
+router may choose, budgets, every query with its samples and cost ledger, router versions, audit.
+
+Fields, constraints, indexes and trivial properties only; every write goes through services.
+Money is stored as Decimal with 12 decimal places, which holds tokens x (USD per million tokens)
+exactly for prices with up to 6 decimals.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+USD = {"max_digits": 24, "decimal_places": 12}
+PRICE = {"max_digits": 18, "decimal_places": 6}
+ZERO = Decimal("0")
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TeamMembership(models.Model):
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "user"], name="membership_unique_team_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
+
+
+class ApiKey(models.Model):
+    """An API key. Only a SHA-256 of the secret is stored; the full key is shown once."""
+
+    class Scope(models.TextChoices):
+        QUERY = "query", "Create and read queries"
+        FEEDBACK = "feedback", "Send feedback"
+        USAGE = "usage", "Read usage"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, help_text="Visible part of the key")
+    hashed_key = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(default=list, blank=True, help_text="Empty means every scope")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    rate_limit_rpm = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute; empty = no limit"
+    )
+    rate_limit_tpm = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens per minute; empty = no limit"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "created_at"], name="apikey_team_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class ModelEndpoint(models.Model):
+    class Engine(models.TextChoices):
+        LLAMA_CPP = "llama_cpp", "llama.cpp (in-process, CPU)"
+        OPENAI_COMPAT = "openai_compat", "OpenAI-compatible server"
+        VLLM = "vllm", "vLLM (in-process, GPU)"
+
+    name = models.SlugField(max_length=100, unique=True, help_text="Model name used in the API")
+    display_name = models.CharField(max_length=200, blank=True)
+    engine = models.CharField(max_length=32, choices=Engine.choices)
+    engine_params = models.JSONField(default=dict, blank=True)
+    input_usd_per_mtok = models.DecimalField(**PRICE, default=ZERO)
+    output_usd_per_mtok = models.DecimalField(**PRICE, default=ZERO)
+    gpu_usd_per_hour = models.DecimalField(**PRICE, null=True, blank=True)
+    queue = models.CharField(
+        max_length=64, blank=True, help_text="Celery queue of the worker pool; empty = by engine"
+    )
+    descriptors = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Facts for the router: parameters, family, known accuracy",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(input_usd_per_mtok__gte=0) & Q(output_usd_per_mtok__gte=0),
+                name="endpoint_prices_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(gpu_usd_per_hour__isnull=True) | Q(gpu_usd_per_hour__gte=0),
+                name="endpoint_gpu_price_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StrategyConfig(models.Model):
+    """A strategy with validated parameters (e.g. majority_vote with k=5, temperature 0.7)."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    strategy = models.CharField(max_length=64, help_text="Strategy slug from the registry")
+    params = models.JSONField(default=dict, blank=True)
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Configuration(models.Model):
+    """An (endpoint, strategy) pair the router may choose."""
+
+    slug = models.SlugField(max_length=200, unique=True, help_text="Id used in the API")
+    endpoint = models.ForeignKey(
+        ModelEndpoint, on_delete=models.PROTECT, related_name="configurations"
+    )
+    strategy = models.ForeignKey(
+        StrategyConfig, on_delete=models.PROTECT, related_name="configurations"
+    )
+    max_prompt_tokens = models.PositiveIntegerField(
+        default=2048, help_text="Prompts longer than this are refused (bounds the reservation)"
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "strategy"], name="configuration_unique_endpoint_strategy"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class BudgetPolicy(models.Model):
+    class Period(models.TextChoices):
+        DAY = "day", "Per day"
+        MONTH = "month", "Per month"
+
+    class Mode(models.TextChoices):
+        HARD_REJECT = "hard_reject", "Hard: reject (HTTP 402)"
+        HARD_DOWNGRADE = "hard_downgrade", "Hard: downgrade to what is left"
+        SOFT = "soft", "Soft: log and flag"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="budgets")
+    api_key = models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+        help_text="Empty: the policy covers the whole team",
+    )
+    name = models.CharField(max_length=100)
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    limit_usd = models.DecimalField(**USD)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.HARD_REJECT)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["team", "name"]
+        verbose_name_plural = "budget policies"
+        constraints = [
+            models.CheckConstraint(condition=Q(limit_usd__gte=0), name="budget_limit_non_negative")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_period_display()}, ${self.limit_usd})"
+
+    @property
+    def is_hard(self) -> bool:
+        return self.mode != self.Mode.SOFT
+
+
+class BudgetUsage(models.Model):
+    """Running totals of one policy for one period window; the row a reservation locks."""
+
+    policy = models.ForeignKey(BudgetPolicy, on_delete=models.CASCADE, related_name="usage")
+    period_start = models.DateField()
+    reserved_usd = models.DecimalField(**USD, default=ZERO)
+    spent_usd = models.DecimalField(**USD, default=ZERO)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "period_start"], name="budgetusage_unique_window"
+            ),
+            models.CheckConstraint(
+                condition=Q(reserved_usd__gte=0) & Q(spent_usd__gte=0),
+                name="budgetusage_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.policy} from {self.period_start}"
+
+
+class RouterVersion(models.Model):
+    class Status(models.TextChoices):
+        TRAINING = "training", "Training"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    name = models.CharField(max_length=100)
+    learner = models.CharField(max_length=64, help_text="Learner slug from the router registry")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.TRAINING)
+    is_active = models.BooleanField(default=False)
+    is_shadow = models.BooleanField(default=False)
+    trained_on = models.JSONField(default=dict, blank=True, help_text="Sources and row counts")
+    evaluation = models.JSONField(default=dict, blank=True)
+    artifact = models.BinaryField(null=True, blank=True, editable=False)
+    progress = models.FloatField(default=0.0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    trained_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="routerversion_one_active"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Query(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Source(models.TextChoices):
+        API = "api", "Jobs API"
+        CHAT = "chat", "OpenAI-compatible API"
+        UI = "ui", "Playground"
+        BENCHMARK = "benchmark", "Benchmark run"
+
+    FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="queries")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="queries"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.API)
+    prompt = models.TextField(blank=True)
+    messages = models.JSONField(null=True, blank=True, help_text="Chat messages, when given")
+    task = models.CharField(max_length=64, blank=True, help_text="Caller's task tag")
+    answer_kind = models.CharField(max_length=16, blank=True)
+    gold = models.TextField(blank=True, help_text="Reference answer (benchmark runs)")
+    constraints = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # The decision.
+    configuration = models.ForeignKey(
+        Configuration, null=True, blank=True, on_delete=models.PROTECT, related_name="queries"
+    )
+    router_version = models.ForeignKey(
+        RouterVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="queries"
+    )
+    predicted_p_correct = models.FloatField(null=True, blank=True)
+    predicted_cost_usd = models.DecimalField(**USD, null=True, blank=True)
+    decision = models.JSONField(default=dict, blank=True, help_text="Alternatives weighed")
+    # The result and its ledger.
+    answer = models.TextField(blank=True)
+    extracted_answer = models.CharField(max_length=500, blank=True)
+    votes = models.JSONField(null=True, blank=True)
+    samples_planned = models.PositiveIntegerField(default=0)
+    samples_done = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    engine_requests = models.PositiveIntegerField(default=0)
+    scorer_calls = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(**USD, default=ZERO)
+    reserved_usd = models.DecimalField(**USD, default=ZERO)
+    budget_windows = models.JSONField(
+        default=list, blank=True, help_text="BudgetUsage ids this query's reservation is held in"
+    )
+    # Timings.
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Created to finished")
+    # Failure, cancellation, feedback and grade.
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    feedback_correct = models.BooleanField(null=True, blank=True)
+    feedback_score = models.FloatField(null=True, blank=True)
+    graded_correct = models.BooleanField(
+        null=True, blank=True, help_text="Correctness from gold or feedback"
+    )
+    budget_flags = models.JSONField(default=list, blank=True, help_text="Soft budgets exceeded")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "queries"
+        indexes = [
+            models.Index(fields=["team", "-created_at"], name="query_team_created"),
+            models.Index(fields=["team", "configuration", "created_at"], name="query_team_config"),
+            models.Index(fields=["team", "task", "created_at"], name="query_team_task"),
+            models.Index(fields=["team", "api_key", "created_at"], name="query_team_key"),
+            models.Index(fields=["status", "created_at"], name="query_status_created"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(cost_usd__gte=0), name="query_cost_non_negative"),
+            models.CheckConstraint(
+                condition=Q(reserved_usd__gte=0), name="query_reserved_non_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class Sample(models.Model):
+    """One generation inside a query, aborted and discarded ones included."""
+
+    query = models.ForeignKey(Query, on_delete=models.CASCADE, related_name="samples")
+    index = models.PositiveIntegerField()
+    text = models.TextField(blank=True)
+    extracted_answer = models.CharField(max_length=500, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=16, blank=True)
+    aborted = models.BooleanField(default=False)
+    chosen = models.BooleanField(default=False)
+    seed = models.BigIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(**USD, default=ZERO)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["query", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["query", "index"], name="sample_unique_query_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"sample {self.index} of {self.query_id}"
+
+
+class AuditLog(models.Model):
+    """Who changed which price, budget, key or configuration, when, from what to what."""
+
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    actor_api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)
+    action = models.CharField(max_length=32)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200)
+    changes = models.JSONField(default=dict, blank=True, help_text="field: [old, new]")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["object_type", "object_id"], name="audit_object"),
+            models.Index(fields=["-created_at"], name="audit_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type} {self.object_repr}"

@@ -1,0 +1,1 @@
+"""Every read and aggregate the API, the UI and the dashboards need."""

@@ -1,0 +1,235 @@
+"""Running a query in a Celery worker: the strategy on the configuration's engine, every sample
+written as it finishes, the ledger priced, the budget settled, all in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from routerapp.models import ModelEndpoint, Query, Sample
+from routerapp.services.budgets import budget_settle
+from routerapp.services.pricing import endpoint_prices
+from workers.ledger import cost_of_tokens, cost_usd
+
+log = logging.getLogger(__name__)
+
+# How often a running query re-reads its cancel flag: cheap enough per token, quick to react.
+CANCEL_POLL_S = 0.25
+
+
+def engines_preload(*, queues: list[str] | None) -> None:
+    """Load the engines of the enabled endpoints served by these queues, once per process."""
+    from workers.engines import get_engine
+    from workers.queues import queue_for_engine
+
+    if not queues:
+        return
+    for endpoint in ModelEndpoint.objects.filter(enabled=True):
+        if queue_for_engine(endpoint.engine, endpoint.queue) not in queues:
+            continue
+        try:
+            get_engine(endpoint.engine, endpoint.engine_params)
+            log.info("engine for %s loaded", endpoint.name)
+        except Exception:  # a broken endpoint must not stop the worker serving the others
+            log.exception("could not preload the engine of endpoint %s", endpoint.name)
+
+
+def _candidate_get(candidate: Any, name: str, default: Any = None) -> Any:
+    return getattr(candidate, name, default)
+
+
+class _Run:
+    """Callbacks the strategy calls while it runs one query."""
+
+    def __init__(self, query: Query, offset: int):
+        self.query = query
+        self.offset = offset
+        self.prices = endpoint_prices(query.configuration.endpoint)
+        self._next_poll = 0.0
+        self._cancelled = False
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now >= self._next_poll:
+            self._next_poll = now + CANCEL_POLL_S
+            self._cancelled = Query.objects.filter(pk=self.query.pk, cancel_requested=True).exists()
+        return self._cancelled
+
+    def on_event(self, event: Any) -> None:
+        candidate = getattr(event, "candidate", None)
+        if candidate is not None:
+            self.save_candidate(candidate)
+
+    def save_candidate(self, candidate: Any) -> None:
+        """Write one finished (or aborted) sample and bump the query's running totals."""
+        prompt_tokens = int(_candidate_get(candidate, "prompt_tokens", 0))
+        completion_tokens = int(_candidate_get(candidate, "completion_tokens", 0))
+        latency = _candidate_get(candidate, "latency_s")
+        defaults = {
+            "text": _candidate_get(candidate, "text", "") or "",
+            "extracted_answer": (_candidate_get(candidate, "extracted_answer") or "")[:500],
+            "score": _candidate_get(candidate, "score"),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "finish_reason": _candidate_get(candidate, "finish_reason", "") or "",
+            "aborted": bool(_candidate_get(candidate, "aborted", False)),
+            "chosen": bool(_candidate_get(candidate, "chosen", False)),
+            "seed": _candidate_get(candidate, "seed"),
+            "latency_ms": None if latency is None else int(latency * 1000),
+            "cost_usd": cost_of_tokens(prompt_tokens, completion_tokens, self.prices),
+        }
+        index = self.offset + int(candidate.index)
+        with transaction.atomic():
+            _, created = Sample.objects.update_or_create(
+                query=self.query, index=index, defaults=defaults
+            )
+            if created:
+                Query.objects.filter(pk=self.query.pk).update(samples_done=F("samples_done") + 1)
+
+
+def query_run(*, query_id: str) -> str:
+    """Run a queued query to the end and return its final status.
+
+    Idempotent under redelivery: a finished query is left as it is; a query whose worker died
+    mid-run keeps the samples it had written (they were generated, so they are billed) and runs
+    again with new sample indices.
+    """
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from workers.engines import get_engine
+    from workers.strategies import get_strategy
+
+    started = Query.objects.filter(
+        pk=query_id, status__in=[Query.Status.QUEUED, Query.Status.RUNNING]
+    ).update(status=Query.Status.RUNNING, started_at=timezone.now())
+    query = Query.objects.select_related("configuration__endpoint", "configuration__strategy").get(
+        pk=query_id
+    )
+    if not started:
+        return query.status
+    if query.cancel_requested:
+        query_finish_cancelled(query=query)
+        return Query.Status.CANCELLED
+    offset = Sample.objects.filter(query=query).count()
+    run = _Run(query, offset)
+    configuration = query.configuration
+    try:
+        engine = get_engine(configuration.endpoint.engine, configuration.endpoint.engine_params)
+        strategy = get_strategy(configuration.strategy.strategy)
+        params = strategy.validate_params(configuration.strategy.params)
+        _check_prompt_length(engine, query)
+        result = strategy.run(
+            engine,
+            messages=query.messages or [{"role": "user", "content": query.prompt}],
+            params=params,
+            answer_kind=query.answer_kind or None,
+            on_event=run.on_event,
+            should_cancel=run.should_cancel,
+        )
+    except SoftTimeLimitExceeded:
+        query_fail(query_id=query_id, error="the query ran past its time limit")
+        return Query.Status.FAILED
+    except Exception as exc:
+        log.exception("query %s failed", query_id)
+        query_fail(query_id=query_id, error=f"{type(exc).__name__}: {exc}")
+        return Query.Status.FAILED
+    return query_complete(query=query, result=result, offset=offset, run=run)
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+def _check_prompt_length(engine: Any, query: Query) -> None:
+    count = getattr(engine, "count_prompt_tokens", None)
+    if count is None:
+        return
+    tokens = count(messages=query.messages or [{"role": "user", "content": query.prompt}])
+    limit = query.configuration.max_prompt_tokens
+    if tokens > limit:
+        raise PromptTooLong(
+            f"the prompt has {tokens} tokens; configuration {query.configuration.slug} "
+            f"accepts at most {limit}"
+        )
+
+
+def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
+    """Store a strategy's result, price its ledger, grade it and settle the budget."""
+    from workers.grading import grade
+
+    for candidate in result.candidates:
+        run.save_candidate(candidate)
+    ledger = result.ledger
+    with transaction.atomic():
+        locked = Query.objects.select_for_update().get(pk=query.pk)
+        if locked.is_finished:
+            return locked.status
+        earlier = Sample.objects.filter(query=locked, index__lt=offset).aggregate(
+            p=Sum("prompt_tokens"), c=Sum("completion_tokens"), usd=Sum("cost_usd")
+        )
+        locked.prompt_tokens = int(ledger.prompt_tokens) + (earlier["p"] or 0)
+        locked.completion_tokens = int(ledger.completion_tokens) + (earlier["c"] or 0)
+        locked.engine_requests = int(getattr(ledger, "engine_requests", 0))
+        locked.scorer_calls = int(getattr(ledger, "scorer_calls", 0))
+        locked.cost_usd = cost_usd(ledger, run.prices) + (earlier["usd"] or Decimal(0))
+        locked.samples_done = Sample.objects.filter(query=locked).count()
+        locked.answer = result.answer or ""
+        locked.extracted_answer = (result.extracted_answer or "")[:500]
+        locked.votes = result.votes
+        cancelled = bool(getattr(result, "cancelled", False))
+        locked.status = Query.Status.CANCELLED if cancelled else Query.Status.DONE
+        if locked.gold and not cancelled:
+            locked.graded_correct = bool(
+                grade(locked.answer, locked.gold, answer_kind=locked.answer_kind or None)
+            )
+        _finish(locked)
+        locked.save()
+    return locked.status
+
+
+def _finish(query: Query) -> None:
+    """Stamp the end time and replace the reservation with the real cost (once)."""
+    query.finished_at = timezone.now()
+    query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
+    budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
+
+
+def _bill_written_samples(query: Query) -> None:
+    totals = Sample.objects.filter(query=query).aggregate(
+        p=Sum("prompt_tokens"), c=Sum("completion_tokens"), usd=Sum("cost_usd")
+    )
+    query.prompt_tokens = totals["p"] or 0
+    query.completion_tokens = totals["c"] or 0
+    query.cost_usd = totals["usd"] or Decimal(0)
+    query.samples_done = Sample.objects.filter(query=query).count()
+
+
+@transaction.atomic
+def query_fail(*, query_id: str, error: str) -> None:
+    """Mark a query failed, bill the samples it had generated and settle its budget."""
+    query = Query.objects.select_for_update().get(pk=query_id)
+    if query.is_finished:
+        return
+    _bill_written_samples(query)
+    query.status = Query.Status.FAILED
+    query.error = error[:4000]
+    _finish(query)
+    query.save()
+
+
+def query_finish_cancelled(*, query: Query) -> None:
+    """Close a query cancelled before or while running; bill what it generated."""
+    with transaction.atomic():
+        locked = Query.objects.select_for_update().get(pk=query.pk)
+        if locked.is_finished:
+            return
+        _bill_written_samples(locked)
+        locked.status = Query.Status.CANCELLED
+        _finish(locked)
+        locked.save()

@@ -1,0 +1,62 @@
+"""Prices and worst-case costs of configurations (cost itself is computed in workers.ledger)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from routerapp.models import Configuration, ModelEndpoint
+from workers.ledger import Prices, cost_of_tokens
+from workers.strategies import get_strategy
+
+# Chat templates wrap each message in role markers; a generous per-message allowance.
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+TEMPLATE_TOKENS_FIXED = 64
+
+
+def endpoint_prices(endpoint: ModelEndpoint) -> Prices:
+    return Prices(
+        input_usd_per_mtok=endpoint.input_usd_per_mtok,
+        output_usd_per_mtok=endpoint.output_usd_per_mtok,
+        gpu_usd_per_hour=endpoint.gpu_usd_per_hour,
+    )
+
+
+def prompt_token_bound(prompt: str, messages: list[dict] | None) -> int:
+    """Return an upper bound on the prompt's tokens without loading a tokenizer.
+
+    Byte-level BPE tokenizers emit at least one byte per token, so the UTF-8 length bounds the
+    count; the chat template adds a fixed allowance per message.
+    """
+    if messages:
+        body = sum(len(str(m.get("content") or "").encode()) for m in messages)
+        return body + TEMPLATE_TOKENS_FIXED + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+    return len(prompt.encode()) + TEMPLATE_TOKENS_FIXED
+
+
+def worst_case_tokens(configuration: Configuration, prompt_tokens: int) -> tuple[int, int]:
+    """Return (prompt, completion) tokens the configuration can bill at most for one query.
+
+    Every planned sample may be its own engine request that re-bills the prompt; scorer and
+    verifier calls read a candidate back, which is bounded by the completion budget.
+    """
+    strategy = get_strategy(configuration.strategy.strategy)
+    params = strategy.validate_params(configuration.strategy.params)
+    own_bound = getattr(strategy, "worst_case_tokens", None)
+    if own_bound is not None:
+        p_tokens, c_tokens = own_bound(params, prompt_tokens)
+        return int(p_tokens), int(c_tokens)
+    samples = strategy.planned_samples(params)
+    completion = strategy.max_completion_tokens(params)
+    prompt = samples * prompt_tokens + 2 * (prompt_tokens + completion)
+    return prompt, completion
+
+
+def worst_case_cost(configuration: Configuration, prompt_tokens: int) -> Decimal:
+    """Return the most a query on this configuration can cost: what a budget reserves.
+
+    The worker refuses a prompt longer than the configuration's max_prompt_tokens before
+    generating anything, so that limit caps the prompt part of the bound.
+    """
+    prompt_tokens = min(prompt_tokens, configuration.max_prompt_tokens)
+    p_tokens, c_tokens = worst_case_tokens(configuration, prompt_tokens)
+    return cost_of_tokens(p_tokens, c_tokens, endpoint_prices(configuration.endpoint))

@@ -1,0 +1,194 @@
+"""Django settings for costpass, read from environment variables (see .env.example).
+
+The embedded default needs no services: a SQLite file, a filesystem Celery broker and the CPU
+model. Setting DATABASE_URL (Postgres) and CELERY_BROKER_URL (Redis) runs the same code on the
+real services.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from routerapp.env import env_bool, env_float, env_int, env_list, env_str, load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env")
+
+# Runtime files of the embedded default (SQLite, broker folders, results) live here.
+VAR_DIR = Path(env_str("COSTPASS_VAR_DIR", str(BASE_DIR / "var")))
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 32 characters")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_htmx",
+    "routerapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "routerapp.urls"
+WSGI_APPLICATION = "routerapp.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -----------------------------------------------------------------------------------
+_default_db = f"sqlite:///{VAR_DIR / 'costpass.sqlite3'}"
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            env_str("DATABASE_URL", _default_db), conn_max_age=60, conn_health_checks=True
+        )
+    }
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process and the worker share one file: WAL lets readers run beside the writer, and
+    # IMMEDIATE transactions take the write lock up front instead of failing on upgrade.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- cache (rate limits, streaming): Redis when configured, else files under var/ -------------
+REDIS_URL = env_str("REDIS_URL", "")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "costpass",
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+
+# --- auth, i18n, static -------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("DJANGO_STATIC_ROOT", str(VAR_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- REST framework and schema ------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["routerapp.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "routerapp.api.errors.openai_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "costpass API",
+    "DESCRIPTION": "OpenAI-compatible gateway that routes each request to the model and "
+    "test-time strategy with the lowest expected cost-of-pass.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Celery -------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+CELERY_RESULT_BACKEND = env_str(
+    "CELERY_RESULT_BACKEND",
+    "redis://" + CELERY_BROKER_URL.removeprefix("redis://")
+    if CELERY_BROKER_URL.startswith("redis://")
+    else f"file://{VAR_DIR / 'celery' / 'results'}",
+)
+CELERY_BROKER_DIR = VAR_DIR / "celery" / "broker"
+# A task that runs past the hard limit is killed; the broker must not redeliver it before then.
+QUERY_SOFT_TIME_LIMIT_S = env_int("COSTPASS_QUERY_SOFT_TIME_LIMIT_S", 600, minimum=1)
+QUERY_HARD_TIME_LIMIT_S = env_int("COSTPASS_QUERY_HARD_TIME_LIMIT_S", 660, minimum=2)
+if QUERY_HARD_TIME_LIMIT_S <= QUERY_SOFT_TIME_LIMIT_S:
+    raise ImproperlyConfigured(
+        "COSTPASS_QUERY_HARD_TIME_LIMIT_S must be larger than COSTPASS_QUERY_SOFT_TIME_LIMIT_S"
+    )
+TRAINING_SOFT_TIME_LIMIT_S = env_int("COSTPASS_TRAINING_SOFT_TIME_LIMIT_S", 3600, minimum=1)
+TRAINING_HARD_TIME_LIMIT_S = env_int("COSTPASS_TRAINING_HARD_TIME_LIMIT_S", 3700, minimum=2)
+CELERY_VISIBILITY_TIMEOUT_S = max(QUERY_HARD_TIME_LIMIT_S, TRAINING_HARD_TIME_LIMIT_S) + 300
+
+# --- product limits -----------------------------------------------------------------------------
+MAX_PROMPT_CHARS = env_int("COSTPASS_MAX_PROMPT_CHARS", 32_000, minimum=1)
+MAX_REQUEST_BYTES = env_int("COSTPASS_MAX_REQUEST_BYTES", 1_000_000, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# How long a synchronous API call waits for its query before answering "still running".
+SYNC_WAIT_S = env_float("COSTPASS_SYNC_WAIT_S", 120.0, minimum=0.0)
+LLAMA_THREADS = env_int("COSTPASS_LLAMA_THREADS", 1, minimum=1)
+# Where outcome tables and labelled sets are read from (never copied into the repository).
+SHARED_DATA_DIR = env_str("COSTPASS_SHARED_DATA_DIR", str(BASE_DIR.parent / "shared"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("COSTPASS_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
