@@ -1,0 +1,97 @@
+"""Shared fixtures: real database, a real Celery worker process, the real CPU model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _worker_env(db_name: str) -> dict[str, str]:
+    """The environment of a worker subprocess: same settings, but the test database."""
+    from django.conf import settings
+
+    env = dict(os.environ)
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db_name}"
+    else:
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db_name}"
+        )
+    env["COSTPASS_LLAMA_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(
+    django_db_setup: None, django_db_blocker: object, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[str]]:
+    """A real `celery worker` process on the real broker, reading the test database.
+
+    Tests that use it must be `transaction=True` so the worker sees committed rows.
+    """
+    from django.conf import settings
+    from django.db import connection
+
+    from workers.celery import app
+
+    # A queue left over from an interrupted run must not feed this worker stale ids.
+    with app.connection_for_write() as conn:
+        for queue in ("default", "engine.llama_cpp", "engine.openai_compat", "training"):
+            try:
+                conn.default_channel.queue_purge(queue)
+            except Exception:  # the queue may not exist yet
+                pass
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log = open(log_path, "w")  # noqa: SIM115 (closed at teardown)
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            "-Q", "default,engine.llama_cpp,engine.openai_compat,training",
+            "--pool=solo", "--loglevel=INFO", "-n", f"test-{os.getpid()}@%h",
+        ],
+        cwd=REPO,
+        env=_worker_env(connection.settings_dict["NAME"]),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"celery worker exited: {log_path.read_text()[-3000:]}")
+        if "ready." in log_path.read_text():
+            break
+        time.sleep(0.3)
+    else:
+        proc.terminate()
+        raise RuntimeError(f"celery worker did not start: {log_path.read_text()[-3000:]}")
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    _ = settings  # settings were read above; keep the import for clarity
+
+
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.25):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns a truthy value; return it or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
