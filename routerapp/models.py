@@ -279,6 +279,56 @@ class RouterVersion(models.Model):
         return self.name
 
 
+class BenchmarkRun(models.Model):
+    """A labelled set run against chosen configurations; its graded queries are outcome data."""
+
+    class LabelledSet(models.TextChoices):
+        GENERATED = "generated", "Built-in generated problems"
+        UPLOAD = "upload", "Uploaded CSV / JSONL"
+        SHARED = "shared", "Labelled set from the data folder"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="benchmark_runs")
+    name = models.CharField(max_length=100)
+    labelled_set = models.CharField(max_length=16, choices=LabelledSet.choices)
+    items = models.JSONField(default=list, blank=True, help_text="[{prompt, gold, answer_kind}]")
+    configurations = models.ManyToManyField("Configuration", related_name="benchmark_runs")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    planned = models.PositiveIntegerField(default=0, help_text="items x configurations")
+    done = models.PositiveIntegerField(default=0)
+    results = models.JSONField(default=dict, blank=True, help_text="per configuration slug")
+    error = models.TextField(blank=True)
+    purpose = models.CharField(
+        max_length=16, blank=True, help_text="'calibration' trains the first router version"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "-created_at"], name="bench_team_created")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def items_count(self) -> int:
+        return len(self.items)
+
+    @property
+    def progress(self) -> float:
+        return self.done / self.planned if self.planned else 0.0
+
+
 class Query(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -350,6 +400,9 @@ class Query(models.Model):
         null=True, blank=True, help_text="Correctness from gold or feedback"
     )
     budget_flags = models.JSONField(default=list, blank=True, help_text="Soft budgets exceeded")
+    benchmark_run = models.ForeignKey(
+        BenchmarkRun, null=True, blank=True, on_delete=models.CASCADE, related_name="queries"
+    )
 
     class Meta:
         ordering = ["-created_at"]
