@@ -198,6 +198,11 @@ def _finish(query: Query) -> None:
     query.finished_at = timezone.now()
     query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
     budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
+    if query.benchmark_run_id is not None:
+        from routerapp.services.benchmarks import benchmark_run_refresh
+
+        run_id = query.benchmark_run_id
+        transaction.on_commit(lambda: benchmark_run_refresh(run_id=run_id))
 
 
 def _bill_written_samples(query: Query) -> None:

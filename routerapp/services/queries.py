@@ -75,6 +75,7 @@ def query_create(
     gold: str = "",
     answer_kind: str = "",
     downgrade_on_budget: bool | None = None,
+    benchmark_run: Any = None,
 ) -> Query:
     """Validate a request, route it, reserve its worst-case cost under the covering budgets,
     store it and enqueue it once the transaction commits. Raise a ServiceError (nothing written)
@@ -127,6 +128,7 @@ def query_create(
         reserved_usd=reservation.amount,
         budget_windows=reservation.usage_ids,
         budget_flags=reservation.soft_flags,
+        benchmark_run=benchmark_run,
     )
     queue = queue_for_engine(configuration.endpoint.engine, configuration.endpoint.queue)
     transaction.on_commit(lambda: _enqueue(query, queue))
