@@ -19,3 +19,31 @@ def query_execute(query_id: str) -> str:
     from routerapp.services.execution import query_run
 
     return query_run(query_id=query_id)
+
+
+@app.task(
+    name="costpass.benchmark_run_start",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT_S,
+    time_limit=settings.TRAINING_HARD_TIME_LIMIT_S,
+)
+def benchmark_run_start(run_id: int) -> None:
+    """Create a benchmark run's queries; the engine workers run them."""
+    from routerapp.services.benchmarks import benchmark_run_start as start
+
+    start(run_id=run_id)
+
+
+@app.task(
+    name="costpass.router_version_fit",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT_S,
+    time_limit=settings.TRAINING_HARD_TIME_LIMIT_S,
+)
+def router_version_fit(version_id: int) -> None:
+    """Fit, evaluate and store a router version."""
+    from routerapp.services.routers import router_version_fit as fit
+
+    fit(version_id=version_id)

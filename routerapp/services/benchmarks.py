@@ -48,12 +48,14 @@ def parse_labelled_file(uploaded: Any) -> list[dict[str, str]]:
     name = str(getattr(uploaded, "name", "") or "")
     size = getattr(uploaded, "size", None)
     if size is not None and size > MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB",
-                           param="file")
+        raise InvalidInput(
+            f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB", param="file"
+        )
     data = uploaded.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB",
-                           param="file")
+        raise InvalidInput(
+            f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB", param="file"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -68,8 +70,9 @@ def parse_labelled_file(uploaded: Any) -> list[dict[str, str]]:
     if not items:
         raise InvalidInput("the file has no items", param="file")
     if len(items) > MAX_ITEMS:
-        raise InvalidInput(f"the file has {len(items)} items; at most {MAX_ITEMS} per run",
-                           param="file")
+        raise InvalidInput(
+            f"the file has {len(items)} items; at most {MAX_ITEMS} per run", param="file"
+        )
     return items
 
 
@@ -151,8 +154,9 @@ def benchmark_run_create(
         raise InvalidInput("pick at least one configuration", param="configurations")
     disabled = [c.slug for c in configurations if not c.enabled or not c.endpoint.enabled]
     if disabled:
-        raise InvalidInput(f"disabled configurations: {', '.join(disabled)}",
-                           param="configurations")
+        raise InvalidInput(
+            f"disabled configurations: {', '.join(disabled)}", param="configurations"
+        )
     if (items is None) == (generated is None):
         raise InvalidInput("give either items or a generated set", param="labelled_set")
     if generated is not None:
@@ -203,8 +207,9 @@ def benchmark_run_start(*, run_id: int) -> None:
     try:
         for item in run.items:
             for config in configurations:
-                if BenchmarkRun.objects.filter(pk=run_id, status=BenchmarkRun.Status.CANCELLED
-                                               ).exists():
+                if BenchmarkRun.objects.filter(
+                    pk=run_id, status=BenchmarkRun.Status.CANCELLED
+                ).exists():
                     return
                 query_create(
                     team=run.team,
