@@ -481,3 +481,61 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_type} {self.object_repr}"
+
+
+class QueryDailyRollup(models.Model):
+    """Finished queries summed per UTC day of creation and per dashboard dimension.
+
+    The dashboards read this table instead of scanning the log. Each row is recomputed from the
+    log for its whole group when one of its queries finishes or is graded
+    (services.rollups), so a row always equals the aggregate of the log it stands for: exact sums,
+    counts and a latency histogram (log-spaced buckets, see services.rollups.latency_bucket).
+    """
+
+    class Kind(models.TextChoices):
+        ROUTED = "routed", "Decided by a router version"
+        DIRECT = "direct", "Explicit choice or no router version"
+        BENCHMARK = "benchmark", "Benchmark run"
+
+    day = models.DateField()
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    configuration = models.ForeignKey(
+        Configuration, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    task = models.CharField(max_length=64, blank=True)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    queries = models.PositiveIntegerField(default=0, help_text="Finished queries")
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(**USD, default=ZERO)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    samples = models.PositiveBigIntegerField(default=0)
+    # Graded queries (gold or feedback): the inputs of accuracy and cost-of-pass. The second
+    # moments give the confidence interval of cost-of-pass (a ratio estimator) without the log.
+    graded = models.PositiveIntegerField(default=0)
+    correct = models.PositiveIntegerField(default=0)
+    graded_cost_usd = models.DecimalField(**USD, default=ZERO)
+    correct_cost_usd = models.DecimalField(**USD, default=ZERO, help_text="Cost of correct ones")
+    graded_cost_sq = models.FloatField(default=0.0, help_text="Sum of squared USD, graded")
+    latency_n = models.PositiveIntegerField(default=0)
+    latency_sum_ms = models.PositiveBigIntegerField(default=0)
+    latency_hist = models.JSONField(default=dict, blank=True, help_text="bucket index: count")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "team", "configuration", "task", "api_key", "kind"],
+                name="rollup_unique_group",
+                nulls_distinct=False,
+            )
+        ]
+        indexes = [models.Index(fields=["team", "day"], name="rollup_team_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.team_id} {self.configuration_id} {self.task!r} {self.kind}"
