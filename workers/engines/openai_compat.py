@@ -1,0 +1,637 @@
+"""The ``openai_compat`` engine: any OpenAI-compatible server over HTTP (httpx).
+
+Works with ``vllm serve``, SGLang, llama.cpp's servers and hosted APIs, through either
+``/chat/completions`` (``api="chat"``) or ``/completions``.
+
+- Samples: one HTTP request per sample with ``seed + i`` (llama.cpp's servers ignore
+  ``n``). With ``supports_n=True`` and no per-token streaming wanted, one request with
+  ``n`` is sent instead (its prompt is billed once; per-sample seeds are then the server's).
+- Streaming: server-sent events, one reader thread per running request; per-sample abort
+  closes that request's stream (the server stops generating when it notices).
+- Token counts, best available per sample (recorded as ``count_method``): the server's
+  ``usage`` (non-streaming responses, or streams that honour ``stream_options``);
+  else the number of streamed log-prob entries (completion tokens); else, for streams,
+  the number of chunks with content (servers stream one token per chunk); else the server's own
+  tokenizer on the text (``/tokenize`` of vLLM / llama.cpp, ``/extras/tokenize`` of
+  llama-cpp-python); else an estimate: characters / 4, and for chat prompts the contents'
+  tokens + 4 per message + 3 (template overhead). A request that was sent is billed its
+  prompt even if aborted; a sample aborted before its request was sent bills nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from workers.engines.base import (
+    Engine,
+    GenerationResult,
+    GenerationStream,
+    Prompt,
+    SampleDone,
+    SampleOutput,
+    SamplingConfig,
+    StreamEvent,
+    Timer,
+    TokenEvent,
+)
+from workers.engines.registry import register_engine
+from workers.ledger import worst_count_method
+
+
+class OpenAICompatParams(BaseModel):
+    """Parameters of an ``openai_compat`` endpoint.
+
+    ``base_url`` is the OpenAI base URL, usually ending in ``/v1``. ``api_key_env`` names
+    the environment variable holding the API key (never the key itself).
+    ``max_concurrency`` caps the requests in flight for one query (default: all samples).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    api: Literal["chat", "completions"] = "chat"
+    supports_n: bool = False
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    max_concurrency: int | None = Field(default=None, ge=1, le=1024)
+    tokenize: Literal["auto", "none"] = "auto"
+    stream_usage: bool = True
+    #: Extra, server-specific request fields (e.g. llama.cpp's ``repeat_penalty``).
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or not value.replace("_", "").isalnum()):
+            raise ValueError("api_key_env must be an environment variable name")
+        return value
+
+
+def _estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4) if text else 0
+
+
+@register_engine("openai_compat", params=OpenAICompatParams)
+class OpenAICompatEngine(Engine):
+    """HTTP engine (see the module docstring)."""
+
+    kind = "openai_compat"
+    bills_prompt_per_sample = True
+
+    def __init__(self, params: OpenAICompatParams) -> None:
+        self.params = params
+        headers = {"Content-Type": "application/json"}
+        if params.api_key_env:
+            key = os.environ.get(params.api_key_env)
+            if not key:
+                raise ValueError(f"environment variable {params.api_key_env} is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(params.timeout_s, connect=min(10.0, params.timeout_s)),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        root = params.base_url
+        self._root = root[: -len("/v1")] if root.endswith("/v1") else root
+        self._tokenizer_kind: str | None = None  # "vllm", "llamacpp", "extras", "none"
+        self._tokenizer_lock = threading.Lock()
+        self._last_scoring_usage = (0, 0)
+
+    @property
+    def url(self) -> str:
+        path = "/chat/completions" if self.params.api == "chat" else "/completions"
+        return self.params.base_url + path
+
+    # -- tokenization ----------------------------------------------------------------
+
+    def _detect_tokenizer(self) -> str:
+        with self._tokenizer_lock:
+            if self._tokenizer_kind is not None:
+                return self._tokenizer_kind
+            kind = "none"
+            if self.params.tokenize == "auto":
+                for candidate in ("vllm", "llamacpp", "extras"):
+                    try:
+                        if self._tokenize_with(candidate, "hello world") is not None:
+                            kind = candidate
+                            break
+                    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                        continue
+            self._tokenizer_kind = kind
+            return kind
+
+    def _tokenize_with(self, kind: str, text: str) -> int | None:
+        if kind == "vllm":
+            body: dict[str, Any] = {"model": self.params.model, "prompt": text}
+            r = self._client.post(self._root + "/tokenize", json=body)
+        elif kind == "llamacpp":
+            r = self._client.post(self._root + "/tokenize", json={"content": text})
+        elif kind == "extras":
+            r = self._client.post(self._root + "/extras/tokenize", json={"input": text})
+        else:
+            return None
+        if r.status_code != 200:
+            return None
+        data = r.json()
+        if kind == "vllm" and "count" in data:
+            return int(data["count"])
+        tokens = data.get("tokens")
+        return len(tokens) if isinstance(tokens, list) else None
+
+    def count_text_tokens(self, text: str) -> tuple[int, str]:
+        """Return (tokens in ``text``, method) using the server's tokenizer when it has one."""
+        if not text:
+            return 0, "tokenize"
+        kind = self._detect_tokenizer()
+        if kind != "none":
+            try:
+                n = self._tokenize_with(kind, text)
+            except httpx.HTTPError:
+                n = None
+            if n is not None:
+                return n, "tokenize"
+        return _estimate_tokens(text), "estimate"
+
+    def count_prompt_tokens_with_method(self, prompt: Prompt) -> tuple[int, str]:
+        """Return (prompt tokens billed per request, how they were counted)."""
+        if prompt.text is not None:
+            return self.count_text_tokens(prompt.text)
+        assert prompt.messages is not None
+        if self._detect_tokenizer() == "vllm":
+            try:
+                r = self._client.post(
+                    self._root + "/tokenize",
+                    json={
+                        "model": self.params.model,
+                        "messages": list(prompt.messages),
+                        "add_generation_prompt": True,
+                    },
+                )
+                if r.status_code == 200 and "count" in r.json():
+                    return int(r.json()["count"]), "tokenize"
+            except (httpx.HTTPError, ValueError):
+                pass
+        total = 3
+        for m in prompt.messages:
+            n, _ = self.count_text_tokens(str(m["content"]))
+            total += n + 4
+        return total, "estimate"
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return self.count_prompt_tokens_with_method(prompt)[0]
+
+    # -- requests --------------------------------------------------------------------
+
+    def request_body(self, prompt: Prompt, sampling: SamplingConfig, seed: int | None) -> dict:
+        """Return the JSON body of one request for one sample."""
+        body: dict[str, Any] = {
+            "model": self.params.model,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+        }
+        body.update(self.params.extra_body)
+        if seed is not None:
+            body["seed"] = seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if self.params.api == "chat":
+            body["messages"] = (
+                list(prompt.messages)
+                if prompt.messages is not None
+                else [{"role": "user", "content": prompt.text}]
+            )
+            if sampling.top_logprobs > 0:
+                body["logprobs"] = True
+                body["top_logprobs"] = sampling.top_logprobs
+        else:
+            body["prompt"] = prompt.text if prompt.text is not None else _transcript(prompt)
+            if sampling.top_logprobs > 0:
+                body["logprobs"] = sampling.top_logprobs
+        return body
+
+    def stream(
+        self, prompt: Prompt, sampling: SamplingConfig, *, token_events: bool = True
+    ) -> GenerationStream:
+        return _HttpStream(self, prompt, sampling, token_events)
+
+    def next_token_logprobs(self, prompt: Prompt, candidates: Sequence[str]) -> dict[str, float]:
+        k = 20 if self.params.api == "chat" else 5
+        sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=1, top_logprobs=k)
+        body = self.request_body(prompt, sampling, seed=0)
+        r = self._client.post(self.url, json=body)
+        r.raise_for_status()
+        data = r.json()
+        choice = data["choices"][0]
+        tops: list[tuple[str, float]] = []
+        lp = choice.get("logprobs") or {}
+        if self.params.api == "chat":
+            for entry in (lp.get("content") or [])[:1]:
+                tops = [(t["token"], float(t["logprob"])) for t in entry.get("top_logprobs", [])]
+                tops.append((entry["token"], float(entry["logprob"])))
+        else:
+            first = (lp.get("top_logprobs") or [{}])[0] or {}
+            tops = [(t, float(v)) for t, v in first.items()]
+        usage = data.get("usage") or {}
+        if usage:
+            self._last_scoring_usage = (
+                int(usage.get("prompt_tokens", 0)),
+                int(usage.get("completion_tokens", 1)),
+            )
+        else:
+            self._last_scoring_usage = (self.count_prompt_tokens(prompt), 1)
+        out: dict[str, float] = {}
+        for cand in candidates:
+            seen: dict[str, float] = {}
+            for tok, val in tops:
+                if tok.strip().lower() == cand.strip().lower():
+                    seen[tok] = val
+            if not seen:
+                out[cand] = float("-inf")
+            else:
+                m = max(seen.values())
+                out[cand] = m + math.log(sum(math.exp(v - m) for v in seen.values()))
+        return out
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _transcript(prompt: Prompt) -> str:
+    assert prompt.messages is not None
+    return "".join(f"{m['role']}: {m['content']}\n" for m in prompt.messages) + "assistant: "
+
+
+class _Slot:
+    """Per-sample state shared between a reader thread and the consuming thread."""
+
+    def __init__(self, index: int, seed: int | None) -> None:
+        self.index = index
+        self.seed = seed
+        self.abort = threading.Event()
+        self.response: httpx.Response | None = None
+        self.done = False
+        self.output: SampleOutput | None = None
+
+
+class _HttpStream(GenerationStream):
+    def __init__(
+        self,
+        engine: OpenAICompatEngine,
+        prompt: Prompt,
+        sampling: SamplingConfig,
+        token_events: bool,
+    ) -> None:
+        self.engine = engine
+        self.prompt = prompt
+        self.sampling = sampling
+        self.token_events = token_events
+        self.timer = Timer()
+        self._q: queue.Queue[tuple[str, int, Any]] = queue.Queue()
+        base = sampling.seed if sampling.seed is not None else secrets.randbits(31)
+        self.use_n = engine.params.supports_n and not token_events and sampling.n > 1
+        self.slots = [_Slot(i, None if self.use_n else base + i) for i in range(sampling.n)]
+        self._base_seed = base
+        self._prompt_count: tuple[int, str] | None = None
+        self._prompt_lock = threading.Lock()
+        self.requests_sent = 0
+        self._sent_lock = threading.Lock()
+        self.wall_s = 0.0
+        self._error: BaseException | None = None
+        self._iter: Iterator[StreamEvent] | None = None
+        limit = engine.params.max_concurrency or sampling.n
+        self._sem = threading.Semaphore(limit)
+        if token_events:
+            # Streams may end without usage (aborted, or servers that ignore
+            # stream_options): count the prompt now, before our own requests occupy a
+            # server that serialises requests (llama-cpp-python's tokenizer waits for them).
+            self._prompt_count = engine.count_prompt_tokens_with_method(prompt)
+        if self.use_n:
+            targets = [threading.Thread(target=self._run_n, daemon=True)]
+        else:
+            targets = [
+                threading.Thread(target=self._run_one, args=(s,), daemon=True) for s in self.slots
+            ]
+        for t in targets:
+            t.start()
+
+    # -- consumer side -----------------------------------------------------------------
+
+    def running(self) -> list[int]:
+        return [s.index for s in self.slots if not s.done]
+
+    def abort(self, index: int) -> None:
+        self.slots[index].abort.set()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        if self._iter is None:
+            self._iter = self._drain()
+        return self._iter
+
+    def _drain(self) -> Iterator[StreamEvent]:
+        remaining = len(self.slots)
+        while remaining:
+            kind, index, payload = self._q.get()
+            if kind == "token":
+                yield payload
+            elif kind == "done":
+                slot = self.slots[index]
+                slot.done = True
+                slot.output = payload
+                remaining -= 1
+                yield SampleDone(payload)
+            elif kind == "done_all":
+                for out in payload:
+                    slot = self.slots[out.index]
+                    slot.done = True
+                    slot.output = out
+                    remaining -= 1
+                    yield SampleDone(out)
+            elif kind == "error":
+                for s in self.slots:
+                    s.abort.set()
+                self._error = payload
+                remaining -= 1
+                self.slots[index].done = True
+        self.wall_s = self.timer.elapsed()
+        if self._error is not None:
+            raise RuntimeError(f"openai_compat request failed: {self._error}") from self._error
+
+    def result(self) -> GenerationResult:
+        if self.running():
+            raise RuntimeError("result() called before the stream ended")
+        outs = [s.output for s in self.slots if s.output is not None]
+        prompt_length = self._prompt_count[0] if self._prompt_count else 0
+        return GenerationResult(
+            samples=outs,
+            prompt_tokens=sum(o.prompt_tokens for o in outs),
+            completion_tokens=sum(o.completion_tokens for o in outs),
+            engine_requests=self.requests_sent,
+            prompt_length=prompt_length,
+            wall_s=self.wall_s,
+            count_method=worst_count_method(*(o.count_method for o in outs)),
+        )
+
+    # -- reader threads ----------------------------------------------------------------
+
+    def _prompt_tokens(self) -> tuple[int, str]:
+        with self._prompt_lock:
+            if self._prompt_count is None:
+                self._prompt_count = self.engine.count_prompt_tokens_with_method(self.prompt)
+            return self._prompt_count
+
+    def _run_one(self, slot: _Slot) -> None:
+        try:
+            with self._sem:
+                if slot.abort.is_set():
+                    self._q.put(("done", slot.index, self._aborted_unsent(slot)))
+                    return
+                with self._sent_lock:
+                    self.requests_sent += 1
+                out = self._stream_one(slot) if self.token_events else self._post_one(slot)
+            self._q.put(("done", slot.index, out))
+        except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, which re-raises
+            self._q.put(("error", slot.index, exc))
+
+    def _aborted_unsent(self, slot: _Slot) -> SampleOutput:
+        return SampleOutput(
+            index=slot.index,
+            text="",
+            completion_tokens=0,
+            finish_reason="abort",
+            seed=slot.seed,
+            prompt_tokens=0,
+            latency_s=self.timer.elapsed(),
+            count_method="exact",
+        )
+
+    def _post_one(self, slot: _Slot) -> SampleOutput:
+        eng = self.engine
+        body = eng.request_body(self.prompt, self.sampling, slot.seed)
+        r = eng._client.post(eng.url, json=body)
+        r.raise_for_status()
+        data = r.json()
+        choice = data["choices"][0]
+        text = _choice_text(choice, eng.params.api)
+        lps, tops = _choice_logprobs(choice, eng.params.api)
+        usage = data.get("usage") or {}
+        prompt_tokens, p_method = self._usage_or_count(usage.get("prompt_tokens"))
+        if usage.get("completion_tokens") is not None:
+            completion, c_method = int(usage["completion_tokens"]), "usage"
+        elif lps:
+            completion, c_method = len(lps), "logprobs"
+        else:
+            completion, c_method = eng.count_text_tokens(text)
+        return SampleOutput(
+            index=slot.index,
+            text=text,
+            completion_tokens=completion,
+            finish_reason=_finish(choice.get("finish_reason")),
+            seed=slot.seed,
+            prompt_tokens=prompt_tokens,
+            token_logprobs=lps,
+            top_logprobs=tops,
+            latency_s=self.timer.elapsed(),
+            count_method=worst_count_method(p_method, c_method),
+        )
+
+    def _usage_or_count(self, reported: Any) -> tuple[int, str]:
+        if reported is not None:
+            return int(reported), "usage"
+        return self._prompt_tokens()
+
+    def _stream_one(self, slot: _Slot) -> SampleOutput:
+        eng = self.engine
+        api = eng.params.api
+        body = eng.request_body(self.prompt, self.sampling, slot.seed)
+        body["stream"] = True
+        if eng.params.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        parts: list[str] = []
+        chunks = 0
+        lps: list[float] = []
+        tops: list[tuple[float, ...]] = []
+        finish: str | None = None
+        usage: dict[str, Any] = {}
+        aborted = False
+        with eng._client.stream("POST", eng.url, json=body) as response:
+            slot.response = response
+            if response.status_code >= 400:
+                response.read()
+                response.raise_for_status()
+            try:
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        break
+                    chunk = json.loads(payload)
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    # A chunk that arrives after an abort was still generated (and billed
+                    # by the server): count it, but show no event for an aborted sample.
+                    stopping = slot.abort.is_set()
+                    for choice in chunk.get("choices") or []:
+                        delta = _delta_text(choice, api)
+                        c_lps, c_tops = _choice_logprobs(choice, api)
+                        if delta or c_lps:
+                            chunks += 1
+                            parts.append(delta)
+                            lps.extend(c_lps)
+                            tops.extend(c_tops)
+                            if self.token_events and not stopping:
+                                event = TokenEvent(
+                                    slot.index,
+                                    delta,
+                                    c_lps[-1] if c_lps else None,
+                                    c_tops[-1] if c_tops else None,
+                                )
+                                self._q.put(("token", slot.index, event))
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                    if stopping:
+                        aborted = finish is None
+                        break
+            except httpx.HTTPError:
+                # Closing an aborted stream can surface as a read error; anything else is real.
+                if not slot.abort.is_set():
+                    raise
+                aborted = True
+        # Leaving the context manager closed the connection: the server stops generating.
+        text = "".join(parts)
+        reason = "abort" if aborted or finish is None else _finish(finish)
+        if usage.get("prompt_tokens") is not None:
+            prompt_tokens, p_method = int(usage["prompt_tokens"]), "usage"
+        else:
+            prompt_tokens, p_method = self._prompt_tokens()
+        if usage.get("completion_tokens") is not None and not aborted:
+            completion, c_method = int(usage["completion_tokens"]), "usage"
+        elif lps:
+            completion, c_method = len(lps), "logprobs"
+        else:
+            completion, c_method = chunks, "chunks"
+        return SampleOutput(
+            index=slot.index,
+            text=text,
+            completion_tokens=completion,
+            finish_reason=reason,  # type: ignore[arg-type]
+            seed=slot.seed,
+            prompt_tokens=prompt_tokens,
+            token_logprobs=lps,
+            top_logprobs=tops,
+            latency_s=self.timer.elapsed(),
+            count_method=worst_count_method(p_method, c_method),
+        )
+
+    def _run_n(self) -> None:
+        """One request with ``n`` choices (servers that honour ``n``)."""
+        eng = self.engine
+        try:
+            body = eng.request_body(self.prompt, self.sampling, self._base_seed)
+            body["n"] = self.sampling.n
+            with self._sent_lock:
+                self.requests_sent += 1
+            r = eng._client.post(eng.url, json=body)
+            r.raise_for_status()
+            data = r.json()
+            usage = data.get("usage") or {}
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            outs: list[SampleOutput] = []
+            for i, choice in enumerate(choices[: self.sampling.n]):
+                text = _choice_text(choice, eng.params.api)
+                lps, tops = _choice_logprobs(choice, eng.params.api)
+                if lps:
+                    completion, method = len(lps), "logprobs"
+                else:
+                    completion, method = eng.count_text_tokens(text)
+                outs.append(
+                    SampleOutput(
+                        index=i,
+                        text=text,
+                        completion_tokens=completion,
+                        finish_reason=_finish(choice.get("finish_reason")),
+                        seed=None,
+                        prompt_tokens=0,
+                        token_logprobs=lps,
+                        top_logprobs=tops,
+                        latency_s=self.timer.elapsed(),
+                        count_method=method,
+                    )
+                )
+            if usage.get("prompt_tokens") is not None:
+                outs[0].prompt_tokens = int(usage["prompt_tokens"])
+            else:
+                outs[0].prompt_tokens, outs[0].count_method = self._prompt_tokens()
+            total = usage.get("completion_tokens")
+            if total is not None and outs:
+                # The server's total is exact; keep per-choice counts, fix the remainder.
+                outs[-1].completion_tokens = max(
+                    0, int(total) - sum(o.completion_tokens for o in outs[:-1])
+                )
+            self._q.put(("done_all", 0, outs))
+        except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, which re-raises
+            self._q.put(("error", 0, exc))
+            for s in self.slots[1:]:
+                self._q.put(("done", s.index, self._aborted_unsent(s)))
+
+
+def _finish(reason: Any) -> str:
+    if reason in ("stop", "eos", "stop_sequence", "end_turn"):
+        return "stop"
+    if reason in ("length", "max_tokens"):
+        return "length"
+    return "stop" if reason else "abort"
+
+
+def _choice_text(choice: dict, api: str) -> str:
+    if api == "chat":
+        return str((choice.get("message") or {}).get("content") or "")
+    return str(choice.get("text") or "")
+
+
+def _delta_text(choice: dict, api: str) -> str:
+    if api == "chat":
+        return str((choice.get("delta") or {}).get("content") or "")
+    return str(choice.get("text") or "")
+
+
+def _choice_logprobs(choice: dict, api: str) -> tuple[list[float], list[tuple[float, ...]]]:
+    lp = choice.get("logprobs")
+    if not lp:
+        return [], []
+    lps: list[float] = []
+    tops: list[tuple[float, ...]] = []
+    if api == "chat":
+        for entry in lp.get("content") or []:
+            lps.append(float(entry["logprob"]))
+            vals = sorted(
+                (float(t["logprob"]) for t in entry.get("top_logprobs") or []), reverse=True
+            )
+            if vals:
+                tops.append(tuple(vals))
+    else:
+        lps = [float(v) for v in lp.get("token_logprobs") or [] if v is not None]
+        for entry in lp.get("top_logprobs") or []:
+            if entry:
+                tops.append(tuple(sorted((float(v) for v in entry.values()), reverse=True)))
+    return lps, tops
