@@ -198,6 +198,12 @@ def _finish(query: Query) -> None:
     query.finished_at = timezone.now()
     query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
     budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
+    # The dashboards' daily rollup: recomputed for this query's group once it is committed;
+    # robust, because a rollup failure must not fail a query that has finished.
+    from routerapp.services.rollups import rollup_refresh_for_query
+
+    query_id = query.pk
+    transaction.on_commit(lambda: rollup_refresh_for_query(query_id=query_id), robust=True)
     if query.benchmark_run_id is not None:
         from routerapp.services.benchmarks import benchmark_run_refresh
 

@@ -212,4 +212,8 @@ def query_feedback(
     locked.feedback_score = score
     locked.graded_correct = correct
     locked.save(update_fields=["feedback_correct", "feedback_score", "graded_correct"])
+    # A grade changes the dashboards' cost-of-pass: recompute the query's daily rollup row.
+    from routerapp.services.rollups import rollup_refresh_for_query
+
+    transaction.on_commit(lambda: rollup_refresh_for_query(query_id=locked.pk), robust=True)
     return locked

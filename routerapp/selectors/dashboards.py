@@ -1,0 +1,486 @@
+"""Every dashboard aggregate, read from the daily rollup (QueryDailyRollup), never the raw log.
+
+Definitions are DESIGN.md's "Metrics": accuracy = correct / graded, mean cost = USD per graded
+query, cost-of-pass = total USD / number correct (None = infinite when nothing was correct).
+Only finished queries are counted; a query belongs to the UTC day it was created on, which is
+also the day its budget window is charged.
+
+Each selector returns plain data (lists / dicts with Decimal money); routerapp.charts turns it
+into plotly figures and the templates into tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Max, Min, Q, QuerySet, Sum
+
+from routerapp.models import (
+    ApiKey,
+    BudgetPolicy,
+    Configuration,
+    ModelEndpoint,
+    QueryDailyRollup,
+    RouterVersion,
+    StrategyConfig,
+    Team,
+)
+from routerapp.services.rollups import latency_quantile, merge_histograms
+
+ZERO = Decimal(0)
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+NO_TASK = "-"  # the task filter value that selects queries without a task tag
+
+
+class Traffic:
+    ALL = "all"
+    LIVE = "live"  # playground and API queries
+    BENCHMARK = "benchmark"
+    CHOICES = [(ALL, "All queries"), (LIVE, "Live traffic"), (BENCHMARK, "Benchmark runs")]
+
+
+@dataclass(frozen=True)
+class DashboardFilters:
+    """What a dashboard shows: days start..end (inclusive, UTC) and optional dimension filters.
+
+    model is an endpoint name, strategy a strategy slug (e.g. majority_vote), configuration a
+    configuration slug, task a task tag (NO_TASK for untagged), api_key an ApiKey id.
+    """
+
+    start: dt.date
+    end: dt.date
+    model: str = ""
+    strategy: str = ""
+    configuration: str = ""
+    task: str = ""
+    api_key: int | None = None
+    traffic: str = Traffic.ALL
+
+    @property
+    def days(self) -> list[dt.date]:
+        n = (self.end - self.start).days + 1
+        return [self.start + dt.timedelta(days=i) for i in range(max(n, 0))]
+
+    @classmethod
+    def last_days(cls, days: int, *, today: dt.date | None = None, **kw: Any) -> DashboardFilters:
+        today = today or dt.datetime.now(dt.UTC).date()
+        return cls(start=today - dt.timedelta(days=days - 1), end=today, **kw)
+
+
+def _rows(team: Team, f: DashboardFilters, *, dims: bool = True) -> QuerySet[QueryDailyRollup]:
+    """The team's rollup rows in the period, with the dimension filters when `dims`."""
+    qs = QueryDailyRollup.objects.filter(team=team, day__gte=f.start, day__lte=f.end)
+    if not dims:
+        return qs
+    if f.configuration:
+        qs = qs.filter(configuration__slug=f.configuration)
+    if f.model:
+        qs = qs.filter(configuration__endpoint__name=f.model)
+    if f.strategy:
+        qs = qs.filter(configuration__strategy__strategy=f.strategy)
+    if f.task:
+        qs = qs.filter(task="" if f.task == NO_TASK else f.task)
+    if f.api_key is not None:
+        qs = qs.filter(api_key_id=f.api_key)
+    if f.traffic == Traffic.LIVE:
+        qs = qs.exclude(kind=QueryDailyRollup.Kind.BENCHMARK)
+    elif f.traffic == Traffic.BENCHMARK:
+        qs = qs.filter(kind=QueryDailyRollup.Kind.BENCHMARK)
+    return qs
+
+
+def _config_slugs(ids: set[int | None]) -> dict[int | None, str]:
+    names: dict[int | None, str] = dict(
+        Configuration.objects.filter(pk__in=[i for i in ids if i is not None]).values_list(
+            "pk", "slug"
+        )
+    )
+    names[None] = "(none)"
+    return {i: names.get(i, f"#{i}") for i in ids}
+
+
+def cost_of_pass(total_usd: Decimal, correct: int) -> Decimal | None:
+    """Return total USD / number correct; None stands for infinite (nothing correct)."""
+    return total_usd / correct if correct else None
+
+
+def ratio_ci(
+    *, n: int, sum_c: float, sum_c2: float, sum_y: float, sum_cy: float, z: float = Z95
+) -> tuple[float, float] | None:
+    """Return Fieller's confidence interval of R = sum_c / sum_y from per-query sums.
+
+    Each query i has cost c_i and correctness y_i in {0, 1}; the sums are sum c, sum c^2,
+    sum y (= sum y^2) and sum c*y. The interval is {R : (C - R Y)^2 <= z^2 n s^2(c - R y)},
+    a quadratic in R. Its upper end is inf when accuracy is not significantly above zero.
+    None when n < 2 (no variance estimate).
+    """
+    if n < 2:
+        return None
+    cbar, ybar = sum_c / n, sum_y / n
+    s_cc = max(0.0, (sum_c2 - n * cbar * cbar) / (n - 1))
+    s_yy = max(0.0, (sum_y - n * ybar * ybar) / (n - 1))
+    s_cy = (sum_cy - n * cbar * ybar) / (n - 1)
+    k = z * z * n
+    a = sum_y * sum_y - k * s_yy
+    b = sum_c * sum_y - k * s_cy
+    c = sum_c * sum_c - k * s_cc
+    if a <= 0:
+        # Y is not significantly above zero: the set is unbounded above.
+        if a == 0 or b * b - a * c < 0:
+            return (0.0, math.inf)
+        # The estimate lies in the upper of the two unbounded pieces, [larger root, inf);
+        # with a < 0 the larger root is (b - sqrt) / a.
+        lo = (b - math.sqrt(b * b - a * c)) / a
+        return (max(0.0, lo), math.inf)
+    disc = b * b - a * c
+    if disc < 0:
+        point = sum_c / sum_y if sum_y else math.inf
+        return (point, point)
+    root = math.sqrt(disc)
+    return (max(0.0, (b - root) / a), (b + root) / a)
+
+
+def _graded_figures(g: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy, mean cost, cost-of-pass and its CI from summed rollup fields."""
+    graded, correct = g["graded"] or 0, g["correct"] or 0
+    total = g["graded_cost_usd"] or ZERO
+    ci = ratio_ci(
+        n=graded,
+        sum_c=float(total),
+        sum_c2=float(g["graded_cost_sq"] or 0.0),
+        sum_y=float(correct),
+        sum_cy=float(g["correct_cost_usd"] or ZERO),
+    )
+    return {
+        "graded": graded,
+        "correct": correct,
+        "accuracy": correct / graded if graded else None,
+        "total_cost_usd": total,
+        "mean_cost_usd": total / graded if graded else None,
+        "cost_of_pass": cost_of_pass(total, correct),
+        "ci_low": None if ci is None else ci[0],
+        "ci_high": None if ci is None or not math.isfinite(ci[1]) else ci[1],
+        "ci_unbounded": ci is not None and not math.isfinite(ci[1]),
+    }
+
+
+_GRADED_SUMS = {
+    "graded": Sum("graded"),
+    "correct": Sum("correct"),
+    "graded_cost_usd": Sum("graded_cost_usd"),
+    "correct_cost_usd": Sum("correct_cost_usd"),
+    "graded_cost_sq": Sum("graded_cost_sq"),
+}
+
+
+# --- summary and filter options -------------------------------------------------------------
+
+
+def dashboard_summary(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
+    """Return totals for the period: queries, spend, tokens, graded figures."""
+    s = _rows(team, filters).aggregate(
+        queries=Sum("queries"),
+        failed=Sum("failed"),
+        cancelled=Sum("cancelled"),
+        cost_usd=Sum("cost_usd"),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        **_GRADED_SUMS,
+    )
+    out = {
+        "queries": s["queries"] or 0,
+        "failed": s["failed"] or 0,
+        "cancelled": s["cancelled"] or 0,
+        "cost_usd": s["cost_usd"] or ZERO,
+        "tokens": (s["prompt_tokens"] or 0) + (s["completion_tokens"] or 0),
+    }
+    out.update(_graded_figures(s))
+    return out
+
+
+def dashboard_filter_options(*, team: Team) -> dict[str, list[tuple[str, str]]]:
+    """Return (value, label) choices for each filter: what exists for this team."""
+    rollups = QueryDailyRollup.objects.filter(team=team)
+    tasks = sorted(t for t in rollups.values_list("task", flat=True).distinct() if t)
+    return {
+        "model": [(n, n) for n in ModelEndpoint.objects.values_list("name", flat=True)],
+        "strategy": [
+            (s, s)
+            for s in StrategyConfig.objects.order_by("strategy")
+            .values_list("strategy", flat=True)
+            .distinct()
+        ],
+        "configuration": [(s, s) for s in Configuration.objects.values_list("slug", flat=True)],
+        "task": [(NO_TASK, "(no task tag)")] + [(t, t) for t in tasks],
+        "api_key": [
+            (str(k.pk), f"{k.name} ({k.prefix}…)") for k in ApiKey.objects.filter(team=team)
+        ],
+    }
+
+
+def dashboard_data_range(*, team: Team) -> tuple[dt.date, dt.date] | None:
+    r = QueryDailyRollup.objects.filter(team=team).aggregate(lo=Min("day"), hi=Max("day"))
+    return None if r["lo"] is None else (r["lo"], r["hi"])
+
+
+# --- spend against budgets ------------------------------------------------------------------
+
+
+def _window_start(period: str, day: dt.date) -> dt.date:
+    return day if period == BudgetPolicy.Period.DAY else day.replace(day=1)
+
+
+def spend_over_time(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
+    """Return daily spend (with the filters) and, per enabled budget, its period-to-date spend
+    on each day (over the budget's own scope: the team, or its API key) against its limit.
+
+    {"days": [date], "spend": [Decimal], "total": Decimal,
+     "budgets": [{"name", "period", "mode", "limit_usd", "scope", "spent": [Decimal]}]}
+    """
+    days = filters.days
+    per_day = dict(
+        _rows(team, filters).values_list("day").annotate(s=Sum("cost_usd")).values_list("day", "s")
+    )
+    spend = [per_day.get(d, ZERO) for d in days]
+    policies = BudgetPolicy.objects.filter(team=team, enabled=True).select_related("api_key")
+    if filters.api_key is not None:
+        policies = policies.filter(Q(api_key__isnull=True) | Q(api_key_id=filters.api_key))
+    budgets = []
+    for policy in policies.order_by("name"):
+        # Windows that overlap the period start before it: read from the first window's start.
+        scope_filters = replace(filters, start=_window_start(policy.period, filters.start))
+        rows = _rows(team, scope_filters, dims=False)
+        if policy.api_key_id is not None:
+            rows = rows.filter(api_key_id=policy.api_key_id)
+        daily = dict(rows.values_list("day").annotate(s=Sum("cost_usd")).values_list("day", "s"))
+        running, window, spent = ZERO, None, []
+        d = scope_filters.start
+        while d <= filters.end:
+            w = _window_start(policy.period, d)
+            if w != window:
+                window, running = w, ZERO
+            running += daily.get(d, ZERO)
+            if d >= filters.start:
+                spent.append(running)
+            d += dt.timedelta(days=1)
+        budgets.append(
+            {
+                "name": policy.name,
+                "period": policy.period,
+                "mode": policy.get_mode_display(),
+                "limit_usd": policy.limit_usd,
+                "scope": f"key {policy.api_key.name}" if policy.api_key else "whole team",
+                "spent": spent,
+            }
+        )
+    return {"days": days, "spend": spend, "total": sum(spend, ZERO), "budgets": budgets}
+
+
+# --- cost-of-pass, accuracy and the frontier -----------------------------------------------
+
+
+def cost_of_pass_by_configuration(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
+    """Return graded figures per configuration (all tasks) and per (configuration, task).
+
+    {"configurations": [row], "cells": [row with "task"]}; a row has configuration, graded,
+    correct, accuracy, total_cost_usd, mean_cost_usd, cost_of_pass, ci_low, ci_high
+    (95 % Fieller interval; ci_high None with ci_unbounded True when it is infinite).
+    """
+    rows = _rows(team, filters).filter(graded__gt=0)
+    cells = list(rows.values("configuration_id", "task").annotate(**_GRADED_SUMS))
+    slugs = _config_slugs({c["configuration_id"] for c in cells})
+    per_config: dict[Any, dict[str, Any]] = {}
+    out_cells = []
+    for c in cells:
+        fig = _graded_figures(c)
+        out_cells.append(
+            {"configuration": slugs[c["configuration_id"]], "task": c["task"] or "(none)", **fig}
+        )
+        acc = per_config.setdefault(c["configuration_id"], defaultdict(lambda: 0))
+        for k in _GRADED_SUMS:
+            acc[k] = acc[k] + (c[k] or 0)
+    configs = [
+        {"configuration": slugs[cid], **_graded_figures(sums)} for cid, sums in per_config.items()
+    ]
+    configs.sort(key=lambda r: r["configuration"])
+    out_cells.sort(key=lambda r: (r["configuration"], r["task"]))
+    return {"configurations": configs, "cells": out_cells}
+
+
+def pareto_frontier(points: list[tuple[str, float, float]]) -> list[str]:
+    """Return the names of the (name, mean cost, accuracy) points no other point dominates
+    (at most the cost and at least the accuracy, one of them strictly), sorted by cost."""
+    front = []
+    for name, cost, acc in points:
+        dominated = any(
+            (c2 <= cost and a2 >= acc) and (c2 < cost or a2 > acc) for _, c2, a2 in points
+        )
+        if not dominated:
+            front.append((cost, -acc, name))
+    return [name for _, _, name in sorted(front)]
+
+
+def _evaluation_points(version: RouterVersion) -> dict[str, Any] | None:
+    """Read the router's and the oracle's (mean cost, accuracy) from a version's evaluation
+    (routerapp.routing.evaluation.evaluate's "policies"), when present."""
+    evaluation = version.evaluation or {}
+    policies = evaluation.get("policies") or (evaluation.get("test") or {}).get("policies")
+    if not isinstance(policies, dict):
+        return None
+    points = {}
+    for key, label in (
+        ("router", "router"),
+        ("oracle_min_cop", "min-CoP oracle"),
+        ("best_single_cop", "best single"),
+    ):
+        p = policies.get(key)
+        if isinstance(p, dict) and p.get("mean_cost") is not None and p.get("accuracy") is not None:
+            points[key] = {
+                "label": label,
+                "mean_cost_usd": float(p["mean_cost"]),
+                "accuracy": float(p["accuracy"]),
+                "cost_of_pass": p.get("cop"),
+            }
+    if not points:
+        return None
+    return {"version": version.name, "version_id": version.pk, "points": points}
+
+
+def accuracy_vs_cost(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
+    """Return one (mean cost, accuracy) point per configuration from graded queries, the
+    Pareto frontier among them, the router's live point (queries a router version decided) and
+    the active version's evaluated router and oracle points when it has an evaluation."""
+    by_config = cost_of_pass_by_configuration(team=team, filters=filters)["configurations"]
+    points = [r for r in by_config if r["graded"]]
+    frontier = pareto_frontier(
+        [(r["configuration"], float(r["mean_cost_usd"]), r["accuracy"]) for r in points]
+    )
+    routed = (
+        _rows(team, filters)
+        .filter(kind=QueryDailyRollup.Kind.ROUTED, graded__gt=0)
+        .aggregate(**_GRADED_SUMS)
+    )
+    router_live = _graded_figures(routed) if routed["graded"] else None
+    version = (
+        RouterVersion.objects.filter(is_active=True, status=RouterVersion.Status.READY)
+        .defer("artifact")
+        .first()
+    )
+    evaluation = _evaluation_points(version) if version is not None else None
+    return {
+        "points": points,
+        "frontier": frontier,
+        "router_live": router_live,
+        "evaluation": evaluation,
+    }
+
+
+# --- latency, tokens, decision mix ----------------------------------------------------------
+
+
+def latency_by_configuration(*, team: Team, filters: DashboardFilters) -> list[dict[str, Any]]:
+    """Return p50 / p95 / p99 / mean latency (ms, created to finished) per configuration and
+    for all of them ("all" last), from the rollup's histograms (within ~4.4 % of exact)."""
+    hists: dict[Any, list[dict[str, int]]] = defaultdict(list)
+    sums: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    rows = _rows(team, filters).filter(latency_n__gt=0)
+    for cid, hist, n, total in rows.values_list(
+        "configuration_id", "latency_hist", "latency_n", "latency_sum_ms"
+    ).iterator(chunk_size=5000):
+        hists[cid].append(hist)
+        sums[cid][0] += n
+        sums[cid][1] += total
+    slugs = _config_slugs(set(hists))
+    out = []
+    merged_all: dict[int, int] = {}
+    for cid in sorted(hists, key=lambda c: slugs[c]):
+        merged = merge_histograms(hists[cid])
+        for k, v in merged.items():
+            merged_all[k] = merged_all.get(k, 0) + v
+        out.append(_latency_row(slugs[cid], merged, *sums[cid]))
+    if len(out) > 1:
+        n = sum(s[0] for s in sums.values())
+        total = sum(s[1] for s in sums.values())
+        out.append(_latency_row("all", merged_all, n, total))
+    return out
+
+
+def _latency_row(name: str, hist: dict[int, int], n: int, total: int) -> dict[str, Any]:
+    return {
+        "configuration": name,
+        "n": n,
+        "p50_ms": latency_quantile(hist, 0.50),
+        "p95_ms": latency_quantile(hist, 0.95),
+        "p99_ms": latency_quantile(hist, 0.99),
+        "mean_ms": total / n if n else None,
+    }
+
+
+def tokens_by_configuration(*, team: Team, filters: DashboardFilters) -> list[dict[str, Any]]:
+    """Return mean prompt / completion tokens and samples per finished query, per configuration."""
+    rows = list(
+        _rows(team, filters)
+        .values("configuration_id")
+        .annotate(
+            q=Sum("queries"),
+            p=Sum("prompt_tokens"),
+            c=Sum("completion_tokens"),
+            s=Sum("samples"),
+            cost=Sum("cost_usd"),
+        )
+    )
+    slugs = _config_slugs({r["configuration_id"] for r in rows})
+    out = [
+        {
+            "configuration": slugs[r["configuration_id"]],
+            "queries": r["q"],
+            "mean_prompt_tokens": r["p"] / r["q"],
+            "mean_completion_tokens": r["c"] / r["q"],
+            "mean_samples": r["s"] / r["q"],
+            "mean_cost_usd": r["cost"] / r["q"],
+        }
+        for r in rows
+        if r["q"]
+    ]
+    return sorted(out, key=lambda r: r["configuration"])
+
+
+def decision_mix(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
+    """Return, per day, how many live queries (playground and API) went to each configuration,
+    and how many of them a router version decided (the rest were explicit choices or had no
+    router version). Benchmark queries are left out: they do not ask the router.
+
+    {"days": [date], "series": {configuration: [count per day]}, "routed": [count per day],
+     "total": int, "routed_total": int}
+    """
+    f = replace(filters, traffic=Traffic.LIVE) if filters.traffic != Traffic.LIVE else filters
+    if filters.traffic == Traffic.BENCHMARK:
+        return {"days": filters.days, "series": {}, "routed": [], "total": 0, "routed_total": 0}
+    rows = list(
+        _rows(team, f)
+        .values("day", "configuration_id", "kind")
+        .annotate(n=Sum("queries"))
+        .values_list("day", "configuration_id", "kind", "n")
+    )
+    slugs = _config_slugs({r[1] for r in rows})
+    index = {d: i for i, d in enumerate(filters.days)}
+    series: dict[str, list[int]] = {}
+    routed = [0] * len(index)
+    for day, cid, kind, n in rows:
+        i = index[day]
+        counts = series.setdefault(slugs[cid], [0] * len(index))
+        counts[i] += n
+        if kind == QueryDailyRollup.Kind.ROUTED:
+            routed[i] += n
+    return {
+        "days": filters.days,
+        "series": dict(sorted(series.items())),
+        "routed": routed,
+        "total": sum(sum(v) for v in series.values()),
+        "routed_total": sum(routed),
+    }
