@@ -234,8 +234,23 @@ class Engine(ABC):
                     stream.abort_all()
         return stream.result()
 
+    def count_prompt_tokens(
+        self,
+        prompt: Prompt | None = None,
+        *,
+        messages: Sequence[dict[str, str]] | None = None,
+        text: str | None = None,
+    ) -> int:
+        """Return the number of prompt tokens one request of this prompt bills.
+
+        Pass a :class:`Prompt`, or chat ``messages=``, or a raw ``text=`` prompt.
+        """
+        if prompt is None:
+            prompt = Prompt.of(messages=messages, prompt=text)
+        return self.count_prompt(prompt)
+
     @abstractmethod
-    def count_prompt_tokens(self, prompt: Prompt) -> int:
+    def count_prompt(self, prompt: Prompt) -> int:
         """Return the number of prompt tokens ``prompt`` bills per request."""
 
     @abstractmethod

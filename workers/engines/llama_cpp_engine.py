@@ -192,7 +192,7 @@ class LlamaCppEngine(Engine):
         text, add_bos = self.render(prompt)
         return list(self._model.tokenize(text.encode("utf-8"), add_bos, True))
 
-    def count_prompt_tokens(self, prompt: Prompt) -> int:
+    def count_prompt(self, prompt: Prompt) -> int:
         return len(self.tokenize_prompt(prompt))
 
     def token_piece(self, token: int) -> bytes:

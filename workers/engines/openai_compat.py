@@ -196,7 +196,7 @@ class OpenAICompatEngine(Engine):
             total += n + 4
         return total, "estimate"
 
-    def count_prompt_tokens(self, prompt: Prompt) -> int:
+    def count_prompt(self, prompt: Prompt) -> int:
         return self.count_prompt_tokens_with_method(prompt)[0]
 
     # -- requests --------------------------------------------------------------------

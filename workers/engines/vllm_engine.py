@@ -120,7 +120,7 @@ class VllmEngine(Engine):
             )
         )
 
-    def count_prompt_tokens(self, prompt: Prompt) -> int:
+    def count_prompt(self, prompt: Prompt) -> int:
         return len(self._tokenizer.encode(self.render(prompt), add_special_tokens=False))
 
     def sampling_params(self, sampling: SamplingConfig, seed: int, max_tokens: int | None = None):  # noqa: ANN201 - vllm type

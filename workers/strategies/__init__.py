@@ -1,0 +1,38 @@
+"""Test-time scaling strategies, registered by stable slug.
+
+``single``, ``best_of_n``, ``majority_vote``, ``weighted_vote``, ``short_m_at_k``,
+``first_finish``, ``confidence_early_stop``. Look one up with :func:`get_strategy`.
+"""
+
+from workers.strategies import best_of_n, early_stop, majority_vote, single  # noqa: F401 - registers
+from workers.strategies.base import (
+    STRATEGIES,
+    Candidate,
+    RunContext,
+    SampleFinished,
+    SampleStarted,
+    Strategy,
+    StrategyResult,
+    TokenDelta,
+    UnknownStrategyError,
+    get_strategy,
+    register_strategy,
+)
+from workers.strategies.scoring import VERIFIERS, Verifier, VerifierResult
+
+__all__ = [
+    "STRATEGIES",
+    "VERIFIERS",
+    "Candidate",
+    "RunContext",
+    "SampleFinished",
+    "SampleStarted",
+    "Strategy",
+    "StrategyResult",
+    "TokenDelta",
+    "UnknownStrategyError",
+    "Verifier",
+    "VerifierResult",
+    "get_strategy",
+    "register_strategy",
+]

@@ -1,0 +1,490 @@
+"""What every strategy shares: events, candidates, the result, the run context and the
+registry.
+
+A strategy draws samples from an engine through :class:`RunContext`, which turns engine
+samples into :class:`Candidate` objects, keeps the :class:`~workers.ledger.Ledger` (every
+sample billed, aborted and discarded ones included, plus scorer calls), forwards events to
+the caller's ``on_event`` and polls ``should_cancel`` between tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.engines.base import (
+    Engine,
+    GenerationStream,
+    Prompt,
+    SampleDone,
+    SampleOutput,
+    SamplingConfig,
+    TokenEvent,
+)
+from workers.grading.extract import answer_key, extract_answer, guess_answer_kind
+from workers.ledger import Ledger, worst_count_method
+
+# -- events passed to on_event ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleStarted:
+    """Sample ``index`` was sent to the engine."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """New text of sample ``index`` (for streaming a sample to a client)."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class SampleFinished:
+    """A sample ended (finished or aborted); ``candidate`` carries its tokens."""
+
+    candidate: Candidate
+
+
+StrategyEvent = SampleStarted | TokenDelta | SampleFinished
+
+
+# -- candidates and results ------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    """One sample as a strategy sees it.
+
+    ``prompt_tokens`` is the prompt share billed to this sample (see
+    :class:`workers.engines.SampleOutput`); ``score`` is the strategy's score (best-of-n
+    scorer, vote weight or trace confidence), None when the strategy does not score.
+    ``mean_logprob`` and ``confidence`` (mean DeepConf token confidence, higher = surer)
+    are filled when the engine gave log-probs.
+    """
+
+    index: int
+    text: str
+    extracted_answer: str | None
+    score: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    aborted: bool
+    seed: int | None
+    latency_s: float
+    chosen: bool = False
+    answer_key: str | None = None
+    mean_logprob: float | None = None
+    confidence: float | None = None
+    count_method: str = "exact"
+    phase: str = "main"
+    token_logprobs: list[float] = field(default_factory=list, repr=False)
+    top_logprobs: list[tuple[float, ...]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-serialisable fields (without per-token log-probs)."""
+        return {
+            "index": self.index,
+            "text": self.text,
+            "extracted_answer": self.extracted_answer,
+            "score": self.score,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
+            "aborted": self.aborted,
+            "seed": self.seed,
+            "latency_s": self.latency_s,
+            "chosen": self.chosen,
+            "answer_key": self.answer_key,
+            "mean_logprob": self.mean_logprob,
+            "confidence": self.confidence,
+            "count_method": self.count_method,
+            "phase": self.phase,
+        }
+
+
+@dataclass
+class StrategyResult:
+    """Every candidate, the chosen one, the vote and the full ledger of one run.
+
+    ``ledger.prompt_tokens`` / ``completion_tokens`` equal the sums over ``candidates``
+    plus ``ledger.scorer_prompt_tokens`` / ``scorer_completion_tokens``.
+    """
+
+    strategy: str
+    candidates: list[Candidate]
+    chosen_index: int | None
+    answer: str
+    extracted_answer: str | None
+    votes: dict[str, float] | None
+    ledger: Ledger
+    cancelled: bool = False
+    answer_kind: str = "math"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> Candidate | None:
+        if self.chosen_index is None:
+            return None
+        return next((c for c in self.candidates if c.index == self.chosen_index), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "chosen_index": self.chosen_index,
+            "answer": self.answer,
+            "extracted_answer": self.extracted_answer,
+            "votes": self.votes,
+            "ledger": self.ledger.to_dict(),
+            "cancelled": self.cancelled,
+            "answer_kind": self.answer_kind,
+            "params": self.params,
+        }
+
+
+# -- per-token statistics --------------------------------------------------------------
+
+
+def token_confidence(top_logprobs: Sequence[float]) -> float:
+    """DeepConf token confidence: minus the mean of the top-k log-probs (higher = surer)."""
+    return -sum(top_logprobs) / len(top_logprobs) if top_logprobs else 0.0
+
+
+def mean_logprob(logprobs: Sequence[float]) -> float | None:
+    return sum(logprobs) / len(logprobs) if logprobs else None
+
+
+def mean_confidence(tops: Sequence[Sequence[float]]) -> float | None:
+    return sum(token_confidence(t) for t in tops) / len(tops) if tops else None
+
+
+def lowest_group_confidence(tops: Sequence[Sequence[float]], window: int) -> float | None:
+    """Return the minimum over sliding windows of ``window`` tokens of the mean token
+    confidence (the whole trace when it is shorter than a window)."""
+    if not tops:
+        return None
+    conf = [token_confidence(t) for t in tops]
+    if len(conf) <= window:
+        return sum(conf) / len(conf)
+    s = sum(conf[:window])
+    best = s
+    for i in range(window, len(conf)):
+        s += conf[i] - conf[i - window]
+        best = min(best, s)
+    return best / window
+
+
+# -- the run context -------------------------------------------------------------------
+
+OnEvent = Callable[[StrategyEvent], None]
+ShouldCancel = Callable[[], bool]
+
+
+class Watcher(Protocol):
+    """Early-stopping policy: sees every token and finished candidate of one engine
+    request and may abort samples of ``stream`` (indices local to the request)."""
+
+    def on_token(self, stream: GenerationStream, event: TokenEvent) -> None: ...
+
+    def on_done(self, stream: GenerationStream, candidate: Candidate, local_index: int) -> None: ...
+
+
+class RunContext:
+    """Drives engine requests for one strategy run and keeps its ledger."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt: Prompt,
+        answer_kind: str,
+        on_event: OnEvent | None,
+        should_cancel: ShouldCancel | None,
+    ) -> None:
+        self.engine = engine
+        self.prompt = prompt
+        self.answer_kind = answer_kind
+        self.on_event = on_event
+        self.should_cancel = should_cancel
+        self.candidates: list[Candidate] = []
+        self.ledger = Ledger()
+        self.cancelled = False
+        self.t0 = time.perf_counter()
+        self._methods: list[str] = []
+
+    def emit(self, event: StrategyEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def check_cancel(self) -> bool:
+        if not self.cancelled and self.should_cancel is not None and self.should_cancel():
+            self.cancelled = True
+        return self.cancelled
+
+    def sample(
+        self,
+        sampling: SamplingConfig,
+        *,
+        token_events: bool = False,
+        watcher: Watcher | None = None,
+        phase: str = "main",
+    ) -> list[Candidate]:
+        """Run one engine request of ``sampling.n`` samples; return its candidates.
+
+        Token events are requested when the watcher needs them, when the caller streams
+        (``on_event``) or may cancel (``should_cancel`` is polled between tokens).
+        """
+        offset = len(self.candidates)
+        if self.check_cancel():
+            return []
+        want_tokens = (
+            token_events
+            or watcher is not None
+            or self.on_event is not None
+            or self.should_cancel is not None
+        )
+        stream = self.engine.stream(self.prompt, sampling, token_events=want_tokens)
+        for i in range(sampling.n):
+            self.emit(SampleStarted(offset + i))
+        new: list[Candidate] = []
+        with stream:
+            for event in stream:
+                if self.check_cancel():
+                    stream.abort_all()
+                if isinstance(event, TokenEvent):
+                    if event.text and self.on_event is not None:
+                        self.emit(TokenDelta(offset + event.index, event.text))
+                    if watcher is not None and not self.cancelled:
+                        watcher.on_token(stream, event)
+                elif isinstance(event, SampleDone):
+                    cand = self.candidate(event.sample, offset, phase)
+                    new.append(cand)
+                    self.emit(SampleFinished(cand))
+                    if watcher is not None and not self.cancelled:
+                        watcher.on_done(stream, cand, event.sample.index)
+        result = stream.result()
+        self.ledger.prompt_tokens += result.prompt_tokens
+        self.ledger.completion_tokens += result.completion_tokens
+        self.ledger.engine_requests += result.engine_requests
+        self.ledger.engine_wall_s += result.wall_s
+        self.ledger.aborted_completion_tokens += sum(
+            s.completion_tokens for s in result.samples if s.aborted
+        )
+        self._methods.append(result.count_method)
+        # Keep candidates in sample order whatever order they finished in.
+        new.sort(key=lambda c: c.index)
+        self.candidates.extend(new)
+        return new
+
+    def candidate(self, sample: SampleOutput, offset: int, phase: str) -> Candidate:
+        extracted = extract_answer(sample.text, self.answer_kind) if sample.text else None
+        return Candidate(
+            index=offset + sample.index,
+            text=sample.text,
+            extracted_answer=extracted,
+            score=None,
+            prompt_tokens=sample.prompt_tokens,
+            completion_tokens=sample.completion_tokens,
+            finish_reason=sample.finish_reason,
+            aborted=sample.aborted,
+            seed=sample.seed,
+            latency_s=sample.latency_s,
+            answer_key=answer_key(extracted, self.answer_kind),
+            mean_logprob=mean_logprob(sample.token_logprobs),
+            confidence=mean_confidence(sample.top_logprobs),
+            count_method=sample.count_method,
+            phase=phase,
+            token_logprobs=sample.token_logprobs,
+            top_logprobs=sample.top_logprobs,
+        )
+
+    def add_scorer_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Bill one scorer / verifier call."""
+        self.ledger.scorer_calls += 1
+        self.ledger.engine_requests += 1
+        self.ledger.scorer_prompt_tokens += prompt_tokens
+        self.ledger.scorer_completion_tokens += completion_tokens
+        self.ledger.prompt_tokens += prompt_tokens
+        self.ledger.completion_tokens += completion_tokens
+
+    def finish(
+        self,
+        strategy: str,
+        chosen_index: int | None,
+        votes: dict[str, float] | None,
+        params: BaseModel,
+    ) -> StrategyResult:
+        chosen = None
+        for c in self.candidates:
+            c.chosen = c.index == chosen_index
+            if c.chosen:
+                chosen = c
+        self.ledger.wall_s = time.perf_counter() - self.t0
+        self.ledger.token_count_method = worst_count_method(*self._methods)
+        return StrategyResult(
+            strategy=strategy,
+            candidates=self.candidates,
+            chosen_index=chosen_index if chosen is not None else None,
+            answer=chosen.text if chosen is not None else "",
+            extracted_answer=chosen.extracted_answer if chosen is not None else None,
+            votes=votes,
+            ledger=self.ledger,
+            cancelled=self.cancelled,
+            answer_kind=self.answer_kind,
+            params=params.model_dump(),
+        )
+
+
+# -- params and the strategy base class ------------------------------------------------
+
+
+class SamplingParams(BaseModel):
+    """Sampling parameters shared by every strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    seed: int | None = Field(default=0, ge=0, le=2**31 - 1)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+    def sampling(self, n: int, *, seed_offset: int = 0, top_logprobs: int = 0) -> SamplingConfig:
+        return SamplingConfig(
+            n=n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=tuple(self.stop),
+            seed=None if self.seed is None else self.seed + seed_offset,
+            top_logprobs=top_logprobs,
+        )
+
+
+P = TypeVar("P", bound=SamplingParams)
+
+
+class UnknownStrategyError(KeyError):
+    """Raised for a strategy slug that is not registered; the message lists the known ones."""
+
+    def __init__(self, slug: str, known: list[str]) -> None:
+        self.slug = slug
+        self.known = known
+        super().__init__(f"unknown strategy {slug!r}; known strategies: {', '.join(known)}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Strategy(ABC):
+    """A test-time strategy: how many samples are drawn and how one answer is chosen."""
+
+    slug: ClassVar[str]
+    Params: ClassVar[type[SamplingParams]]
+
+    def validate_params(self, params: dict[str, Any] | BaseModel | None = None) -> SamplingParams:
+        """Return validated params; raise ``pydantic.ValidationError`` on bad ones."""
+        if isinstance(params, self.Params):
+            return params
+        if isinstance(params, BaseModel):
+            params = params.model_dump()
+        return self.Params.model_validate(params or {})
+
+    @abstractmethod
+    def planned_samples(self, params: SamplingParams) -> int:
+        """Return the most engine samples one run draws (for worst-case cost)."""
+
+    def scorer_calls(self, params: SamplingParams) -> int:
+        """Return the most scorer / verifier calls one run makes."""
+        return 0
+
+    def max_completion_tokens(self, params: SamplingParams) -> int:
+        """Return the worst-case generated tokens, scorer calls included."""
+        return self.planned_samples(params) * params.max_tokens + self.scorer_calls(params)
+
+    def max_prompt_billings(self, params: SamplingParams) -> int:
+        """Return the most times one run bills the prompt (one per sample on HTTP engines,
+        plus scorer calls); multiply by the prompt length for a worst-case reservation."""
+        return self.planned_samples(params) + self.scorer_calls(params)
+
+    def run(
+        self,
+        engine: Engine,
+        messages: Sequence[dict[str, str]] | None = None,
+        *,
+        prompt: str | None = None,
+        params: dict[str, Any] | SamplingParams | None = None,
+        answer_kind: str | None = None,
+        on_event: OnEvent | None = None,
+        should_cancel: ShouldCancel | None = None,
+        **extra: Any,
+    ) -> StrategyResult:
+        """Run the strategy on ``messages`` (chat) or ``prompt`` (raw text).
+
+        ``answer_kind`` (``math`` / ``mcq`` / ``text``) drives answer extraction; None
+        guesses it from the prompt. ``on_event`` receives :class:`SampleStarted`,
+        :class:`TokenDelta` and :class:`SampleFinished` in the calling thread;
+        ``should_cancel`` is polled between tokens and, when true, aborts every running
+        sample (the result then has ``cancelled=True`` and every token generated so far).
+        """
+        p = self.validate_params(params)
+        if messages is None and prompt is None:
+            raise ValueError("run() needs messages or prompt")
+        the_prompt = Prompt.of(messages=messages, prompt=prompt)
+        kind = answer_kind or guess_answer_kind(the_prompt.user_text())
+        ctx = RunContext(engine, the_prompt, kind, on_event, should_cancel)
+        chosen, votes = self.execute(ctx, p, **extra)
+        return ctx.finish(self.slug, chosen, votes, p)
+
+    @abstractmethod
+    def execute(
+        self, ctx: RunContext, params: Any, **extra: Any
+    ) -> tuple[int | None, dict[str, float] | None]:
+        """Draw samples through ``ctx`` and return (chosen candidate index, votes)."""
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+S = TypeVar("S", bound=type[Strategy])
+
+
+def register_strategy(slug: str) -> Callable[[S], S]:
+    """Class decorator registering a strategy (one shared instance) under ``slug``."""
+
+    def decorator(cls: S) -> S:
+        if slug in STRATEGIES and type(STRATEGIES[slug]) is not cls:
+            raise ValueError(f"strategy {slug!r} is already registered")
+        cls.slug = slug
+        STRATEGIES[slug] = cls()
+        return cls
+
+    return decorator
+
+
+def get_strategy(slug: str) -> Strategy:
+    """Return the registered strategy ``slug``; raise :class:`UnknownStrategyError`."""
+    try:
+        return STRATEGIES[slug]
+    except KeyError:
+        raise UnknownStrategyError(slug, sorted(STRATEGIES)) from None
+
+
+def first_usable(candidates: Sequence[Candidate]) -> int | None:
+    """Return the index of the first non-aborted candidate with text, else of the first
+    candidate with text, else None (the fallback when no answer could be extracted)."""
+    for c in candidates:
+        if not c.aborted and c.text:
+            return c.index
+    for c in candidates:
+        if c.text:
+            return c.index
+    return None
