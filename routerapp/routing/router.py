@@ -1,0 +1,586 @@
+"""The Router: fitting, deciding, observing, saving.
+
+See the package docstring (``routerapp.routing``) for the public contract.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from routerapp.routing import policy as pol
+from routerapp.routing.costs import CostModel
+from routerapp.routing.data import TrainData, build_matrices
+from routerapp.routing.features import PromptFeaturizer
+from routerapp.routing.learners import Learner, fit_platt, get_learner
+from routerapp.routing.metrics import cost_of_pass, ece
+from routerapp.routing.online import OnlineState
+from routerapp.routing.tables import (
+    check_config_ids,
+    coerce_candidates,
+    normalise_outcomes,
+    normalise_prompts,
+)
+from routerapp.routing.types import (
+    Alternative,
+    Candidate,
+    Constraints,
+    Decision,
+    RouterError,
+    TableError,
+    UnknownConfigError,
+)
+
+FORMAT_VERSION = 1
+_MANIFEST = "router.json"
+_ARRAYS = "arrays.npz"
+
+
+class OnlineParams(BaseModel):
+    """Online adaptation settings (see routing.online)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sd_known: float = 0.2
+    sd_unknown: float = 1.0
+    sd_tag: float = 0.3
+    sd_tag_unknown: float = 0.7
+    eps_max: float = 0.1
+    eps0: float = 0.5
+    cost_k0: float = 5.0
+
+
+class RouterParams(BaseModel):
+    """Fit-time settings of a router (stored with it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = 64
+    folds: int = 3
+    policy: Literal["auto", "lambda", "ratio"] = "auto"
+    kappa: float = 0.5
+    lambda_grid: int = 41
+    learner_params: dict[str, Any] = Field(default_factory=dict)
+    online: OnlineParams = Field(default_factory=OnlineParams)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+class Router:
+    """A fitted router. Build with :func:`fit_router` or :meth:`Router.load`."""
+
+    def __init__(
+        self,
+        *,
+        candidates: list[Candidate],
+        datasets: list[str],
+        featurizer: PromptFeaturizer,
+        learner: Learner,
+        costs: CostModel,
+        params: RouterParams,
+        lam_star: float | None,
+        policy_mode: str,
+        seed: int = 0,
+        fit_info: dict[str, Any] | None = None,
+        online: OnlineState | None = None,
+    ) -> None:
+        self.candidates = candidates
+        self.config_ids = [c.config_id for c in candidates]
+        self.index = {c: i for i, c in enumerate(self.config_ids)}
+        self.datasets = datasets
+        self.known = set(datasets)
+        self.featurizer = featurizer
+        self.learner = learner
+        self.costs = costs
+        self.params = params
+        self.lam_star = lam_star
+        self.policy_mode = policy_mode
+        self.seed = seed
+        self.fit_info = fit_info or {}
+        self.online = online or OnlineState(
+            len(candidates), seed=seed, **params.online.model_dump()
+        )
+        self._latency = np.asarray(costs.latency, dtype=float)
+
+    # ------------------------------------------------------------------ scoring
+    @property
+    def default_lambda(self) -> float | None:
+        """Return the lambda used when a request gives none (None means the cost / p rule)."""
+        return self.lam_star if self.policy_mode == "lambda" else None
+
+    def _static(
+        self, feats: np.ndarray, tags: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p, se = self.learner.predict(feats, tags)
+        cost = self.costs.predict(feats, tags)
+        return p, se, cost
+
+    def _with_online(
+        self, p: np.ndarray, se: np.ndarray, cost: np.ndarray, tags: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.online.tags:
+            return p, se, cost
+        p = p.copy()
+        se = se.copy()
+        cost = cost.copy()
+        for i, t in enumerate(tags):
+            off = self.online.offsets(t)
+            if off is None:
+                continue
+            m, _ = off
+            p[i] = _sigmoid(_logit(p[i]) + m)
+            f = self.online.cost_factor(t)
+            if f is not None:
+                cost[i] = cost[i] * f
+        return p, se, cost
+
+    def score(
+        self, prompts: list[str], tags: list[str | None]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (p, se, cost), each (n, A), including online corrections."""
+        tg = [t or "" for t in tags]
+        feats = self.featurizer.transform(prompts)
+        p, se, cost = self._static(feats, tg)
+        return self._with_online(p, se, cost, tg)
+
+    # ------------------------------------------------------------------ deciding
+    def decide(
+        self,
+        prompt: str,
+        task: str | None = None,
+        constraints: Constraints | None = None,
+        lam: float | None = None,
+        *,
+        explore: bool = False,
+    ) -> Decision:
+        """Return the decision for one prompt.
+
+        ``lam`` None uses the router's default policy (its fitted lambda, or cost / p). Raise
+        NoAllowedCandidateError when the constraints leave nothing.
+        """
+        tag = task or ""
+        text = prompt or ""
+        feats = self.featurizer.transform_one(text)[None, :]
+        p, se, cost = self._static(feats, [tag])
+        z_static = _logit(p[0])
+        p, se, cost = self._with_online(p, se, cost, [tag])
+        p, se, cost = p[0], se[0], cost[0]
+        mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
+        use_lam = self.default_lambda if lam is None else lam
+        p_dec = pol.lcb(p, se, self.params.kappa)
+        best = int(pol.choose(p_dec, cost, mask, use_lam))
+        explored = False
+        if explore and self.online.exploring(tag, tag in self.known):
+            draw = self.online.sample_offsets(tag, tag in self.known)
+            p_ts = _sigmoid(z_static + draw)
+            ts = int(pol.choose(p_ts, cost, mask, use_lam))
+            if ts != best:
+                best, explored = ts, True
+        obj = pol.objective(p_dec, cost, use_lam)
+        order = [j for j in np.argsort(np.where(mask, obj, np.inf), kind="stable") if mask[j]]
+        alts = [
+            Alternative(
+                self.config_ids[j],
+                float(p[j]),
+                float(cost[j]),
+                float(cost[j] / p[j]) if p[j] > 0 else math.inf,
+            )
+            for j in order
+        ]
+        lat = float(self._latency[best]) if math.isfinite(self._latency[best]) else None
+        return Decision(
+            self.config_ids[best], float(p[best]), float(cost[best]), lat, alts, explored, use_lam
+        )
+
+    def decide_many(
+        self,
+        prompts: list[str],
+        tags: list[str | None],
+        lam: float | None = None,
+        constraints: Constraints | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (choice index (n,), p (n, A), cost (n, A)) for a batch, no exploration."""
+        p, se, cost = self.score(prompts, tags)
+        mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
+        use_lam = self.default_lambda if lam is None else lam
+        return pol.choose(pol.lcb(p, se, self.params.kappa), cost, mask, use_lam), p, cost
+
+    def sweep_lambdas(self, n_points: int, cost: np.ndarray | None = None) -> list[float]:
+        """Return ``n_points`` lambdas from 'cheapest' to 'most accurate' (geometric spacing)."""
+        c = np.exp(self.costs.alpha) * self.costs.smear[:, None]
+        lo = float(c.min()) / 10.0  # below every cost difference: always the cheapest
+        hi = float(c.max()) * 1e4  # a 1% gain in p outweighs any cost difference
+        if n_points <= 1:
+            return [self.lam_star or float(np.sqrt(lo * hi))]
+        return list(np.geomspace(lo, hi, n_points))
+
+    def sweep(self, prompts: list[str], tags: list[str | None], n_points: int) -> list[np.ndarray]:
+        """Return one choice vector per operating point (cheap to accurate)."""
+        p, se, cost = self.score(prompts, tags)
+        pl = pol.lcb(p, se, self.params.kappa)
+        mask = np.ones_like(p, dtype=bool)
+        return [pol.choose(pl, cost, mask, lam) for lam in self.sweep_lambdas(n_points)]
+
+    # ------------------------------------------------------------------ online
+    def observe(
+        self,
+        prompt: str,
+        task: str | None,
+        config_id: str,
+        correct: bool | float,
+        cost_usd: float | None,
+    ) -> None:
+        """Update the router with one graded outcome of ``config_id`` on ``prompt``.
+
+        Raise UnknownConfigError for an unknown id and ValueError for ``correct`` outside [0, 1].
+        """
+        a = self.index.get(config_id)
+        if a is None:
+            raise UnknownConfigError(f"unknown config id {config_id!r}")
+        y = float(correct)
+        if not 0.0 <= y <= 1.0:
+            raise ValueError("correct must be a bool or a number in [0, 1]")
+        tag = task or ""
+        text = prompt or ""
+        feats = self.featurizer.transform_one(text)[None, :]
+        p, _, cost = self._static(feats, [tag])
+        self.online.update(
+            tag, tag in self.known, a, float(_logit(p[0, a])), y, cost_usd, float(cost[0, a])
+        )
+
+    def reset_online(self) -> None:
+        """Forget everything learned online."""
+        self.online = OnlineState(
+            len(self.candidates), seed=self.seed, **self.params.online.model_dump()
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def _manifest_and_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        f_meta, f_arr = self.featurizer.state()
+        l_meta, l_arr = self.learner.state()
+        c_meta, c_arr = self.costs.state()
+        arrays: dict[str, np.ndarray] = {}
+        arrays.update(f_arr)
+        arrays.update({f"learner_{k}": v for k, v in l_arr.items()})
+        arrays.update(c_arr)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": "costpass-router",
+            "candidates": [c.to_dict() for c in self.candidates],
+            "datasets": self.datasets,
+            "params": self.params.model_dump(),
+            "seed": self.seed,
+            "lam_star": self.lam_star,
+            "policy_mode": self.policy_mode,
+            "featurizer": f_meta,
+            "learner": {
+                "slug": self.learner.slug,
+                "params": self.learner.params.model_dump(),
+                "calib": list(self.learner.calib),
+                "meta": l_meta,
+                "arrays": sorted(l_arr),
+            },
+            "costs": c_meta,
+            "fit_info": self.fit_info,
+            "online": self.online.to_json(),
+        }
+        return manifest, arrays
+
+    def save(self, path: str | Path) -> None:
+        """Write the router to directory ``path`` (created if needed): router.json + arrays.npz."""
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        manifest, arrays = self._manifest_and_arrays()
+        with open(d / _ARRAYS, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        (d / _MANIFEST).write_text(json.dumps(manifest))
+
+    def to_bytes(self) -> bytes:
+        """Return the router as one zip archive (same two files as ``save``)."""
+        manifest, arrays = self._manifest_and_arrays()
+        arr = io.BytesIO()
+        np.savez_compressed(arr, **arrays)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr(_MANIFEST, json.dumps(manifest))
+            zf.writestr(_ARRAYS, arr.getvalue())
+        return buf.getvalue()
+
+    @classmethod
+    def _from_parts(cls, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
+        if manifest.get("kind") != "costpass-router":
+            raise RouterError("not a costpass router model")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise RouterError(f"unsupported router format version {manifest.get('format_version')}")
+        cands = [Candidate(**c) for c in manifest["candidates"]]
+        datasets = list(manifest["datasets"])
+        params = RouterParams(**manifest["params"])
+        feat = PromptFeaturizer.from_state(manifest["featurizer"], arrays)
+        lm = manifest["learner"]
+        lcls = get_learner(lm["slug"])
+        learner = lcls(cands, datasets, lcls.Params(**lm["params"]))
+        learner.calib = (float(lm["calib"][0]), float(lm["calib"][1]))
+        learner.load_state(lm["meta"], {k: arrays[f"learner_{k}"] for k in lm["arrays"]})
+        costs = CostModel.from_state(manifest["costs"], arrays)
+        online = OnlineState.from_json(manifest["online"]) if manifest.get("online") else None
+        return cls(
+            candidates=cands,
+            datasets=datasets,
+            featurizer=feat,
+            learner=learner,
+            costs=costs,
+            params=params,
+            lam_star=manifest["lam_star"],
+            policy_mode=manifest["policy_mode"],
+            seed=int(manifest.get("seed", 0)),
+            fit_info=manifest.get("fit_info", {}),
+            online=online,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Router:
+        """Read a router written by ``save``; raise RouterError when ``path`` holds none."""
+        d = Path(path)
+        if not (d / _MANIFEST).is_file() or not (d / _ARRAYS).is_file():
+            raise RouterError(f"no router model in {d} (expected {_MANIFEST} and {_ARRAYS})")
+        try:
+            manifest = json.loads((d / _MANIFEST).read_text())
+            with np.load(d / _ARRAYS, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise RouterError(f"cannot read router model in {d}: {exc}") from exc
+        return cls._from_parts(manifest, arrays)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Router:
+        """Inverse of ``to_bytes``."""
+        try:
+            with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+                manifest = json.loads(zf.read(_MANIFEST))
+                with np.load(io.BytesIO(zf.read(_ARRAYS)), allow_pickle=False) as npz:
+                    arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise RouterError(f"cannot read router bytes: {exc}") from exc
+        return cls._from_parts(manifest, arrays)
+
+
+# ---------------------------------------------------------------------------------------- fitting
+
+
+def _fit_parts(
+    data: TrainData, learner_slug: str, params: RouterParams
+) -> tuple[Learner, CostModel]:
+    lcls = get_learner(learner_slug)
+    learner = lcls(data.candidates, data.datasets, lcls.Params(**params.learner_params))
+    learner.fit(data)
+    costs = CostModel().fit(data, data.candidates, data.datasets)
+    return learner, costs
+
+
+def _realised(
+    data: TrainData, p_hat: np.ndarray, c_hat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    obs = data.w > 0
+    y = np.where(obs, data.y, p_hat)
+    c = np.where(obs & np.isfinite(data.cost), data.cost, c_hat)
+    return y, c
+
+
+def single_threaded() -> contextlib.AbstractContextManager[Any]:
+    """Return a context limiting BLAS to one thread.
+
+    The matrices here are small; on a shared 2-core machine multithreaded BLAS made fitting about
+    ten times slower (37 s vs 3.7 s on routerbench-dev).
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover - scikit-learn always brings it
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+def fit_router(
+    outcomes: pd.DataFrame,
+    prompts: pd.DataFrame | None,
+    candidates: pd.DataFrame | list[Candidate],
+    *,
+    learner: str = "meta-logit",
+    seed: int = 0,
+    params: RouterParams | dict[str, Any] | None = None,
+    unknown_configs: Literal["error", "drop"] = "error",
+) -> Router:
+    """Fit a router on an outcome table (see routing.tables for schemas) and return it.
+
+    Raise TableError on malformed tables, UnknownConfigError when outcomes name a config id that is
+    not a candidate (unless ``unknown_configs='drop'``), UnknownLearnerError for a bad slug.
+    """
+    with single_threaded():
+        return _fit_router(outcomes, prompts, candidates, learner, seed, params, unknown_configs)
+
+
+def _fit_router(
+    outcomes: pd.DataFrame,
+    prompts: pd.DataFrame | None,
+    candidates: pd.DataFrame | list[Candidate],
+    learner: str,
+    seed: int,
+    params: RouterParams | dict[str, Any] | None,
+    unknown_configs: str,
+) -> Router:
+    t0 = time.perf_counter()
+    prm = params if isinstance(params, RouterParams) else RouterParams(**(params or {}))
+    get_learner(learner)  # fail fast on a bad slug
+    cands = coerce_candidates(candidates)
+    out = normalise_outcomes(outcomes)
+    if unknown_configs == "error":
+        check_config_ids(out, cands, "outcomes")
+    else:
+        out = out[out["config_id"].isin({c.config_id for c in cands})]
+        if out.empty:
+            raise TableError("outcomes: no rows for the given candidates")
+    pr = (
+        normalise_prompts(prompts)
+        if prompts is not None
+        else normalise_prompts(out[["prompt_uid", "dataset"]])
+    )
+    uids, tags, texts, mats = build_matrices(out, pr, cands)
+    datasets = sorted(set(tags))
+    d_index = {d: i for i, d in enumerate(datasets)}
+    featurizer = PromptFeaturizer(dim=prm.dim, seed=seed).fit(texts)
+    feats = featurizer.transform(texts)
+    data = TrainData(
+        prompt_uids=uids,
+        tags=tags,
+        texts=texts,
+        feats=feats,
+        y=mats["y"],
+        w=mats["w"],
+        cost=mats["cost"],
+        in_tok=mats["in_tok"],
+        out_tok=mats["out_tok"],
+        latency=mats["latency"],
+        candidates=cands,
+        datasets=datasets,
+        d_idx=np.array([d_index[t] for t in tags], dtype=int),
+    )
+    p_n, a_n = data.y.shape
+    rng = np.random.default_rng(seed)
+    info: dict[str, Any] = {
+        "n_prompts": p_n,
+        "n_rows": len(out),
+        "n_configs": a_n,
+        "datasets": {d: int((data.d_idx == i).sum()) for i, d in enumerate(datasets)},
+        "learner": learner,
+    }
+    # Cross-fitting: out-of-fold predictions calibrate p and choose the policy / lambda honestly.
+    folds = prm.folds if p_n >= 4 * max(prm.folds, 1) else 0
+    calib = (1.0, 0.0)
+    lam_star: float | None = None
+    mode = "lambda" if prm.policy == "lambda" else "ratio"
+    if folds >= 2:
+        fold_of = rng.permutation(p_n) % folds
+        z_oof = np.zeros((p_n, a_n))
+        se_oof = np.zeros((p_n, a_n))
+        c_oof = np.zeros((p_n, a_n))
+        for f in range(folds):
+            tr = np.flatnonzero(fold_of != f)
+            te = np.flatnonzero(fold_of == f)
+            lf, cf = _fit_parts(data.subset(tr), learner, prm)
+            z_oof[te] = lf.predict_logit_raw(feats[te], [tags[i] for i in te])
+            _, se_oof[te] = lf.predict(feats[te], [tags[i] for i in te])
+            c_oof[te] = cf.predict(feats[te], [tags[i] for i in te])
+        if learner != "knn":
+            calib = fit_platt(z_oof.ravel(), data.y.ravel(), data.w.ravel())
+        p_oof = _sigmoid(calib[0] * z_oof + calib[1])
+        info["oof_ece"] = ece(p_oof, data.y, weights=data.w)
+        lam_star, mode, pol_info = _choose_policy(data, p_oof, se_oof, c_oof, prm)
+        info.update(pol_info)
+    learner_obj, costs = _fit_parts(data, learner, prm)
+    learner_obj.calib = calib
+    info["calibration"] = list(calib)
+    if lam_star is None:
+        # No cross-fitting possible (tiny table): in-sample best-single CoP as lambda.
+        y_r, c_r = _realised(data, np.zeros_like(data.y), costs.predict(feats, tags))
+        col = [cost_of_pass(c_r[:, j].sum(), y_r[:, j].sum()) for j in range(a_n)]
+        finite = [c for c in col if math.isfinite(c)]
+        lam_star = min(finite) if finite else None
+        if prm.policy == "lambda" and lam_star is not None:
+            mode = "lambda"
+    info["fit_seconds"] = time.perf_counter() - t0
+    return Router(
+        candidates=cands,
+        datasets=datasets,
+        featurizer=featurizer,
+        learner=learner_obj,
+        costs=costs,
+        params=prm,
+        lam_star=lam_star,
+        policy_mode=mode,
+        seed=seed,
+        fit_info=info,
+    )
+
+
+def _choose_policy(
+    data: TrainData, p_oof: np.ndarray, se_oof: np.ndarray, c_oof: np.ndarray, prm: RouterParams
+) -> tuple[float | None, str, dict[str, Any]]:
+    """Pick lambda (and lambda vs ratio when policy='auto') by realised out-of-fold CoP."""
+    y_r, c_r = _realised(data, p_oof, c_oof)
+    rows = np.arange(len(y_r))
+    pl = pol.lcb(p_oof, se_oof, prm.kappa)
+    mask = np.ones_like(pl, dtype=bool)
+
+    def realised(choice: np.ndarray) -> float:
+        return cost_of_pass(float(c_r[rows, choice].sum()), float(y_r[rows, choice].sum()))
+
+    cop_ratio = realised(pol.choose(pl, c_oof, mask, None))
+    col = [
+        cost_of_pass(float(c_r[:, j].sum()), float(y_r[:, j].sum())) for j in range(y_r.shape[1])
+    ]
+    finite = [c for c in col if math.isfinite(c)]
+    ref = min(finite) if finite else float(np.median(c_oof)) * 2
+    grid = np.geomspace(ref / 8, ref * 8, prm.lambda_grid)
+    cops = np.array([realised(pol.choose(pl, c_oof, mask, float(lam))) for lam in grid])
+    # Smooth over neighbouring lambdas so a lucky spike on the training folds is not chosen.
+    logc = np.log(
+        np.where(
+            np.isfinite(cops),
+            cops,
+            np.nanmax(cops[np.isfinite(cops)]) * 10 if np.isfinite(cops).any() else 1.0,
+        )
+    )
+    sm = np.convolve(np.pad(logc, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    k = int(np.argmin(sm))
+    lam = float(grid[k])
+    cop_lam = float(cops[k])
+    if prm.policy == "ratio":
+        mode = "ratio"
+    elif prm.policy == "lambda":
+        mode = "lambda"
+    else:
+        mode = "lambda" if cop_lam <= cop_ratio else "ratio"
+    info = {
+        "oof_cop_ratio": cop_ratio,
+        "oof_cop_lambda": cop_lam,
+        "oof_cop_best_single": ref,
+        "lambda_star": lam,
+        "policy_mode": mode,
+    }
+    return lam, mode, info
