@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from routerapp.health import healthz
@@ -21,5 +20,6 @@ urlpatterns = [
         name="api-docs",
     ),
     path("healthz", healthz, name="healthz"),
-    path("", RedirectView.as_view(url="/admin/", permanent=False), name="home"),
+    # The web UI for teams (pages, login); see routerapp/views/urls.py.
+    path("", include("routerapp.views.urls")),
 ]

@@ -1,0 +1,177 @@
+"""Forms of the web UI. They check shape and range; the services check meaning and answer
+with a ServiceError that the view shows on the form (views.common.add_service_error)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.conf import settings
+
+from routerapp.models import Configuration, ModelEndpoint
+from routerapp.selectors.dashboards import DashboardFilters, Traffic
+
+ANSWER_KINDS = [
+    ("", "Guess from the prompt"),
+    ("math", "Math (number or expression)"),
+    ("mcq", "Multiple choice (letter)"),
+    ("text", "Text (exact match)"),
+]
+
+
+def _configuration_choices(blank: str) -> list[tuple[str, str]]:
+    configs = Configuration.objects.filter(enabled=True, endpoint__enabled=True).order_by("slug")
+    return [("", blank)] + [(c.slug, c.slug) for c in configs]
+
+
+class PlaygroundForm(forms.Form):
+    prompt = forms.CharField(
+        widget=forms.Textarea(
+            attrs={"rows": 5, "placeholder": "What is 17 * 23? Answer with a number."}
+        ),
+        max_length=settings.MAX_PROMPT_CHARS,
+        help_text="Sent as the user message.",
+    )
+    task = forms.CharField(
+        required=False,
+        max_length=64,
+        label="Task tag",
+        help_text="Optional, e.g. 'arithmetic': the router learns per task.",
+    )
+    answer_kind = forms.ChoiceField(choices=ANSWER_KINDS, required=False, label="Answer kind")
+    configuration = forms.ChoiceField(required=False, label="Configuration")
+    model = forms.ChoiceField(required=False, label="Model")
+    max_cost_usd = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_digits=24,
+        decimal_places=12,
+        label="Max cost (USD)",
+        help_text="Worst-case cost allowed for this prompt.",
+    )
+    min_accuracy = forms.FloatField(
+        required=False, min_value=0.0, max_value=1.0, label="Min predicted accuracy (0–1)"
+    )
+    max_latency_s = forms.FloatField(required=False, min_value=0.001, label="Max latency (s)")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["configuration"].choices = _configuration_choices("Auto: the router decides")
+        self.fields["model"].choices = [("", "Any model")] + [
+            (e.name, e.display_name or e.name) for e in ModelEndpoint.objects.filter(enabled=True)
+        ]
+
+
+class FilterForm(forms.Form):
+    """The dashboards' filters (GET). Invalid values are reported and fall back to defaults."""
+
+    PERIODS = [
+        ("7", "Last 7 days"),
+        ("30", "Last 30 days"),
+        ("90", "Last 90 days"),
+        ("365", "Last 365 days"),
+        ("custom", "Custom dates"),
+    ]
+
+    period = forms.ChoiceField(choices=PERIODS, required=False, initial="30")
+    start = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From"
+    )
+    end = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To"
+    )
+    model = forms.ChoiceField(required=False)
+    strategy = forms.ChoiceField(required=False)
+    configuration = forms.ChoiceField(required=False)
+    task = forms.ChoiceField(required=False)
+    api_key = forms.ChoiceField(required=False, label="API key")
+    traffic = forms.ChoiceField(choices=Traffic.CHOICES, required=False, initial=Traffic.ALL)
+
+    MAX_DAYS = 731
+
+    def __init__(
+        self, *args: Any, options: dict[str, list[tuple[str, str]]], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        blank = {
+            "model": "All models",
+            "strategy": "All strategies",
+            "configuration": "All configurations",
+            "task": "All tasks",
+            "api_key": "All keys and the playground",
+        }
+        for name, label in blank.items():
+            self.fields[name].choices = [("", label)] + options.get(name, [])
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("period") == "custom":
+            start, end = data.get("start"), data.get("end")
+            if not start or not end:
+                raise forms.ValidationError("Custom dates need both 'From' and 'To'.")
+            if start > end:
+                raise forms.ValidationError("'From' must not be after 'To'.")
+            if (end - start).days >= self.MAX_DAYS:
+                raise forms.ValidationError(f"Choose at most {self.MAX_DAYS} days.")
+        return data
+
+    def filters(self, *, today: dt.date | None = None) -> DashboardFilters:
+        """Return the filters to apply (defaults for anything invalid or missing)."""
+        data = self.cleaned_data if self.is_valid() else {}
+        extra = {
+            "model": data.get("model") or "",
+            "strategy": data.get("strategy") or "",
+            "configuration": data.get("configuration") or "",
+            "task": data.get("task") or "",
+            "api_key": int(data["api_key"]) if data.get("api_key") else None,
+            "traffic": data.get("traffic") or Traffic.ALL,
+        }
+        if data.get("period") == "custom":
+            return DashboardFilters(start=data["start"], end=data["end"], **extra)
+        days = int(data.get("period") or 30)
+        return DashboardFilters.last_days(days, today=today, **extra)
+
+
+class BenchmarkForm(forms.Form):
+    SETS = [("generated", "Built-in generated problems"), ("upload", "Upload a CSV or JSONL file")]
+
+    name = forms.CharField(max_length=100, initial="benchmark")
+    labelled_set = forms.ChoiceField(
+        choices=SETS, widget=forms.RadioSelect, initial="generated", label="Labelled set"
+    )
+    n = forms.IntegerField(
+        min_value=1, max_value=200, initial=10, required=False, label="Number of problems"
+    )
+    seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0, required=False)
+    file = forms.FileField(
+        required=False,
+        label="Labelled file",
+        help_text="CSV with a header row containing prompt and gold (optional answer_kind, task), "
+        'or JSONL with one {"prompt": ..., "gold": ...} object per line.',
+    )
+    configurations = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple, label="Configurations"
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["configurations"].choices = _configuration_choices("")[1:]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("labelled_set") == "upload" and not data.get("file"):
+            self.add_error("file", "Choose a CSV or JSONL file to upload.")
+        if data.get("labelled_set") == "generated" and not data.get("n"):
+            self.add_error("n", "How many problems? (1 to 200)")
+        return data
+
+
+class RouterTrainForm(forms.Form):
+    name = forms.CharField(
+        max_length=100, required=False, help_text="Optional; a name is generated otherwise."
+    )
+
+
+__all__ = ["BenchmarkForm", "FilterForm", "PlaygroundForm", "RouterTrainForm"]

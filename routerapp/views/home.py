@@ -1,0 +1,46 @@
+"""Home: where the team stands: the last 30 days in figures, the active router, what runs now."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from routerapp.models import BenchmarkRun, Configuration, Query, RouterVersion
+from routerapp.selectors.dashboards import DashboardFilters, dashboard_summary
+from routerapp.views.common import team_view
+
+
+@team_view
+def home(request: HttpRequest) -> HttpResponse:
+    team = request.team  # type: ignore[attr-defined]
+    filters = DashboardFilters.last_days(30)
+    context = {
+        "summary": dashboard_summary(team=team, filters=filters),
+        "filters": filters,
+        "recent": list(
+            Query.objects.filter(team=team)
+            .select_related("configuration")
+            .only(
+                "id",
+                "prompt",
+                "status",
+                "created_at",
+                "cost_usd",
+                "source",
+                "configuration__slug",
+                "graded_correct",
+            )
+            .order_by("-created_at")[:8]
+        ),
+        "running": Query.objects.filter(
+            team=team, status__in=[Query.Status.QUEUED, Query.Status.RUNNING]
+        ).count(),
+        "active_router": RouterVersion.objects.filter(is_active=True).defer("artifact").first(),
+        "training": RouterVersion.objects.filter(status=RouterVersion.Status.TRAINING)
+        .defer("artifact")
+        .first(),
+        "runs": list(BenchmarkRun.objects.filter(team=team).defer("items", "results")[:3]),
+        "configurations": Configuration.objects.filter(enabled=True).count(),
+        "nav": "home",
+    }
+    return render(request, "ui/home.html", context)
