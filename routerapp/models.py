@@ -59,6 +59,7 @@ class ApiKey(models.Model):
         QUERY = "query", "Create and read queries"
         FEEDBACK = "feedback", "Send feedback"
         USAGE = "usage", "Read usage"
+        ADMIN = "admin", "Manage the team's keys and budgets"
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)

@@ -182,6 +182,9 @@ MAX_REQUEST_BYTES = env_int("COSTPASS_MAX_REQUEST_BYTES", 1_000_000, minimum=102
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 # How long a synchronous API call waits for its query before answering "still running".
 SYNC_WAIT_S = env_float("COSTPASS_SYNC_WAIT_S", 120.0, minimum=0.0)
+# One sample on a remote OpenAI-compatible endpoint is served by the web process itself (same
+# routing, budget and ledger, no queue hop); false sends every query through Celery.
+INLINE_REMOTE_SINGLE = env_bool("COSTPASS_INLINE_REMOTE_SINGLE", True)
 LLAMA_THREADS = env_int("COSTPASS_LLAMA_THREADS", 1, minimum=1)
 # Where outcome tables and labelled sets are read from (never copied into the repository).
 SHARED_DATA_DIR = env_str("COSTPASS_SHARED_DATA_DIR", str(BASE_DIR.parent / "shared"))

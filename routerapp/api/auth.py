@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -56,3 +57,17 @@ def require_scope(principal: Any, scope: str) -> None:
     scopes = principal.key.scopes or []
     if scopes and scope not in scopes:
         raise PermissionDenied(f"this API key lacks the '{scope}' scope")
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Describes the bearer API key in the OpenAPI schema."""
+
+    target_class = "routerapp.api.auth.ApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key of your team: 'Authorization: Bearer cp_...'",
+        }

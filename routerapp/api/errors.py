@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -64,6 +66,15 @@ def openai_exception_handler(exc: Exception, context: dict) -> Response | None:
             ),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            error_body(
+                f"request body too large; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes",
+                "invalid_request_error",
+                "payload_too_large",
+            ),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "not found")
     response = exception_handler(exc, context)
@@ -89,12 +100,41 @@ def json_error(request: HttpRequest, status_code: int, message: str, code: str) 
     return JsonResponse(error_body(message, error_type, code), status=status_code)
 
 
-def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return json_error(request, 404, f"no route {request.path}", "not_found")
+API_PREFIXES = ("/v1/", "/api/")
 
 
-def server_error(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(
-        error_body("internal error; nothing was written", "api_error", "internal_error"),
-        status=500,
-    )
+def is_api_path(request: HttpRequest) -> bool:
+    """Return whether a request is for the API (JSON errors) rather than a page (HTML errors)."""
+    return request.path.startswith(API_PREFIXES) or request.path == "/v1"
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: OpenAI-shaped JSON under /v1 and /api, Django's page elsewhere."""
+    if is_api_path(request):
+        return json_error(request, 404, f"no route {request.method} {request.path}", "not_found")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Http404())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: OpenAI-shaped JSON under /v1 and /api, Django's page elsewhere."""
+    if is_api_path(request):
+        return JsonResponse(
+            error_body("internal error; nothing was written", "api_error", "internal_error"),
+            status=500,
+        )
+    from django.views.defaults import server_error as page_server_error
+
+    return page_server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400 (e.g. a body over the size limit read outside DRF, a bad Host header)."""
+    if is_api_path(request):
+        if isinstance(exception, RequestDataTooBig):
+            return json_error(request, 413, "request body too large", "payload_too_large")
+        return json_error(request, 400, "bad request", "invalid_request")
+    from django.views.defaults import bad_request as page_bad_request
+
+    return page_bad_request(request, exception or Exception())

@@ -7,7 +7,16 @@ from typing import Any
 
 from rest_framework import serializers
 
-from routerapp.models import Query, Sample
+from routerapp.models import ApiKey, BudgetPolicy, Query, Sample
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers, booleans and objects instead of coercing them."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class ConstraintFields(serializers.Serializer):
@@ -32,7 +41,7 @@ class ConstraintFields(serializers.Serializer):
 
 
 class QueryCreateInput(ConstraintFields):
-    prompt = serializers.CharField(required=False, allow_blank=False, trim_whitespace=False)
+    prompt = StrictCharField(required=False, allow_blank=False, trim_whitespace=False)
     messages = serializers.ListField(
         child=serializers.DictField(), required=False, allow_empty=False
     )
@@ -131,3 +140,128 @@ class QueryOut(serializers.ModelSerializer):
 
     def get_samples(self, obj: Query) -> list[dict[str, Any]]:
         return SampleOut(obj.samples.order_by("index"), many=True).data
+
+
+# --- keys, budgets, usage ----------------------------------------------------------------------
+
+
+class ApiKeyOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="Visible start of the key")
+    scopes = serializers.ListField(child=serializers.CharField(), help_text="Empty: every scope")
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    rate_limit_rpm = serializers.IntegerField(allow_null=True)
+    rate_limit_tpm = serializers.IntegerField(allow_null=True)
+
+
+class ApiKeyCreatedOut(ApiKeyOut):
+    key = serializers.CharField(help_text="The full key: shown this once, never again")
+
+
+class ApiKeyCreateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=ApiKey.Scope.choices),
+        required=False,
+        default=list,
+        max_length=len(ApiKey.Scope.choices),
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    rate_limit_rpm = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=10_000_000
+    )
+    rate_limit_tpm = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=2_000_000_000
+    )
+
+
+class BudgetOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    api_key = serializers.CharField(allow_null=True, help_text="Prefix of the key it covers")
+    period = serializers.ChoiceField(choices=BudgetPolicy.Period.choices)
+    mode = serializers.ChoiceField(choices=BudgetPolicy.Mode.choices)
+    enabled = serializers.BooleanField()
+    limit_usd = serializers.CharField()
+    window_start = serializers.DateField()
+    spent_usd = serializers.CharField()
+    reserved_usd = serializers.CharField()
+    left_usd = serializers.CharField()
+
+
+_MONEY = {"max_digits": 24, "decimal_places": 12, "min_value": Decimal(0)}
+
+
+class BudgetCreateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    limit_usd = serializers.DecimalField(**_MONEY, max_value=Decimal("1e11"))
+    period = serializers.ChoiceField(
+        choices=BudgetPolicy.Period.choices, default=BudgetPolicy.Period.MONTH
+    )
+    mode = serializers.ChoiceField(
+        choices=BudgetPolicy.Mode.choices, default=BudgetPolicy.Mode.HARD_REJECT
+    )
+    api_key = serializers.CharField(
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=32,
+        help_text="Id or prefix of one of the team's keys; empty: the whole team",
+    )
+    enabled = serializers.BooleanField(required=False, default=True)
+
+
+class BudgetUpdateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    limit_usd = serializers.DecimalField(**_MONEY, max_value=Decimal("1e11"), required=False)
+    period = serializers.ChoiceField(choices=BudgetPolicy.Period.choices, required=False)
+    mode = serializers.ChoiceField(choices=BudgetPolicy.Mode.choices, required=False)
+    enabled = serializers.BooleanField(required=False)
+
+
+class UsageQueryInput(serializers.Serializer):
+    period = serializers.ChoiceField(
+        choices=["day", "week", "month", "all"], default="month", help_text="UTC calendar window"
+    )
+    group_by = serializers.ChoiceField(
+        choices=["model", "strategy", "configuration", "key", "task"], required=False
+    )
+    start = serializers.DateTimeField(required=False, help_text="Overrides the period's start")
+    end = serializers.DateTimeField(required=False, help_text="Overrides the period's end")
+
+
+class UsageFiguresOut(serializers.Serializer):
+    queries = serializers.IntegerField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    running = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.CharField()
+    reserved_usd = serializers.CharField()
+    graded = serializers.IntegerField()
+    correct = serializers.IntegerField()
+    accuracy = serializers.FloatField(allow_null=True)
+    cost_of_pass_usd = serializers.CharField(allow_null=True)
+
+
+class UsageGroupOut(UsageFiguresOut):
+    key = serializers.CharField(allow_null=True, allow_blank=True)
+    name = serializers.CharField(required=False)
+
+
+class UsageOut(serializers.Serializer):
+    object = serializers.CharField()
+    team = serializers.CharField()
+    period = serializers.CharField()
+    start = serializers.DateTimeField(allow_null=True)
+    end = serializers.DateTimeField()
+    group_by = serializers.CharField(allow_null=True)
+    totals = UsageFiguresOut()
+    groups = UsageGroupOut(many=True)

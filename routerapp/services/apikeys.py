@@ -32,8 +32,12 @@ def api_key_create(
     expires_at: datetime | None = None,
     rate_limit_rpm: int | None = None,
     rate_limit_tpm: int | None = None,
+    actor_api_key: ApiKey | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key for `team`; return the row and the full key, which is never shown again."""
+    """Create a key for `team`; return the row and the full key, which is never shown again.
+
+    ``actor_api_key`` (a key creating another through the API) may only grant scopes it holds
+    itself: a key cannot mint a more powerful one. Raise InvalidInput otherwise."""
     name = name.strip()
     if not name:
         raise InvalidInput("a key needs a name", param="name")
@@ -44,8 +48,19 @@ def api_key_create(
             f"unknown scopes {unknown}; known scopes: {sorted(ApiKey.Scope.values)}",
             param="scopes",
         )
+    if actor_api_key is not None and actor_api_key.scopes:
+        held = set(actor_api_key.scopes)
+        if not scopes or not set(scopes) <= held:
+            raise InvalidInput(
+                f"a key with scopes {sorted(held)} can only create keys with some of them; "
+                "list them in 'scopes'",
+                param="scopes",
+            )
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidInput("expires_at must be in the future", param="expires_at")
+    for field, value in (("rate_limit_rpm", rate_limit_rpm), ("rate_limit_tpm", rate_limit_tpm)):
+        if value is not None and value < 1:
+            raise InvalidInput(f"{field} must be a positive integer or empty", param=field)
     prefix = f"{KEY_PREFIX}_{secrets.token_hex(4)}"
     raw = f"{prefix}_{secrets.token_urlsafe(24)}"
     key = ApiKey.objects.create(
@@ -64,24 +79,37 @@ def api_key_create(
         obj=key,
         team=team,
         actor=created_by,
-        changes={"prefix": [None, prefix], "scopes": [None, scopes]},
+        actor_api_key=actor_api_key,
+        changes={
+            "name": [None, name],
+            "prefix": [None, prefix],
+            "scopes": [None, scopes],
+            "expires_at": [None, expires_at.isoformat() if expires_at else None],
+            "rate_limit_rpm": [None, rate_limit_rpm],
+            "rate_limit_tpm": [None, rate_limit_tpm],
+        },
     )
     return key, raw
 
 
 @transaction.atomic
-def api_key_revoke(*, key: ApiKey, actor: Any = None) -> ApiKey:
+def api_key_revoke(
+    *, key: ApiKey, actor: Any = None, actor_api_key: ApiKey | None = None
+) -> ApiKey:
     """Revoke a key (idempotent); a revoked key fails authentication from now on."""
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
+    locked = ApiKey.objects.select_for_update().get(pk=key.pk)
+    if locked.revoked_at is None:
+        locked.revoked_at = timezone.now()
+        locked.save(update_fields=["revoked_at"])
         audit_record(
             action="revoke",
-            obj=key,
-            team=key.team,
+            obj=locked,
+            team=locked.team,
             actor=actor,
-            changes={"revoked_at": [None, key.revoked_at.isoformat()]},
+            actor_api_key=actor_api_key,
+            changes={"revoked_at": [None, locked.revoked_at.isoformat()]},
         )
+    key.revoked_at = locked.revoked_at
     return key
 
 

@@ -11,13 +11,15 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from routerapp.errors import BudgetExceeded
+from routerapp.errors import BudgetExceeded, InvalidInput
 from routerapp.models import ApiKey, BudgetPolicy, BudgetUsage, Team
+from routerapp.services.audit import audit_diff, audit_record
 
 log = logging.getLogger(__name__)
 ZERO = Decimal("0")
@@ -66,20 +68,32 @@ def _window(policy: BudgetPolicy, now: dt.datetime) -> BudgetUsage:
 
 
 def budget_headroom(
-    *, team: Team, api_key: ApiKey | None, now: dt.datetime | None = None
+    *,
+    team: Team,
+    api_key: ApiKey | None,
+    now: dt.datetime | None = None,
+    policies: list[BudgetPolicy] | None = None,
 ) -> list[BudgetHeadroom]:
     """Return each covering policy with its current window, hard policies first."""
     now = now or timezone.now()
-    rows = [BudgetHeadroom(p, _window(p, now)) for p in policies_for(team, api_key)]
+    if policies is None:
+        policies = policies_for(team, api_key)
+    rows = [BudgetHeadroom(p, _window(p, now)) for p in policies]
     return sorted(rows, key=lambda r: (not r.policy.is_hard, r.policy.id))
 
 
 def hard_budget_left(
-    *, team: Team, api_key: ApiKey | None, now: dt.datetime | None = None
+    *,
+    team: Team,
+    api_key: ApiKey | None,
+    now: dt.datetime | None = None,
+    policies: list[BudgetPolicy] | None = None,
 ) -> Decimal | None:
     """Return the smallest amount left under the hard budgets, or None when none applies."""
     lefts = [
-        h.left_usd for h in budget_headroom(team=team, api_key=api_key, now=now) if h.policy.is_hard
+        h.left_usd
+        for h in budget_headroom(team=team, api_key=api_key, now=now, policies=policies)
+        if h.policy.is_hard
     ]
     return min(lefts) if lefts else None
 
@@ -90,15 +104,19 @@ def budget_reserve(
     api_key: ApiKey | None,
     amount: Decimal,
     now: dt.datetime | None = None,
+    policies: list[BudgetPolicy] | None = None,
 ) -> Reservation:
     """Reserve `amount` USD under every covering policy, or raise BudgetExceeded naming the
     first hard policy that cannot cover it. Must run inside the transaction that creates the
-    query, so a rejected or failed request leaves nothing reserved."""
+    query, so a rejected or failed request leaves nothing reserved. ``policies`` (default: the
+    covering ones, ``policies_for``) saves a query when the caller has them already."""
     if amount < 0:
         raise ValueError("a reservation cannot be negative")
     now = now or timezone.now()
     reservation = Reservation(amount=amount)
-    for policy in policies_for(team, api_key):
+    if policies is None:
+        policies = policies_for(team, api_key)
+    for policy in policies:
         usage = _window(policy, now)
         rows = BudgetUsage.objects.filter(pk=usage.pk)
         if policy.is_hard:
@@ -124,11 +142,98 @@ def budget_reserve(
     return reservation
 
 
-@transaction.atomic
 def budget_settle(*, usage_ids: list[int], reserved: Decimal, spent: Decimal) -> None:
-    """Replace a reservation by the real cost in the windows it was taken from."""
+    """Replace a reservation by the real cost in the windows it was taken from.
+
+    One UPDATE statement, atomic on its own; callers run it inside the transaction that
+    finishes the query, so the reservation and the query's status change together."""
     if not usage_ids:
         return
     BudgetUsage.objects.filter(pk__in=usage_ids).update(
         reserved_usd=F("reserved_usd") - reserved, spent_usd=F("spent_usd") + spent
     )
+
+
+AUDITED_POLICY_FIELDS = ["name", "api_key", "period", "limit_usd", "mode", "enabled"]
+
+
+def _check_policy_values(*, team: Team, values: dict) -> None:
+    if "limit_usd" in values and (values["limit_usd"] is None or values["limit_usd"] < 0):
+        raise InvalidInput("limit_usd must be zero or more", param="limit_usd")
+    if "period" in values and values["period"] not in BudgetPolicy.Period.values:
+        raise InvalidInput(
+            f"period must be one of {sorted(BudgetPolicy.Period.values)}", param="period"
+        )
+    if "mode" in values and values["mode"] not in BudgetPolicy.Mode.values:
+        raise InvalidInput(f"mode must be one of {sorted(BudgetPolicy.Mode.values)}", param="mode")
+    if "name" in values and not str(values["name"]).strip():
+        raise InvalidInput("a budget needs a name", param="name")
+    key = values.get("api_key")
+    if key is not None and key.team_id != team.pk:
+        raise InvalidInput("the key belongs to another team", param="api_key")
+
+
+@transaction.atomic
+def budget_policy_create(
+    *,
+    team: Team,
+    name: str,
+    limit_usd: Decimal,
+    period: str = BudgetPolicy.Period.MONTH,
+    mode: str = BudgetPolicy.Mode.HARD_REJECT,
+    api_key: ApiKey | None = None,
+    enabled: bool = True,
+    actor: Any = None,
+    actor_api_key: ApiKey | None = None,
+) -> BudgetPolicy:
+    """Create a budget policy for the team (or one of its keys); the audit log records it."""
+    values = {
+        "name": name.strip(),
+        "limit_usd": limit_usd,
+        "period": period,
+        "mode": mode,
+        "api_key": api_key,
+        "enabled": enabled,
+    }
+    _check_policy_values(team=team, values=values)
+    policy = BudgetPolicy.objects.create(team=team, **values)
+    audit_record(
+        action="create",
+        obj=policy,
+        team=team,
+        actor=actor,
+        actor_api_key=actor_api_key,
+        changes=audit_diff(None, policy, AUDITED_POLICY_FIELDS),
+    )
+    return policy
+
+
+@transaction.atomic
+def budget_policy_update(
+    *,
+    policy: BudgetPolicy,
+    actor: Any = None,
+    actor_api_key: ApiKey | None = None,
+    **changes: Any,
+) -> BudgetPolicy:
+    """Change a policy's name, limit, period, mode or enabled flag; the audit log records old
+    and new values. Raise InvalidInput for an unknown field or a bad value."""
+    allowed = {"name", "limit_usd", "period", "mode", "enabled"}
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise InvalidInput(f"cannot change {unknown}; changeable: {sorted(allowed)}")
+    locked = BudgetPolicy.objects.select_for_update().get(pk=policy.pk)
+    _check_policy_values(team=locked.team, values=changes)
+    old = BudgetPolicy.objects.get(pk=policy.pk)
+    for name, value in changes.items():
+        setattr(locked, name, value.strip() if name == "name" else value)
+    locked.save()
+    audit_record(
+        action="update",
+        obj=locked,
+        team=locked.team,
+        actor=actor,
+        actor_api_key=actor_api_key,
+        changes=audit_diff(old, locked, AUDITED_POLICY_FIELDS),
+    )
+    return locked

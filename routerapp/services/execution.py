@@ -15,6 +15,7 @@ from django.utils import timezone
 from routerapp.models import ModelEndpoint, Query, Sample
 from routerapp.services.budgets import budget_settle
 from routerapp.services.pricing import endpoint_prices
+from routerapp.services.streaming import EventSink, query_events_publisher, query_finished_notify
 from workers.ledger import cost_of_tokens, cost_usd
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,12 @@ def _candidate_get(candidate: Any, name: str, default: Any = None) -> Any:
 class _Run:
     """Callbacks the strategy calls while it runs one query."""
 
-    def __init__(self, query: Query, offset: int):
+    def __init__(self, query: Query, offset: int, events: EventSink | None = None):
         self.query = query
         self.offset = offset
         self.prices = endpoint_prices(query.configuration.endpoint)
+        # Token deltas and finished samples go to whoever streams this query (API, playground).
+        self.events = events if events is not None else query_events_publisher(query.pk)
         self._next_poll = 0.0
         self._cancelled = False
 
@@ -65,6 +68,11 @@ class _Run:
         candidate = getattr(event, "candidate", None)
         if candidate is not None:
             self.save_candidate(candidate)
+            self.events.sample(self.offset + int(candidate.index))
+            return
+        text = getattr(event, "text", None)
+        if text and isinstance(text, str):  # a token delta of one sample
+            self.events.token(self.offset + int(getattr(event, "index", 0)), text)
 
     def save_candidate(self, candidate: Any) -> None:
         """Write one finished (or aborted) sample and bump the query's running totals."""
@@ -93,8 +101,11 @@ class _Run:
                 Query.objects.filter(pk=self.query.pk).update(samples_done=F("samples_done") + 1)
 
 
-def query_run(*, query_id: str) -> str:
+def query_run(*, query_id: str, events: EventSink | None = None) -> str:
     """Run a queued query to the end and return its final status.
+
+    ``events`` receives token deltas and finished samples (default: the query's shared event
+    channel, see services.streaming); the end is always announced on the shared channel.
 
     Idempotent under redelivery: a finished query is left as it is; a query whose worker died
     mid-run keeps the samples it had written (they were generated, so they are billed) and runs
@@ -117,7 +128,7 @@ def query_run(*, query_id: str) -> str:
         query_finish_cancelled(query=query)
         return Query.Status.CANCELLED
     offset = Sample.objects.filter(query=query).count()
-    run = _Run(query, offset)
+    run = _Run(query, offset, events)
     configuration = query.configuration
     try:
         engine = get_engine(configuration.endpoint.engine, configuration.endpoint.engine_params)
@@ -133,12 +144,15 @@ def query_run(*, query_id: str) -> str:
             should_cancel=run.should_cancel,
         )
     except SoftTimeLimitExceeded:
+        run.events.flush()
         query_fail(query_id=query_id, error="the query ran past its time limit")
         return Query.Status.FAILED
     except Exception as exc:
         log.exception("query %s failed", query_id)
+        run.events.flush()
         query_fail(query_id=query_id, error=f"{type(exc).__name__}: {exc}")
         return Query.Status.FAILED
+    run.events.flush()
     return query_complete(query=query, result=result, offset=offset, run=run)
 
 
@@ -198,6 +212,15 @@ def _finish(query: Query) -> None:
     query.finished_at = timezone.now()
     query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
     budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
+    # Tell whoever waits for or streams this query, and charge its tokens to its key's
+    # per-minute window, once the row is committed.
+    end = {
+        "query_id": query.pk,
+        "status": query.status,
+        "api_key_id": query.api_key_id,
+        "tokens": query.prompt_tokens + query.completion_tokens,
+    }
+    transaction.on_commit(lambda: query_finished_notify(**end), robust=True)
     # The dashboards' daily rollup: recomputed for this query's group once it is committed;
     # robust, because a rollup failure must not fail a query that has finished.
     from routerapp.services.rollups import rollup_refresh_for_query

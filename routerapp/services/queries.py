@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge
-from routerapp.models import ApiKey, Query, Team
-from routerapp.services.budgets import budget_reserve, hard_budget_left
+from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
+from routerapp.models import ApiKey, BudgetPolicy, ModelEndpoint, Query, Sample, Team
+from routerapp.services.budgets import (
+    ZERO,
+    budget_reserve,
+    budget_settle,
+    hard_budget_left,
+    policies_for,
+)
 from routerapp.services.pricing import prompt_token_bound, worst_case_cost
 from routerapp.services.routing import RequestConstraints, RoutingDecision, decide
 from workers.queues import queue_for_engine
@@ -76,10 +84,16 @@ def query_create(
     answer_kind: str = "",
     downgrade_on_budget: bool | None = None,
     benchmark_run: Any = None,
+    defer_dispatch: bool = False,
 ) -> Query:
     """Validate a request, route it, reserve its worst-case cost under the covering budgets,
     store it and enqueue it once the transaction commits. Raise a ServiceError (nothing written)
-    when the input is bad, nothing fits the constraints, or a hard budget cannot cover it."""
+    when the input is bad, nothing fits the constraints, or a hard budget cannot cover it;
+    raise ServiceUnavailable (and withdraw the query) when the task broker cannot be reached.
+
+    With ``defer_dispatch`` nothing is enqueued: the caller runs the query with
+    ``query_run_inline`` or hands it to the workers with ``query_enqueue``.
+    """
     constraints = constraints or RequestConstraints()
     if messages is not None:
         messages = _check_messages(messages)
@@ -99,16 +113,29 @@ def query_create(
     text = prompt_text(prompt, messages)
     tokens_bound = prompt_token_bound(prompt, messages)
     decision = decide(prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound)
+    policies = policies_for(team, api_key)
     decision = _within_budget(
-        team, api_key, decision, constraints, text, task, tokens_bound, downgrade_on_budget
+        team,
+        api_key,
+        policies,
+        decision,
+        constraints,
+        text,
+        task,
+        tokens_bound,
+        downgrade_on_budget,
     )
     configuration = decision.configuration
     reserve = worst_case_cost(configuration, tokens_bound)
-    reservation = budget_reserve(team=team, api_key=api_key, amount=reserve)
+    reservation = budget_reserve(team=team, api_key=api_key, amount=reserve, policies=policies)
     strategy = get_strategy(configuration.strategy.strategy)
     params = strategy.validate_params(configuration.strategy.params)
 
+    # A query this process will run itself starts running at once (saves a round trip).
+    inline = defer_dispatch and _runs_inline(configuration, strategy.planned_samples(params))
     query = Query.objects.create(
+        status=Query.Status.RUNNING if inline else Query.Status.QUEUED,
+        started_at=timezone.now() if inline else None,
         team=team,
         api_key=api_key,
         user=user if getattr(user, "is_authenticated", False) else None,
@@ -130,14 +157,15 @@ def query_create(
         budget_flags=reservation.soft_flags,
         benchmark_run=benchmark_run,
     )
-    queue = queue_for_engine(configuration.endpoint.engine, configuration.endpoint.queue)
-    transaction.on_commit(lambda: _enqueue(query, queue))
+    if not defer_dispatch:
+        transaction.on_commit(lambda: query_enqueue(query=query))
     return query
 
 
 def _within_budget(
     team: Team,
     api_key: ApiKey | None,
+    policies: list[BudgetPolicy],
     decision: RoutingDecision,
     constraints: RequestConstraints,
     text: str,
@@ -146,15 +174,13 @@ def _within_budget(
     downgrade: bool | None,
 ) -> RoutingDecision:
     """Re-ask the router with what is left when a downgrading hard budget cannot cover it."""
-    from routerapp.models import BudgetPolicy
-    from routerapp.services.budgets import policies_for
-
-    policies = policies_for(team, api_key)
+    if not policies:
+        return decision
     if downgrade is None:
         downgrade = any(p.mode == BudgetPolicy.Mode.HARD_DOWNGRADE for p in policies)
     if not downgrade:
         return decision
-    left = hard_budget_left(team=team, api_key=api_key)
+    left = hard_budget_left(team=team, api_key=api_key, policies=policies)
     if left is None or worst_case_cost(decision.configuration, tokens_bound) <= left:
         return decision
     limited = RequestConstraints(**{**constraints.__dict__, "max_cost_usd": left})
@@ -166,16 +192,217 @@ def _within_budget(
     return downgraded
 
 
-def _enqueue(query: Query, queue: str) -> None:
+def query_runs_inline(query: Query) -> bool:
+    """Return whether the web process should run this query itself rather than queue it.
+
+    One sample on a remote OpenAI-compatible server is an HTTP call the web process can make as
+    cheaply as a worker; the queue hop (broker round trips, worker pick-up, waiting for the
+    result) would cost more than the call itself. Local engines (llama.cpp, vLLM) need their
+    worker's loaded model, and multi-sample strategies can run for long: those always queue.
+    """
+    if query.configuration is None:
+        return False
+    return _runs_inline(query.configuration, query.samples_planned)
+
+
+def _runs_inline(configuration: Any, samples_planned: int) -> bool:
+    return bool(
+        settings.INLINE_REMOTE_SINGLE
+        and configuration.endpoint.engine == ModelEndpoint.Engine.OPENAI_COMPAT
+        and not configuration.endpoint.queue
+        and samples_planned == 1
+    )
+
+
+def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sample] | None]:
+    """Run a query created with ``defer_dispatch`` in this process; return its final status
+    and, when it completed here, its samples (``query`` then holds its final values; None:
+    re-read the row).
+
+    The same strategy, engine, ledger pricing (workers.ledger), budget settlement and end
+    hooks (execution._finish) as the worker, with fewer round trips: the samples and the
+    final row are written in one transaction at the end instead of one per sample, and the
+    engine is asked for token events only when ``events`` (a services.streaming sink) wants
+    them. With ``events``, a cancel request (client gone, or the jobs API) aborts the sample.
+    """
+    from routerapp.services import execution
+    from workers.engines import get_engine
+
+    if query.status != Query.Status.RUNNING:  # created queued: take it, unless taken
+        now = timezone.now()
+        started = Query.objects.filter(pk=query.pk, status=Query.Status.QUEUED).update(
+            status=Query.Status.RUNNING, started_at=now
+        )
+        if not started:
+            return _current_status(query), None
+        query.status, query.started_at = Query.Status.RUNNING, now
+    configuration = query.configuration
+    try:
+        engine = get_engine(configuration.endpoint.engine, configuration.endpoint.engine_params)
+        strategy = get_strategy(configuration.strategy.strategy)
+        params = strategy.validate_params(configuration.strategy.params)
+        execution._check_prompt_length(engine, query)
+        result = strategy.run(
+            engine,
+            messages=query.messages or [{"role": "user", "content": query.prompt}],
+            params=params,
+            answer_kind=query.answer_kind or None,
+            on_event=None if events is None else _InlineEvents(events).on_event,
+            should_cancel=None if events is None else _CancelPoll(query.pk),
+        )
+    except Exception as exc:  # the endpoint failed: the query fails, billed what was written
+        log.warning("inline query %s failed: %s", query.pk, exc)
+        execution.query_fail(query_id=str(query.pk), error=f"{type(exc).__name__}: {exc}")
+        return Query.Status.FAILED.value, None
+    try:
+        return _inline_complete(query, result)
+    except _AlreadyFinished:
+        return _current_status(query), None
+
+
+def _current_status(query: Query) -> str:
+    return str(Query.objects.values_list("status", flat=True).get(pk=query.pk))
+
+
+class _AlreadyFinished(Exception):
+    pass
+
+
+_FINAL_FIELDS = (
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "engine_requests",
+    "scorer_calls",
+    "cost_usd",
+    "samples_done",
+    "answer",
+    "extracted_answer",
+    "votes",
+    "graded_correct",
+    "finished_at",
+    "latency_ms",
+)
+
+
+def _inline_complete(query: Query, result: Any) -> tuple[str, list[Sample]]:
+    """Write an inline query's samples and ledger and settle its budget, in one transaction."""
+    from routerapp.services import execution
+    from routerapp.services.pricing import endpoint_prices
+    from workers.ledger import cost_of_tokens, cost_usd
+
+    prices = endpoint_prices(query.configuration.endpoint)
+    samples = []
+    for c in result.candidates:
+        prompt_tokens, completion_tokens = int(c.prompt_tokens), int(c.completion_tokens)
+        samples.append(
+            Sample(
+                query=query,
+                index=int(c.index),
+                text=c.text or "",
+                extracted_answer=(c.extracted_answer or "")[:500],
+                score=c.score,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                finish_reason=c.finish_reason or "",
+                aborted=bool(c.aborted),
+                chosen=bool(c.chosen),
+                seed=c.seed,
+                latency_ms=None if c.latency_s is None else int(c.latency_s * 1000),
+                cost_usd=cost_of_tokens(prompt_tokens, completion_tokens, prices),
+            )
+        )
+    ledger = result.ledger
+    query.prompt_tokens = int(ledger.prompt_tokens)
+    query.completion_tokens = int(ledger.completion_tokens)
+    query.engine_requests = int(ledger.engine_requests)
+    query.scorer_calls = int(ledger.scorer_calls)
+    query.cost_usd = cost_usd(ledger, prices)
+    query.samples_done = len(samples)
+    query.answer = result.answer or ""
+    query.extracted_answer = (result.extracted_answer or "")[:500]
+    query.votes = result.votes
+    cancelled = bool(result.cancelled)
+    query.status = Query.Status.CANCELLED if cancelled else Query.Status.DONE
+    if query.gold and not cancelled:
+        from workers.grading import grade
+
+        query.graded_correct = bool(
+            grade(query.answer, query.gold, answer_kind=query.answer_kind or None)
+        )
+    with transaction.atomic():
+        execution._finish(query)  # settle the reservation, register the end hooks
+        updated = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING).update(
+            **{name: getattr(query, name) for name in _FINAL_FIELDS}
+        )
+        if not updated:  # finished meanwhile (e.g. failed by an operator): keep that
+            raise _AlreadyFinished
+        Sample.objects.bulk_create(samples)
+    return str(query.status), samples
+
+
+class _InlineEvents:
+    """Strategy events of an inline query -> a streaming sink (token deltas, samples)."""
+
+    def __init__(self, sink: Any):
+        self.sink = sink
+
+    def on_event(self, event: Any) -> None:
+        candidate = getattr(event, "candidate", None)
+        if candidate is not None:
+            self.sink.sample(int(candidate.index))
+            return
+        text = getattr(event, "text", None)
+        if text and isinstance(text, str):
+            self.sink.token(int(getattr(event, "index", 0)), text)
+
+
+class _CancelPoll:
+    """should_cancel for an inline query: re-reads its cancel flag at most every 0.25 s."""
+
+    EVERY_S = 0.25
+
+    def __init__(self, query_id: Any):
+        self.query_id = query_id
+        self.next_check = 0.0
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.cancelled and now >= self.next_check:
+            self.next_check = now + self.EVERY_S
+            self.cancelled = Query.objects.filter(pk=self.query_id, cancel_requested=True).exists()
+        return self.cancelled
+
+
+def query_enqueue(*, query: Query) -> None:
+    """Hand a committed query to the workers of its engine's queue.
+
+    Raise ServiceUnavailable when the broker cannot be reached; the query is then withdrawn
+    (its row deleted, its reservation released), so a failed request leaves nothing behind.
+    """
     from workers.tasks import query_execute
 
+    endpoint = query.configuration.endpoint
+    queue = queue_for_engine(endpoint.engine, endpoint.queue)
     try:
         query_execute.apply_async(args=[str(query.pk)], queue=queue)
-    except Exception as exc:  # broker down after commit: fail the query and free its budget
-        log.exception("could not enqueue query %s", query.pk)
-        from routerapp.services.execution import query_fail
+    except Exception as exc:  # the broker is down: nothing may be left half-written
+        log.error("could not enqueue query %s: %s", query.pk, exc)
+        _withdraw(query)
+        raise ServiceUnavailable(
+            "the task queue is unavailable; nothing was queued or billed, retry later",
+            code="broker_unavailable",
+        ) from exc
 
-        query_fail(query_id=str(query.pk), error=f"could not reach the task broker: {exc}")
+
+@transaction.atomic
+def _withdraw(query: Query) -> None:
+    locked = Query.objects.select_for_update().filter(pk=query.pk).first()
+    if locked is None or locked.status != Query.Status.QUEUED:
+        return
+    budget_settle(usage_ids=locked.budget_windows, reserved=locked.reserved_usd, spent=ZERO)
+    locked.delete()
 
 
 @transaction.atomic

@@ -1,0 +1,180 @@
+"""OpenAI's response and chunk shapes, built from a query (pure functions, no I/O).
+
+A response is a valid `chat.completion` / `text_completion` (the official client parses it)
+whose `usage` sums every sample's tokens (aborted, discarded and scorer calls included), plus a
+`costpass` extension object with the decision, the real cost, the samples and the vote.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from routerapp.models import Query, Sample
+
+CHAT = "chat"
+TEXT = "text"
+
+
+def completion_id(query: Query, kind: str) -> str:
+    return f"{'chatcmpl' if kind == CHAT else 'cmpl'}-{query.pk.hex}"
+
+
+def poll_url(query: Query) -> str:
+    return f"/api/v1/queries/{query.pk}"
+
+
+def usage(query: Query) -> dict[str, int]:
+    return {
+        "prompt_tokens": query.prompt_tokens,
+        "completion_tokens": query.completion_tokens,
+        "total_tokens": query.prompt_tokens + query.completion_tokens,
+    }
+
+
+def finish_reason(query: Query, samples: list[Sample]) -> str:
+    """OpenAI's finish reason of the returned answer: the chosen sample's, 'stop' otherwise."""
+    chosen = next((s for s in samples if s.chosen), None)
+    if chosen is not None and chosen.finish_reason == "length":
+        return "length"
+    return "stop"
+
+
+def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
+    """The `costpass` object: what was chosen and why, what it cost, every sample, the vote."""
+    configuration = query.configuration
+    data: dict[str, Any] = {
+        "query_id": str(query.pk),
+        "status": query.status,
+        "configuration": configuration.slug if configuration else None,
+        "model": configuration.endpoint.name if configuration else None,
+        "strategy": configuration.strategy.strategy if configuration else None,
+        "strategy_config": configuration.strategy.name if configuration else None,
+        "router_version": query.router_version_id,
+        "decision_reason": (query.decision or {}).get("reason", ""),
+        "p_correct": query.predicted_p_correct,
+        "predicted_cost_usd": None
+        if query.predicted_cost_usd is None
+        else str(query.predicted_cost_usd),
+        "reserved_usd": str(query.reserved_usd),
+        "cost_usd": str(query.cost_usd),
+        "latency_ms": query.latency_ms,
+        "engine_requests": query.engine_requests,
+        "scorer_calls": query.scorer_calls,
+        "extracted_answer": query.extracted_answer or None,
+        "votes": query.votes,
+        "budget_flags": query.budget_flags or [],
+        "poll_url": poll_url(query),
+    }
+    if samples is not None:
+        data["samples_planned"] = query.samples_planned
+        data["samples"] = [
+            {
+                "index": s.index,
+                "text": s.text,
+                "extracted_answer": s.extracted_answer or None,
+                "score": s.score,
+                "prompt_tokens": s.prompt_tokens,
+                "completion_tokens": s.completion_tokens,
+                "finish_reason": s.finish_reason,
+                "aborted": s.aborted,
+                "chosen": s.chosen,
+                "latency_ms": s.latency_ms,
+                "cost_usd": str(s.cost_usd),
+            }
+            for s in samples
+        ]
+    return data
+
+
+def response_model(query: Query) -> str:
+    """The `model` field: the configuration that served (what `auto` resolved to)."""
+    return query.configuration.slug if query.configuration else "auto"
+
+
+def completion_body(query: Query, samples: list[Sample], kind: str) -> dict[str, Any]:
+    """A finished query as a `chat.completion` or `text_completion` object."""
+    reason = finish_reason(query, samples)
+    if kind == CHAT:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": query.answer, "refusal": None},
+            "logprobs": None,
+            "finish_reason": reason,
+        }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": query.answer, "logprobs": None, "finish_reason": reason}
+        obj = "text_completion"
+    return {
+        "id": completion_id(query, kind),
+        "object": obj,
+        "created": int(query.created_at.timestamp()),
+        "model": response_model(query),
+        "system_fingerprint": None,
+        "choices": [choice],
+        "usage": usage(query),
+        "costpass": extension(query, samples),
+    }
+
+
+def pending_body(query: Query, kind: str) -> dict[str, Any]:
+    """A query still running when the synchronous wait ran out (HTTP 202): where to poll."""
+    return {
+        "id": completion_id(query, kind),
+        "object": "chat.completion" if kind == CHAT else "text_completion",
+        "created": int(query.created_at.timestamp()),
+        "model": response_model(query),
+        "choices": [],
+        "usage": None,
+        "costpass": {
+            **extension(query, None),
+            "message": f"still running; poll GET {poll_url(query)} for the result",
+        },
+    }
+
+
+def chunk(
+    query: Query,
+    kind: str,
+    *,
+    content: str | None = None,
+    role: bool = False,
+    reason: str | None = None,
+    extra: dict[str, Any] | None = None,
+    choices: bool = True,
+) -> dict[str, Any]:
+    """One `chat.completion.chunk` (or streamed `text_completion`)."""
+    body: dict[str, Any] = {
+        "id": completion_id(query, kind),
+        "object": "chat.completion.chunk" if kind == CHAT else "text_completion",
+        "created": int(query.created_at.timestamp()),
+        "model": response_model(query),
+        "system_fingerprint": None,
+    }
+    if not choices:
+        body["choices"] = []
+    elif kind == CHAT:
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+        if content is not None:
+            delta["content"] = content
+        body["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]
+    else:
+        body["choices"] = [
+            {"index": 0, "text": content or "", "logprobs": None, "finish_reason": reason}
+        ]
+    if extra:
+        body.update(extra)
+    return body
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event carrying `data`."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+SSE_KEEPALIVE = b": keep-alive\n\n"
+SSE_DONE = b"data: [DONE]\n\n"

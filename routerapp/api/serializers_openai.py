@@ -1,0 +1,232 @@
+"""Request validation and (documented) response shapes of the OpenAI-compatible endpoints.
+
+Requests accept OpenAI's fields; sampling knobs the configuration owns (temperature, max_tokens,
+top_p, seed, stop, ...) are accepted and ignored: the chosen configuration's strategy fixes
+them, which is what bounds the budget reservation. costpass's own fields (strategy,
+max_cost_usd, min_accuracy, max_latency_s, task, allowed_models) narrow the router's choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from routerapp.api.serializers import ConstraintFields
+
+
+class StreamOptions(serializers.Serializer):
+    include_usage = serializers.BooleanField(required=False, default=False)
+
+
+class _OpenAIRequest(ConstraintFields):
+    model = serializers.CharField(
+        required=False,
+        default="auto",
+        allow_blank=True,
+        max_length=200,
+        help_text="'auto' (the router chooses), a configuration id or a model name",
+    )
+    stream = serializers.BooleanField(required=False, default=False)
+    stream_options = StreamOptions(required=False, allow_null=True)
+    n = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1, help_text="Only 1"
+    )
+    max_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="Accepted, not applied"
+    )
+    temperature = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=0.0,
+        max_value=2.0,
+        help_text="Accepted, not applied",
+    )
+    top_p = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Accepted, not applied",
+    )
+    seed = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Accepted, not applied"
+    )
+    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+
+
+class ChatCompletionInput(_OpenAIRequest):
+    messages = serializers.ListField(
+        child=serializers.DictField(), allow_empty=False, max_length=10_000
+    )
+    max_completion_tokens = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="Accepted, not applied"
+    )
+    tools = serializers.ListField(
+        child=serializers.DictField(), required=False, allow_null=True, help_text="Not supported"
+    )
+
+    def validate_tools(self, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise serializers.ValidationError("tools are not supported by this gateway")
+        return value
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "maxItems": 1,
+            },
+        ]
+    }
+)
+class PromptField(serializers.Field):
+    """A completion prompt: a string, or a list holding exactly one string."""
+
+    default_error_messages = {
+        "invalid": "prompt must be a non-empty string (or a list of one string)",
+        "batch": "batched prompts are not supported: send one prompt per request",
+    }
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, list):
+            if len(data) != 1:
+                self.fail("batch")
+            data = data[0]
+        if not isinstance(data, str) or not data.strip():
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class CompletionInput(_OpenAIRequest):
+    prompt = PromptField()
+    echo = serializers.BooleanField(required=False, default=False)
+    best_of = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+
+    def validate_echo(self, value: bool) -> bool:
+        if value:
+            raise serializers.ValidationError("echo is not supported")
+        return value
+
+
+# --- responses (documentation) ------------------------------------------------------------------
+
+
+class TokenUsageOut(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField(help_text="Every sample's prompt tokens")
+    completion_tokens = serializers.IntegerField(help_text="Every sample's generated tokens")
+    total_tokens = serializers.IntegerField()
+
+
+class SampleExtOut(serializers.Serializer):
+    index = serializers.IntegerField()
+    text = serializers.CharField()
+    extracted_answer = serializers.CharField(allow_null=True)
+    score = serializers.FloatField(allow_null=True)
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    finish_reason = serializers.CharField()
+    aborted = serializers.BooleanField()
+    chosen = serializers.BooleanField()
+    latency_ms = serializers.IntegerField(allow_null=True)
+    cost_usd = serializers.CharField(help_text="USD, exact decimal")
+
+
+class CostpassExtOut(serializers.Serializer):
+    query_id = serializers.UUIDField()
+    status = serializers.CharField()
+    configuration = serializers.CharField(allow_null=True)
+    model = serializers.CharField(allow_null=True)
+    strategy = serializers.CharField(allow_null=True)
+    strategy_config = serializers.CharField(allow_null=True)
+    router_version = serializers.IntegerField(allow_null=True)
+    decision_reason = serializers.CharField(allow_blank=True)
+    p_correct = serializers.FloatField(allow_null=True, help_text="Predicted p(correct)")
+    predicted_cost_usd = serializers.CharField(allow_null=True)
+    reserved_usd = serializers.CharField()
+    cost_usd = serializers.CharField(help_text="Real cost: every sample's tokens x prices")
+    latency_ms = serializers.IntegerField(allow_null=True)
+    engine_requests = serializers.IntegerField()
+    scorer_calls = serializers.IntegerField()
+    extracted_answer = serializers.CharField(allow_null=True)
+    votes = serializers.DictField(child=serializers.FloatField(), allow_null=True)
+    budget_flags = serializers.ListField(child=serializers.CharField())
+    poll_url = serializers.CharField()
+    samples_planned = serializers.IntegerField(required=False)
+    samples = SampleExtOut(many=True, required=False)
+    message = serializers.CharField(required=False)
+
+
+class ChatMessageOut(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField(allow_null=True)
+    refusal = serializers.CharField(allow_null=True)
+
+
+class ChatChoiceOut(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = ChatMessageOut()
+    logprobs = serializers.JSONField(allow_null=True)
+    finish_reason = serializers.CharField()
+
+
+class ChatCompletionOut(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    system_fingerprint = serializers.CharField(allow_null=True, required=False)
+    choices = ChatChoiceOut(many=True)
+    usage = TokenUsageOut(allow_null=True)
+    costpass = CostpassExtOut()
+
+
+class TextChoiceOut(serializers.Serializer):
+    index = serializers.IntegerField()
+    text = serializers.CharField(allow_blank=True)
+    logprobs = serializers.JSONField(allow_null=True)
+    finish_reason = serializers.CharField()
+
+
+class TextCompletionOut(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    system_fingerprint = serializers.CharField(allow_null=True, required=False)
+    choices = TextChoiceOut(many=True)
+    usage = TokenUsageOut(allow_null=True)
+    costpass = CostpassExtOut()
+
+
+class ModelOut(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+    costpass = serializers.DictField()
+
+
+class ModelListOut(serializers.Serializer):
+    object = serializers.CharField()
+    data = ModelOut(many=True)
+
+
+class ErrorDetailOut(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+
+
+class ErrorOut(serializers.Serializer):
+    error = ErrorDetailOut()

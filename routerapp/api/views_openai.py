@@ -1,0 +1,370 @@
+"""The OpenAI-compatible API: POST /v1/chat/completions, POST /v1/completions, GET /v1/models.
+
+Applications switch to costpass by changing the base URL; `model="auto"` lets the router choose
+the (model, strategy) configuration. Each call is a Query like any other: routed, its worst case
+reserved under the budgets, priced from every sample's tokens, settled.
+
+Where a query runs: one sample on a remote OpenAI-compatible endpoint runs in this web process
+(services.queries.query_runs_inline: the queue hop would cost more than the call); everything
+else goes to the Celery workers and this request waits for its end (events from
+services.streaming) for at most SYNC_WAIT_S. When the wait runs out the query goes on, and the
+answer is HTTP 202 with where to poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+from django.http import HttpResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from routerapp.api import openai_format as fmt
+from routerapp.api.auth import require_scope
+from routerapp.api.errors import error_body
+from routerapp.api.serializers_openai import (
+    ChatCompletionInput,
+    ChatCompletionOut,
+    CompletionInput,
+    ErrorOut,
+    ModelListOut,
+    ModelOut,
+    TextCompletionOut,
+)
+from routerapp.api.views_queries import constraints_from
+from routerapp.errors import InvalidInput, NotFound
+from routerapp.models import Query, Sample
+from routerapp.selectors.catalog import catalog_model, catalog_models
+from routerapp.services.queries import (
+    query_cancel,
+    query_create,
+    query_enqueue,
+    query_run_inline,
+    query_runs_inline,
+)
+from routerapp.services.ratelimits import rate_limit_admit
+from routerapp.services.streaming import END, IDLE, TOKEN, LocalSink, query_events, query_wait
+
+log = logging.getLogger(__name__)
+
+# Seconds of silence after which a stream sends an SSE comment, so proxies keep it open and a
+# client that went away is noticed (its query is then cancelled).
+KEEPALIVE_S = 10.0
+
+
+class JSONOnlyNegotiation(BaseContentNegotiation):
+    """Answer JSON (or SSE) whatever the Accept header says, as OpenAI's API does."""
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0]
+
+    def select_renderer(
+        self, request: Request, renderers: list[Any], format_suffix: str | None = None
+    ) -> tuple[Any, str]:
+        return renderers[0], renderers[0].media_type
+
+
+_ERRORS = {
+    code: OpenApiResponse(ErrorOut, description=text)
+    for code, text in [
+        (400, "Invalid request"),
+        (401, "Missing, invalid, expired or revoked API key"),
+        (402, "A hard budget cannot cover the request (names the budget, its limit, what is left)"),
+        (403, "The key lacks the 'query' scope"),
+        (404, "Unknown model"),
+        (409, "The query was cancelled"),
+        (413, "Prompt or body too large"),
+        (422, "No configuration satisfies the constraints"),
+        (429, "Rate limit of the key (Retry-After header)"),
+        (502, "The model endpoint failed (tokens it generated are billed)"),
+        (503, "Database or task queue unavailable; nothing was written"),
+    ]
+}
+
+
+def _prompt_tokens_estimate(text: str) -> int:
+    """About four characters a token: what the per-minute token limit admits against."""
+    return math.ceil(len(text) / 4) + 8
+
+
+def _reload(query_id: Any) -> tuple[Query, list[Sample]]:
+    query = Query.objects.select_related("configuration__endpoint", "configuration__strategy").get(
+        pk=query_id
+    )
+    return query, list(Sample.objects.filter(query=query).order_by("index"))
+
+
+def _cost_headers(response: HttpResponse, query: Query) -> HttpResponse:
+    response["x-costpass-query-id"] = str(query.pk)
+    response["x-costpass-cost-usd"] = str(query.cost_usd)
+    if query.configuration is not None:
+        response["x-costpass-configuration"] = query.configuration.slug
+    return response
+
+
+def _failure(query: Query) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and error body of a query that ended without an answer."""
+    cost = f"${query.cost_usd.normalize():f}"
+    if query.status == Query.Status.CANCELLED:
+        return 409, error_body(
+            f"query {query.pk} was cancelled; the tokens it generated were billed ({cost})",
+            "invalid_request_error",
+            "query_cancelled",
+        )
+    if "PromptTooLong" in query.error:
+        return 400, error_body(
+            query.error.split(": ", 1)[-1],
+            "invalid_request_error",
+            "context_length_exceeded",
+            "messages",
+        )
+    return 502, error_body(
+        f"the model endpoint failed: {query.error}; the tokens it generated were billed ({cost})",
+        "api_error",
+        "upstream_error",
+    )
+
+
+def _finished_response(query: Query, samples: list[Sample], kind: str) -> Response:
+    if query.status == Query.Status.DONE:
+        response = Response(fmt.completion_body(query, samples, kind))
+    else:
+        status, body = _failure(query)
+        response = Response(body, status=status)
+        # The query ran and was billed: a client retrying on its own would pay twice.
+        response["x-should-retry"] = "false"
+    _cost_headers(response, query)
+    return response
+
+
+def _pending_response(query: Query, kind: str) -> Response:
+    response = Response(fmt.pending_body(query, kind), status=202)
+    response["Location"] = fmt.poll_url(query)
+    response["Retry-After"] = "5"
+    response["x-costpass-query-id"] = str(query.pk)
+    return response
+
+
+def _run_inline_thread(query: Query, sink: LocalSink) -> None:
+    status = Query.Status.FAILED.value
+    try:
+        status, _ = query_run_inline(query=query, events=sink)
+    except Exception:  # the runner marks the query failed itself; this is the last resort
+        log.exception("inline query %s crashed", query.pk)
+    finally:
+        sink.end(str(status))
+        connections.close_all()  # this thread's own connections
+
+
+def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any]) -> Iterator[bytes]:
+    """The SSE body: token deltas for a one-sample query, the chosen answer at once for a
+    multi-sample strategy, then the finish chunk carrying `usage` and the `costpass` object
+    (the real cost), and with stream_options.include_usage a final usage chunk, then [DONE].
+    A client that goes away cancels its query; what was generated is still billed."""
+    single = query.samples_planned == 1
+    streamed: list[str] = []
+    index: int | None = None
+    over = False
+    try:
+        yield fmt.sse(fmt.chunk(query, kind, role=True, content=""))
+        ended = False
+        for event in events:
+            if event.kind == TOKEN and single:
+                if index is None:
+                    index = event.index
+                if event.index == index:
+                    streamed.append(event.text)
+                    yield fmt.sse(fmt.chunk(query, kind, content=event.text))
+            elif event.kind == IDLE:
+                yield fmt.SSE_KEEPALIVE
+            elif event.kind == END:
+                ended = True
+                break
+        if not ended:
+            over = True  # the query goes on; the client was told where to poll
+            yield fmt.sse(
+                error_body(
+                    f"still running after {settings.SYNC_WAIT_S:g}s; the query continues: poll "
+                    f"GET {fmt.poll_url(query)}",
+                    "timeout",
+                    "still_running",
+                )
+            )
+            return
+        final, samples = _reload(query.pk)
+        over = True
+        if final.status != Query.Status.DONE:
+            _, body = _failure(final)
+            yield fmt.sse({**body, "costpass": fmt.extension(final, samples)})
+            return
+        sent = "".join(streamed)
+        if not sent:
+            rest = final.answer
+        elif final.answer.startswith(sent):
+            rest = final.answer[len(sent) :]
+        else:  # the strategy post-processed the text it streamed; the extension has the answer
+            rest = ""
+        if rest:
+            yield fmt.sse(fmt.chunk(final, kind, content=rest))
+        tail = {"usage": fmt.usage(final), "costpass": fmt.extension(final, samples)}
+        yield fmt.sse(fmt.chunk(final, kind, reason=fmt.finish_reason(final, samples), extra=tail))
+        if include_usage:
+            yield fmt.sse(fmt.chunk(final, kind, choices=False, extra=tail))
+        yield fmt.SSE_DONE
+    except GeneratorExit:
+        raise
+    except Exception:  # headers are sent: report in the stream, never a broken connection
+        log.exception("streaming query %s failed", query.pk)
+        yield fmt.sse(error_body("internal error while streaming", "api_error", "internal_error"))
+    finally:
+        if not over:
+            _cancel_quietly(query)
+
+
+def _cancel_quietly(query: Query) -> None:
+    """The client went away mid-stream: stop the query (it is billed what it generated)."""
+    try:
+        query_cancel(query=query)
+    except Exception:  # already finished, or the database is gone: nothing more to do
+        log.info("query %s not cancelled after the client left", query.pk)
+
+
+def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponse:
+    require_scope(request.user, "query")
+    principal = request.user
+    messages = data.get("messages") if kind == fmt.CHAT else None
+    prompt = data.get("prompt", "") if kind == fmt.TEXT else ""
+    text = " ".join(str(m.get("content") or "") for m in messages) if messages else prompt
+    rate_limit_admit(key=principal.key, prompt_tokens=_prompt_tokens_estimate(text))
+    try:
+        query = query_create(
+            team=principal.team,
+            api_key=principal.key,
+            prompt=prompt,
+            messages=messages,
+            task=data.get("task", ""),
+            constraints=constraints_from(data),
+            source=Query.Source.CHAT,
+            defer_dispatch=True,
+        )
+    except InvalidInput as exc:
+        if exc.code == "model_not_found":  # OpenAI answers 404 for a model it does not have
+            raise NotFound(exc.message, param="model", code="model_not_found") from exc
+        raise
+    inline = query_runs_inline(query)
+    if data.get("stream"):
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        if inline:
+            sink = LocalSink()
+            threading.Thread(
+                target=_run_inline_thread, args=(query, sink), daemon=True, name=f"q-{query.pk}"
+            ).start()
+            events = sink.events(timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+        else:
+            query_enqueue(query=query)
+            events = query_events(query.pk, timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+        response = StreamingHttpResponse(
+            _stream(query, kind, include_usage, events), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        response["x-costpass-query-id"] = str(query.pk)
+        return response
+    if inline:
+        status, samples = query_run_inline(query=query)
+        if samples is not None:  # completed here: the query object holds its final values
+            return _finished_response(query, samples, kind)
+    else:
+        query_enqueue(query=query)
+        if query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S) is None:
+            return _pending_response(query, kind)
+    final, samples = _reload(query.pk)
+    if not final.is_finished:
+        return _pending_response(final, kind)
+    return _finished_response(final, samples, kind)
+
+
+_EXT_DESCRIPTION = (
+    "OpenAI-compatible. `model`: 'auto', a configuration id or a model name (GET /v1/models). "
+    "Extra fields: strategy, max_cost_usd, min_accuracy, max_latency_s, task, allowed_models. "
+    "The response's `usage` sums every sample's tokens; `costpass` holds the decision, the real "
+    "cost and the samples; header x-costpass-cost-usd. `stream: true` answers server-sent "
+    "events in OpenAI's chunk format. HTTP 202 when the query outlives the synchronous wait "
+    "(poll `costpass.poll_url`)."
+)
+
+
+class ChatCompletions(APIView):
+    content_negotiation_class = JSONOnlyNegotiation
+
+    @extend_schema(
+        request=ChatCompletionInput,
+        responses={
+            (200, "application/json"): ChatCompletionOut,
+            (200, "text/event-stream"): OpenApiTypes.STR,
+            (202, "application/json"): ChatCompletionOut,
+            **_ERRORS,
+        },
+        operation_id="chat_completions_create",
+        description=_EXT_DESCRIPTION,
+        tags=["openai"],
+    )
+    def post(self, request: Request) -> HttpResponse:
+        form = ChatCompletionInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        return _serve(request, form.validated_data, fmt.CHAT)
+
+
+class Completions(APIView):
+    content_negotiation_class = JSONOnlyNegotiation
+
+    @extend_schema(
+        request=CompletionInput,
+        responses={
+            (200, "application/json"): TextCompletionOut,
+            (200, "text/event-stream"): OpenApiTypes.STR,
+            (202, "application/json"): TextCompletionOut,
+            **_ERRORS,
+        },
+        operation_id="completions_create",
+        description=_EXT_DESCRIPTION,
+        tags=["openai"],
+    )
+    def post(self, request: Request) -> HttpResponse:
+        form = CompletionInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        return _serve(request, form.validated_data, fmt.TEXT)
+
+
+class Models(APIView):
+    content_negotiation_class = JSONOnlyNegotiation
+
+    @extend_schema(
+        responses={200: ModelListOut, 401: _ERRORS[401]},
+        operation_id="models_list",
+        tags=["openai"],
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": catalog_models()})
+
+
+class ModelDetail(APIView):
+    content_negotiation_class = JSONOnlyNegotiation
+
+    @extend_schema(
+        responses={200: ModelOut, 401: _ERRORS[401], 404: _ERRORS[404]},
+        operation_id="models_retrieve",
+        tags=["openai"],
+    )
+    def get(self, request: Request, model_id: str) -> Response:
+        return Response(catalog_model(model_id))

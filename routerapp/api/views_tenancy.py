@@ -1,0 +1,165 @@
+"""The team's own keys, budgets and usage. Every read and write is scoped to the caller's team:
+another team's key or budget answers 404, exactly like one that does not exist."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from routerapp.api.auth import require_scope
+from routerapp.api.serializers import (
+    ApiKeyCreatedOut,
+    ApiKeyCreateInput,
+    ApiKeyOut,
+    BudgetCreateInput,
+    BudgetOut,
+    BudgetUpdateInput,
+    UsageOut,
+    UsageQueryInput,
+)
+from routerapp.errors import Conflict
+from routerapp.models import ApiKey
+from routerapp.selectors.apikeys import api_key_get_for_team, api_keys_for_team
+from routerapp.selectors.budgets import budget_get_for_team, budget_status, budgets_for_team
+from routerapp.selectors.usage import usage_for_team
+from routerapp.services.apikeys import api_key_create, api_key_revoke
+from routerapp.services.budgets import budget_policy_create, budget_policy_update
+
+
+def _key_out(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.pk,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": list(key.scopes or []),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "last_used_at": key.last_used_at,
+        "rate_limit_rpm": key.rate_limit_rpm,
+        "rate_limit_tpm": key.rate_limit_tpm,
+    }
+
+
+class ApiKeyListCreate(APIView):
+    @extend_schema(responses=ApiKeyOut(many=True), operation_id="keys_list", tags=["tenancy"])
+    def get(self, request: Request) -> Response:
+        require_scope(request.user, "admin")
+        keys = api_keys_for_team(team=request.user.team)
+        return Response(ApiKeyOut([_key_out(k) for k in keys], many=True).data)
+
+    @extend_schema(
+        request=ApiKeyCreateInput,
+        responses={201: ApiKeyCreatedOut},
+        operation_id="keys_create",
+        tags=["tenancy"],
+        description="Create a key for the caller's team. The full key is in the response once.",
+    )
+    def post(self, request: Request) -> Response:
+        require_scope(request.user, "admin")
+        form = ApiKeyCreateInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        key, raw = api_key_create(
+            team=request.user.team, actor_api_key=request.user.key, **form.validated_data
+        )
+        return Response(ApiKeyCreatedOut({**_key_out(key), "key": raw}).data, status=201)
+
+
+class ApiKeyDetail(APIView):
+    @extend_schema(responses=ApiKeyOut, operation_id="keys_read", tags=["tenancy"])
+    def get(self, request: Request, key_id: str) -> Response:
+        require_scope(request.user, "admin")
+        key = api_key_get_for_team(team=request.user.team, key_id=key_id)
+        return Response(ApiKeyOut(_key_out(key)).data)
+
+
+class ApiKeyRevoke(APIView):
+    @extend_schema(request=None, responses=ApiKeyOut, operation_id="keys_revoke", tags=["tenancy"])
+    def post(self, request: Request, key_id: str) -> Response:
+        require_scope(request.user, "admin")
+        key = api_key_get_for_team(team=request.user.team, key_id=key_id)
+        if key.pk == request.user.key.pk:
+            raise Conflict(
+                "a key cannot revoke itself; revoke it with another admin key or in the admin",
+                param="id",
+            )
+        key = api_key_revoke(key=key, actor_api_key=request.user.key)
+        return Response(ApiKeyOut(_key_out(key)).data)
+
+
+class BudgetListCreate(APIView):
+    @extend_schema(responses=BudgetOut(many=True), operation_id="budgets_list", tags=["tenancy"])
+    def get(self, request: Request) -> Response:
+        require_scope(request.user, "usage")
+        rows = [budget_status(p) for p in budgets_for_team(team=request.user.team)]
+        return Response(BudgetOut(rows, many=True).data)
+
+    @extend_schema(
+        request=BudgetCreateInput,
+        responses={201: BudgetOut},
+        operation_id="budgets_create",
+        tags=["tenancy"],
+    )
+    def post(self, request: Request) -> Response:
+        require_scope(request.user, "admin")
+        form = BudgetCreateInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = dict(form.validated_data)
+        key_ref = data.pop("api_key", None)
+        key = api_key_get_for_team(team=request.user.team, key_id=key_ref) if key_ref else None
+        policy = budget_policy_create(
+            team=request.user.team, api_key=key, actor_api_key=request.user.key, **data
+        )
+        return Response(BudgetOut(budget_status(policy)).data, status=201)
+
+
+class BudgetDetail(APIView):
+    @extend_schema(responses=BudgetOut, operation_id="budgets_read", tags=["tenancy"])
+    def get(self, request: Request, budget_id: str) -> Response:
+        require_scope(request.user, "usage")
+        policy = budget_get_for_team(team=request.user.team, policy_id=budget_id)
+        return Response(BudgetOut(budget_status(policy)).data)
+
+    @extend_schema(
+        request=BudgetUpdateInput,
+        responses=BudgetOut,
+        operation_id="budgets_update",
+        tags=["tenancy"],
+        description="Change a budget; the audit log records the old and new values.",
+    )
+    def patch(self, request: Request, budget_id: str) -> Response:
+        require_scope(request.user, "admin")
+        form = BudgetUpdateInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        policy = budget_get_for_team(team=request.user.team, policy_id=budget_id)
+        policy = budget_policy_update(
+            policy=policy, actor_api_key=request.user.key, **form.validated_data
+        )
+        return Response(BudgetOut(budget_status(policy)).data)
+
+
+class Usage(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("period", str, enum=["day", "week", "month", "all"]),
+            OpenApiParameter(
+                "group_by", str, enum=["model", "strategy", "configuration", "key", "task"]
+            ),
+            OpenApiParameter("start", OpenApiTypes.DATETIME, description="Overrides the start"),
+            OpenApiParameter("end", OpenApiTypes.DATETIME, description="Overrides the end"),
+        ],
+        responses=UsageOut,
+        operation_id="usage_read",
+        tags=["tenancy"],
+    )
+    def get(self, request: Request) -> Response:
+        require_scope(request.user, "usage")
+        form = UsageQueryInput(data=request.query_params)
+        form.is_valid(raise_exception=True)
+        body = usage_for_team(team=request.user.team, **form.validated_data)
+        return Response(UsageOut(body).data)

@@ -1,0 +1,63 @@
+"""Reads of budget policies with their current window (limit, spent, reserved, left)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from routerapp.errors import NotFound
+from routerapp.models import BudgetPolicy, BudgetUsage, Team
+from routerapp.services.budgets import period_start
+
+ZERO = Decimal("0")
+
+
+def budget_status(policy: BudgetPolicy, now: Any = None) -> dict[str, Any]:
+    """Return a policy with its current window: spent, reserved and what is left (read-only)."""
+    start = period_start(policy.period, now or timezone.now())
+    usage = BudgetUsage.objects.filter(policy=policy, period_start=start).first()
+    spent = usage.spent_usd if usage else ZERO
+    reserved = usage.reserved_usd if usage else ZERO
+    return {
+        "id": policy.pk,
+        "name": policy.name,
+        "api_key": policy.api_key.prefix if policy.api_key_id else None,
+        "period": policy.period,
+        "mode": policy.mode,
+        "enabled": policy.enabled,
+        "limit_usd": str(policy.limit_usd),
+        "window_start": start.isoformat(),
+        "spent_usd": str(spent),
+        "reserved_usd": str(reserved),
+        "left_usd": str(max(ZERO, policy.limit_usd - spent - reserved)),
+    }
+
+
+def budgets_for_team(*, team: Team) -> list[BudgetPolicy]:
+    return list(
+        BudgetPolicy.objects.filter(team=team).select_related("api_key").order_by("name", "id")
+    )
+
+
+def budget_get_for_team(*, team: Team, policy_id: str) -> BudgetPolicy:
+    """Return the team's policy; raise NotFound for another team's or an unknown id."""
+    policy = (
+        BudgetPolicy.objects.filter(team=team, pk=_as_id(policy_id))
+        .select_related("api_key")
+        .first()
+        if _as_id(policy_id)
+        else None
+    )
+    if policy is None:
+        raise NotFound(f"no budget {policy_id!r}", param="id")
+    return policy
+
+
+def _as_id(value: object) -> int | None:
+    """Return a database id from a path segment, or None (not a number, or out of range)."""
+    text = str(value)
+    if not text.isdigit() or len(text) > 18:
+        return None
+    return int(text) or None

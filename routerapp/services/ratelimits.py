@@ -1,0 +1,121 @@
+"""Per-key rate limits: requests per minute and tokens per minute, held in Redis.
+
+A sliding window over two fixed one-minute buckets: the estimate is this minute's count plus
+last minute's count weighted by the part of last minute still inside the window. It is smooth at
+the minute boundary (no double burst) and costs one round trip per check.
+
+Requests are counted when admitted (a rejected request does not count). Tokens are counted when a
+query finishes (its real prompt + completion tokens); a request is admitted while the key's
+window has tokens left and its own prompt fits in the limit.
+
+With REDIS_URL the counters live in Redis (shared by every web process and worker). Without it
+(embedded default) they live in the Django cache, whose increments are atomic enough for one
+host. When the store cannot be reached the limit is not enforced (logged): availability of the
+API matters more than a per-minute cap, and budgets, not rate limits, protect the money.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from django.core.cache import cache
+
+from routerapp.errors import RateLimited
+from routerapp.services.streaming import redis_client
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 60
+BUCKET_TTL_S = 3 * WINDOW_S
+
+
+def _bucket_keys(key_id: int, what: str, now: float) -> tuple[str, str, float]:
+    minute = int(now // WINDOW_S)
+    fraction = (now % WINDOW_S) / WINDOW_S
+    prefix = f"costpass:rl:{key_id}:{what}"
+    return f"{prefix}:{minute}", f"{prefix}:{minute - 1}", fraction
+
+
+def _add(key_id: int, what: str, amount: int, now: float) -> tuple[int, int, float]:
+    """Add ``amount`` to this minute's bucket; return (this minute, last minute, fraction)."""
+    current, previous, fraction = _bucket_keys(key_id, what, now)
+    client = redis_client()
+    if client is not None:
+        pipe = client.pipeline(transaction=False)
+        pipe.incrby(current, amount)
+        pipe.expire(current, BUCKET_TTL_S)
+        pipe.get(previous)
+        count, _, prev = pipe.execute()
+        return int(count), int(prev or 0), fraction
+    cache.add(current, 0, timeout=BUCKET_TTL_S)
+    count = cache.incr(current, amount) if amount else int(cache.get(current) or 0)
+    return int(count), int(cache.get(previous) or 0), fraction
+
+
+def _estimate(count: int, prev: int, fraction: float) -> float:
+    return count + prev * (1.0 - fraction)
+
+
+def _retry_after(limit: int, count: int, prev: int, fraction: float, need: int) -> int:
+    """Seconds until the window holds ``need`` more (at least 1)."""
+    if count + need > limit:
+        # This minute alone is over: wait for it to become "last minute" and fade out.
+        return max(1, math.ceil((1.0 - fraction) * WINDOW_S))
+    if prev <= 0:
+        return 1
+    # prev * (1 - f') + count + need <= limit  =>  f' >= 1 - (limit - count - need) / prev
+    target = 1.0 - (limit - count - need) / prev
+    return max(1, math.ceil((target - fraction) * WINDOW_S))
+
+
+def rate_limit_admit(*, key: Any, prompt_tokens: int = 0, now: float | None = None) -> None:
+    """Admit one request of ``key`` or raise RateLimited (HTTP 429 with Retry-After).
+
+    Counts the request when admitted. ``prompt_tokens`` (an upper bound) is checked against the
+    tokens-per-minute limit; tokens are charged when the query finishes.
+    """
+    rpm, tpm = key.rate_limit_rpm, key.rate_limit_tpm
+    if not rpm and not tpm:
+        return
+    now = time.time() if now is None else now
+    try:
+        if tpm:
+            count, prev, fraction = _add(key.pk, "tok", 0, now)
+            used = _estimate(count, prev, fraction)
+            if prompt_tokens > tpm:
+                raise RateLimited(
+                    f"this request needs about {prompt_tokens} tokens; the key's limit is {tpm} "
+                    "tokens per minute",
+                    retry_after_s=WINDOW_S,
+                    param="messages",
+                )
+            if used + prompt_tokens > tpm:
+                raise RateLimited(
+                    f"rate limit reached: {int(used)} of {tpm} tokens per minute used by this key",
+                    retry_after_s=_retry_after(tpm, count, prev, fraction, max(1, prompt_tokens)),
+                )
+        if rpm:
+            count, prev, fraction = _add(key.pk, "req", 1, now)
+            if _estimate(count, prev, fraction) > rpm:
+                _add(key.pk, "req", -1, now)  # a rejected request does not count
+                raise RateLimited(
+                    f"rate limit reached: {rpm} requests per minute for this key",
+                    retry_after_s=_retry_after(rpm, count - 1, prev, fraction, 1),
+                )
+    except RateLimited:
+        raise
+    except Exception:
+        log.warning("rate limit store unreachable; admitting the request", exc_info=True)
+
+
+def rate_limit_charge_tokens(*, key_id: int | None, tokens: int, now: float | None = None) -> None:
+    """Charge a finished query's tokens to its key's tokens-per-minute window (best effort)."""
+    if key_id is None or tokens <= 0:
+        return
+    try:
+        _add(key_id, "tok", int(tokens), time.time() if now is None else now)
+    except Exception:
+        log.warning("rate limit store unreachable; tokens of key %s not charged", key_id)

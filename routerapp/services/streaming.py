@@ -1,0 +1,405 @@
+"""Live events of a running query, from the process that runs it to the ones that stream it.
+
+The process running a query (a Celery worker, or the web process for inline calls) publishes
+token deltas, finished samples and the end of the query; an API request that streams or waits
+for the query reads them.
+
+Transports, chosen by configuration, same events:
+- Redis (``REDIS_URL`` set): one Redis stream per query (``XADD`` / blocking ``XREAD``). A stream,
+  not pub/sub, because a reader that subscribes after the worker has started must still see
+  every token from the first one; the stream expires an hour after its last event.
+- Embedded default (no Redis): the Django cache (a file cache shared by the web and worker
+  processes). The publisher rewrites one snapshot per query (text so far per sample, samples
+  done, end status) at most every ``CACHE_FLUSH_S``; readers poll it and emit the difference.
+- In process: a queue between the thread running an inline query and the response streaming it.
+
+A reader also re-reads the query row now and then, so it ends even if an end event was lost
+(a worker killed, Redis restarted).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.core.cache import cache
+
+log = logging.getLogger(__name__)
+
+STREAM_TTL_S = 3600
+STREAM_MAXLEN = 20_000
+# The file cache is rewritten as a whole; a few snapshots a second keep it smooth and cheap.
+CACHE_FLUSH_S = 0.1
+CACHE_POLL_S = 0.05
+# How often a reader checks the database for a query that ended without telling.
+DB_CHECK_S = 1.0
+# Token text is batched for this long before an XADD (one round trip per batch, not per token).
+REDIS_FLUSH_S = 0.02
+
+TOKEN, SAMPLE, END, IDLE = "token", "sample", "end", "idle"
+
+
+@dataclass(frozen=True)
+class QueryEvent:
+    """One thing that happened to a query.
+
+    ``token``: sample ``index`` generated ``text``; ``sample``: sample ``index`` finished;
+    ``end``: the query reached ``status`` (done / failed / cancelled); ``idle``: nothing happened
+    for a while (a reader's cue to send a keep-alive).
+    """
+
+    kind: str
+    index: int = 0
+    text: str = ""
+    status: str = ""
+
+
+class EventSink(Protocol):
+    """Where the process running a query publishes its events."""
+
+    def token(self, index: int, text: str) -> None: ...
+
+    def sample(self, index: int) -> None: ...
+
+    def end(self, status: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+def _stream_key(query_id: Any) -> str:
+    return f"costpass:query:{query_id}:events"
+
+
+def _cache_key(query_id: Any) -> str:
+    return f"query-events:{query_id}"
+
+
+_redis_lock = threading.Lock()
+_redis_client: tuple[str, Any] | None = None
+
+
+def redis_client() -> Any:
+    """Return this process's Redis client (a thread-safe connection pool), or None without Redis."""
+    global _redis_client
+    url = settings.REDIS_URL
+    if not url:
+        return None
+    with _redis_lock:
+        if _redis_client is None or _redis_client[0] != url:
+            import redis
+
+            _redis_client = (
+                url,
+                redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30),
+            )
+        return _redis_client[1]
+
+
+class NullSink:
+    """Publishes nothing (an inline query nobody streams)."""
+
+    def token(self, index: int, text: str) -> None:
+        pass
+
+    def sample(self, index: int) -> None:
+        pass
+
+    def end(self, status: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class RedisSink:
+    """Appends a query's events to its Redis stream, batching token text for REDIS_FLUSH_S."""
+
+    def __init__(self, query_id: Any, client: Any):
+        self.key = _stream_key(query_id)
+        self.client = client
+        self._pending: dict[int, list[str]] = {}
+        self._last_flush = 0.0
+        self._broken = False
+
+    def _xadd(self, entries: list[dict[str, str]]) -> None:
+        if self._broken or not entries:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for fields in entries:
+                pipe.xadd(self.key, fields, maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.expire(self.key, STREAM_TTL_S)
+            pipe.execute()
+        except Exception:  # events are best effort: a query must not fail because Redis did
+            log.warning(
+                "could not publish events of %s; readers fall back to the database", self.key
+            )
+            self._broken = True
+
+    def _pending_entries(self) -> list[dict[str, str]]:
+        entries = [
+            {"k": TOKEN, "i": str(index), "t": "".join(parts)}
+            for index, parts in self._pending.items()
+            if parts
+        ]
+        self._pending = {}
+        return entries
+
+    def token(self, index: int, text: str) -> None:
+        self._pending.setdefault(index, []).append(text)
+        now = time.monotonic()
+        if now - self._last_flush >= REDIS_FLUSH_S:
+            self._last_flush = now
+            self._xadd(self._pending_entries())
+
+    def sample(self, index: int) -> None:
+        self._xadd([*self._pending_entries(), {"k": SAMPLE, "i": str(index)}])
+
+    def end(self, status: str) -> None:
+        self._xadd([*self._pending_entries(), {"k": END, "s": status}])
+
+    def flush(self) -> None:
+        self._xadd(self._pending_entries())
+
+
+class CacheSink:
+    """Keeps one snapshot of a query's progress in the Django cache (no Redis)."""
+
+    def __init__(self, query_id: Any):
+        self.key = _cache_key(query_id)
+        self.texts: dict[int, str] = {}
+        self.samples: list[int] = []
+        self.status = ""
+        self._dirty = False
+        self._last_flush = 0.0
+
+    def _write(self) -> None:
+        try:
+            cache.set(
+                self.key,
+                {"texts": self.texts, "samples": self.samples, "end": self.status},
+                timeout=STREAM_TTL_S,
+            )
+        except Exception:  # best effort, as for Redis
+            log.warning("could not publish events of %s", self.key)
+        self._dirty = False
+        self._last_flush = time.monotonic()
+
+    def token(self, index: int, text: str) -> None:
+        self.texts[index] = self.texts.get(index, "") + text
+        self._dirty = True
+        if time.monotonic() - self._last_flush >= CACHE_FLUSH_S:
+            self._write()
+
+    def sample(self, index: int) -> None:
+        self.samples.append(index)
+        self._write()
+
+    def end(self, status: str) -> None:
+        self.status = status
+        self._write()
+
+    def flush(self) -> None:
+        if self._dirty:
+            self._write()
+
+
+class LocalSink:
+    """Hands events to a reader in the same process (inline queries)."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[QueryEvent] = queue.Queue()
+
+    def token(self, index: int, text: str) -> None:
+        self.queue.put(QueryEvent(TOKEN, index=index, text=text))
+
+    def sample(self, index: int) -> None:
+        self.queue.put(QueryEvent(SAMPLE, index=index))
+
+    def end(self, status: str) -> None:
+        self.queue.put(QueryEvent(END, status=status))
+
+    def flush(self) -> None:
+        pass
+
+    def events(self, *, timeout_s: float, idle_s: float = 10.0) -> Iterator[QueryEvent]:
+        """Yield events until the end (or ``timeout_s``); ``idle`` after ``idle_s`` of silence."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                event = self.queue.get(timeout=min(idle_s, left))
+            except queue.Empty:
+                yield QueryEvent(IDLE)
+                continue
+            yield event
+            if event.kind == END:
+                return
+
+
+def query_events_publisher(query_id: Any) -> EventSink:
+    """Return the sink a worker publishes a query's events to (Redis, else the cache)."""
+    client = redis_client()
+    if client is not None:
+        return RedisSink(query_id, client)
+    return CacheSink(query_id)
+
+
+def publish_end(*, query_id: Any, status: str) -> None:
+    """Announce that a query has finished (call after the row is committed)."""
+    query_events_publisher(query_id).end(status)
+
+
+def _finished_status(query_id: Any) -> str | None:
+    from routerapp.models import Query
+
+    status = Query.objects.filter(pk=query_id).values_list("status", flat=True).first()
+    if status is None:
+        return Query.Status.FAILED.value
+    return status if status in Query.FINISHED else None
+
+
+def query_events(query_id: Any, *, timeout_s: float, idle_s: float = 10.0) -> Iterator[QueryEvent]:
+    """Yield a query's events from its first token until its end, or until ``timeout_s`` has
+    passed (the iteration then stops without an ``end``). Yields ``idle`` after ``idle_s``
+    without events."""
+    client = redis_client()
+    if client is not None:
+        yield from _redis_events(client, query_id, timeout_s=timeout_s, idle_s=idle_s)
+    else:
+        yield from _cache_events(query_id, timeout_s=timeout_s, idle_s=idle_s)
+
+
+def _redis_events(
+    client: Any, query_id: Any, *, timeout_s: float, idle_s: float
+) -> Iterator[QueryEvent]:
+    key = _stream_key(query_id)
+    last_id = "0"
+    deadline = time.monotonic() + timeout_s
+    next_db_check = time.monotonic() + DB_CHECK_S
+    last_event = time.monotonic()
+    redis_ok = True
+    while True:
+        now = time.monotonic()
+        left = deadline - now
+        if left <= 0:
+            return
+        block_s = min(left, DB_CHECK_S, max(0.01, next_db_check - now))
+        batch: list[Any] = []
+        if redis_ok:
+            try:
+                batch = client.xread({key: last_id}, count=1000, block=int(block_s * 1000)) or []
+            except Exception:  # Redis gone: keep serving from the database
+                log.warning("could not read events of %s; polling the database", key)
+                redis_ok = False
+        else:
+            time.sleep(block_s)
+        for _, entries in batch:
+            for entry_id, fields in entries:
+                last_id = entry_id
+                event = _decode(fields)
+                if event is not None:
+                    last_event = time.monotonic()
+                    yield event
+                    if event.kind == END:
+                        return
+        now = time.monotonic()
+        if now >= next_db_check:
+            next_db_check = now + DB_CHECK_S
+            status = _finished_status(query_id)
+            if status is not None:
+                # The row says it is over; drain what is already in the stream, then end.
+                if redis_ok:
+                    try:
+                        rest = client.xread({key: last_id}, count=100_000) or []
+                    except Exception:
+                        rest = []
+                    for _, entries in rest:
+                        for _, fields in entries:
+                            event = _decode(fields)
+                            if event is not None and event.kind != END:
+                                yield event
+                yield QueryEvent(END, status=status)
+                return
+        if now - last_event >= idle_s:
+            last_event = now
+            yield QueryEvent(IDLE)
+
+
+def _decode(fields: dict[bytes, bytes]) -> QueryEvent | None:
+    values = {k.decode(): v.decode("utf-8", errors="replace") for k, v in fields.items()}
+    kind = values.get("k")
+    if kind == TOKEN:
+        return QueryEvent(TOKEN, index=int(values.get("i", 0)), text=values.get("t", ""))
+    if kind == SAMPLE:
+        return QueryEvent(SAMPLE, index=int(values.get("i", 0)))
+    if kind == END:
+        return QueryEvent(END, status=values.get("s", ""))
+    return None
+
+
+def _cache_events(query_id: Any, *, timeout_s: float, idle_s: float) -> Iterator[QueryEvent]:
+    key = _cache_key(query_id)
+    sent: dict[int, int] = {}
+    samples_seen = 0
+    deadline = time.monotonic() + timeout_s
+    next_db_check = time.monotonic() + DB_CHECK_S
+    last_event = time.monotonic()
+    while time.monotonic() < deadline:
+        snapshot = cache.get(key) or {}
+        emitted = False
+        for index, text in sorted((snapshot.get("texts") or {}).items()):
+            index = int(index)
+            done = sent.get(index, 0)
+            if len(text) > done:
+                sent[index] = len(text)
+                emitted = True
+                yield QueryEvent(TOKEN, index=index, text=text[done:])
+        samples = snapshot.get("samples") or []
+        for index in samples[samples_seen:]:
+            emitted = True
+            yield QueryEvent(SAMPLE, index=int(index))
+        samples_seen = len(samples)
+        if snapshot.get("end"):
+            yield QueryEvent(END, status=snapshot["end"])
+            return
+        now = time.monotonic()
+        if emitted:
+            last_event = now
+        if now >= next_db_check:
+            next_db_check = now + DB_CHECK_S
+            status = _finished_status(query_id)
+            if status is not None:
+                yield QueryEvent(END, status=status)
+                return
+        if now - last_event >= idle_s:
+            last_event = now
+            yield QueryEvent(IDLE)
+        time.sleep(CACHE_POLL_S)
+
+
+def query_wait(query_id: Any, *, timeout_s: float) -> str | None:
+    """Block until the query ends; return its status, or None when ``timeout_s`` ran out."""
+    for event in query_events(query_id, timeout_s=timeout_s, idle_s=timeout_s + 1):
+        if event.kind == END:
+            return event.status
+    return None
+
+
+def query_finished_notify(
+    *, query_id: Any, status: str, api_key_id: int | None, tokens: int
+) -> None:
+    """After a query's final row is committed: announce its end to readers and charge its
+    tokens to its key's per-minute window. Best effort: neither may fail the query."""
+    from routerapp.services.ratelimits import rate_limit_charge_tokens
+
+    publish_end(query_id=query_id, status=status)
+    rate_limit_charge_tokens(key_id=api_key_id, tokens=tokens)
