@@ -23,7 +23,31 @@ CPU_PRICE_OUT = Decimal("0.05")
 # (strategy config name, strategy slug, params, description). Short generations keep the
 # CPU model responsive; the router learns which of these pays off per prompt.
 DEFAULT_STRATEGIES: list[tuple[str, str, dict[str, Any], str]] = [
-    ("greedy", "single", {"temperature": 0.0, "max_tokens": 96}, "One greedy sample"),
+    ("greedy", "single", {"temperature": 0.0, "max_tokens": 128}, "One greedy sample"),
+    (
+        "sampled",
+        "single",
+        {"temperature": 0.7, "top_p": 0.95, "max_tokens": 128},
+        "One sample at temperature 0.7",
+    ),
+    (
+        "majority-5",
+        "majority_vote",
+        {"n": 5, "temperature": 0.7, "max_tokens": 128},
+        "Majority vote over 5 samples (self-consistency)",
+    ),
+    (
+        "short-1-of-5",
+        "short_m_at_k",
+        {"k": 5, "m": 1, "temperature": 0.7, "max_tokens": 128},
+        "Launch 5 samples, keep the first to finish, abort the rest",
+    ),
+    (
+        "best-of-4",
+        "best_of_n",
+        {"n": 4, "scorer": "mean_logprob", "temperature": 0.7, "max_tokens": 128},
+        "Best of 4 samples by mean token log-probability",
+    ),
 ]
 
 

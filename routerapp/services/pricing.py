@@ -36,19 +36,17 @@ def prompt_token_bound(prompt: str, messages: list[dict] | None) -> int:
 def worst_case_tokens(configuration: Configuration, prompt_tokens: int) -> tuple[int, int]:
     """Return (prompt, completion) tokens the configuration can bill at most for one query.
 
-    Every planned sample may be its own engine request that re-bills the prompt; scorer and
-    verifier calls read a candidate back, which is bounded by the completion budget.
+    Every planned sample may be its own engine request that re-bills the prompt (HTTP engines);
+    a scorer or verifier call reads the prompt back with one candidate (at most max_tokens)
+    and a fixed instruction.
     """
     strategy = get_strategy(configuration.strategy.strategy)
     params = strategy.validate_params(configuration.strategy.params)
-    own_bound = getattr(strategy, "worst_case_tokens", None)
-    if own_bound is not None:
-        p_tokens, c_tokens = own_bound(params, prompt_tokens)
-        return int(p_tokens), int(c_tokens)
-    samples = strategy.planned_samples(params)
-    completion = strategy.max_completion_tokens(params)
-    prompt = samples * prompt_tokens + 2 * (prompt_tokens + completion)
-    return prompt, completion
+    scorer_calls = strategy.scorer_calls(params)
+    prompt = strategy.max_prompt_billings(params) * prompt_tokens + scorer_calls * (
+        params.max_tokens + TEMPLATE_TOKENS_FIXED
+    )
+    return prompt, strategy.max_completion_tokens(params)
 
 
 def worst_case_cost(configuration: Configuration, prompt_tokens: int) -> Decimal:
