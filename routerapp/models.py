@@ -400,6 +400,9 @@ class Query(models.Model):
     graded_correct = models.BooleanField(
         null=True, blank=True, help_text="Correctness from gold or feedback"
     )
+    graded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When graded_correct was set (feeds online learning)"
+    )
     budget_flags = models.JSONField(default=list, blank=True, help_text="Soft budgets exceeded")
     benchmark_run = models.ForeignKey(
         BenchmarkRun, null=True, blank=True, on_delete=models.CASCADE, related_name="queries"
@@ -414,6 +417,7 @@ class Query(models.Model):
             models.Index(fields=["team", "task", "created_at"], name="query_team_task"),
             models.Index(fields=["team", "api_key", "created_at"], name="query_team_key"),
             models.Index(fields=["status", "created_at"], name="query_status_created"),
+            models.Index(fields=["graded_at"], name="query_graded_at"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(cost_usd__gte=0), name="query_cost_non_negative"),
