@@ -89,10 +89,12 @@ def extract_math(text: str) -> str | None:
         number = _NUMBER_RE.search(tail)
         if number:
             return number.group(0)
-        line = tail.splitlines()[0].strip().rstrip(".")
+        lines = tail.splitlines()
+        line = lines[0].strip().rstrip(".") if lines else ""
         # A symbolic answer ("the answer is \\pi") is kept; prose ("the answer is just
         # the number") falls through to the last number.
-        if line and ("\\" in line or "$" in line or len(line.split()) == 1):
+        meaningful = re.search(r"[\w\\]", line) is not None
+        if meaningful and ("\\" in line or "$" in line or len(line.split()) == 1):
             return line
     return _last_number(text)
 
@@ -115,7 +117,7 @@ def extract_text(text: str) -> str | None:
     """Return the normalised final answer of a free-text reply, or None when empty."""
     matches = list(_ANSWER_IS_RE.finditer(text))
     if matches:
-        candidate = matches[-1].group(1).splitlines()[0]
+        candidate = (matches[-1].group(1).splitlines() or [""])[0]
     else:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         candidate = lines[-1] if lines else ""

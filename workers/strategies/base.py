@@ -307,8 +307,11 @@ class RunContext:
             top_logprobs=sample.top_logprobs,
         )
 
-    def add_scorer_usage(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """Bill one scorer / verifier call."""
+    def add_scorer_usage(
+        self, prompt_tokens: int, completion_tokens: int, wall_s: float = 0.0
+    ) -> None:
+        """Bill one scorer / verifier call (``wall_s``: its time inside the engine)."""
+        self.ledger.engine_wall_s += wall_s
         self.ledger.scorer_calls += 1
         self.ledger.engine_requests += 1
         self.ledger.scorer_prompt_tokens += prompt_tokens

@@ -8,6 +8,7 @@ without a score are not chosen while a scored one exists.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import Field
@@ -65,8 +66,11 @@ class BestOfN(Strategy):
                 c.score = score_self_certainty(c)
             else:
                 assert verifier is not None
+                t = time.perf_counter()
                 res = verifier(ctx.engine, ctx.prompt, c)
-                ctx.add_scorer_usage(res.prompt_tokens, res.completion_tokens)
+                ctx.add_scorer_usage(
+                    res.prompt_tokens, res.completion_tokens, time.perf_counter() - t
+                )
                 c.score = res.score
         scored = [c for c in cands if c.score is not None and not c.aborted]
         if not scored:

@@ -81,3 +81,9 @@ def test_guess_answer_kind():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="known: math, mcq, text"):
         extract_answer("1", "poem")
+
+
+def test_empty_answer_tail_does_not_crash():
+    assert extract_answer("The answer is:\n", "math") is None
+    assert extract_answer("answer:   ", "text") is None
+    assert extract_answer("Answer: \n\n 42", "math") == "42"

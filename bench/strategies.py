@@ -1,0 +1,169 @@
+"""Benchmark every strategy on generated labelled problems with the real CPU model.
+
+    python bench/strategies.py --items 30 --k 4 --json bench/out/strategies.json
+
+For each strategy: accuracy, mean prompt / generated tokens (aborted samples included),
+mean wall seconds, the strategy layer's own time (wall minus time inside engine streams),
+and cost-of-pass (total USD / number correct) at the demo price. Then the raw engine: the
+same sampling requests sent straight to ``engine.generate`` with no strategy layer, timed
+for the strategies that draw one plain request (single, majority_vote, best_of_n,
+weighted_vote), to measure the layer's overhead end to end.
+
+Runs in-process with one thread (``COSTPASS_LLAMA_THREADS``, default 1). Not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from workers.engines import Prompt, get_engine  # noqa: E402
+from workers.grading import grade  # noqa: E402
+from workers.grading.generated import generate_problems  # noqa: E402
+from workers.ledger import Prices, cost_usd  # noqa: E402
+from workers.strategies import get_strategy  # noqa: E402
+
+# The demo price of the CPU model (routerapp/services/bootstrap.py): USD per million tokens.
+DEMO_PRICES = Prices(Decimal("0.05"), Decimal("0.05"))
+
+
+def configs(k: int, max_tokens: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, strategy slug, params) for every strategy at sample budget k."""
+    common = {"temperature": 0.7, "top_p": 0.95, "max_tokens": max_tokens, "seed": 0}
+    warm = max(1, k // 4)
+    return [
+        ("single(greedy)", "single", {**common, "temperature": 0.0}),
+        (f"best_of_n@{k}(mean_logprob)", "best_of_n", {**common, "n": k}),
+        (f"best_of_n@{k}(verifier)", "best_of_n", {**common, "n": k, "scorer": "verifier"}),
+        (f"majority_vote@{k}", "majority_vote", {**common, "n": k}),
+        (f"weighted_vote@{k}", "weighted_vote", {**common, "n": k}),
+        (f"short_m_at_k@{k}(m=1)", "short_m_at_k", {**common, "k": k, "m": 1}),
+        (f"short_m_at_k@{k}(m=2)", "short_m_at_k", {**common, "k": k, "m": min(2, k)}),
+        (f"first_finish@{k}", "first_finish", {**common, "k": k}),
+        (
+            f"confidence_early_stop@{k}",
+            "confidence_early_stop",
+            {**common, "k": max(k, warm + 1), "warmup": warm, "window": 8},
+        ),
+    ]
+
+
+RAW_COMPARABLE = {"single", "majority_vote", "weighted_vote"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, default=30)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--threads", type=int, default=int(os.environ.get("COSTPASS_LLAMA_THREADS", "1"))
+    )
+    args = ap.parse_args(argv)
+
+    engine = get_engine("llama_cpp", {"n_threads": args.threads})
+    items = generate_problems(args.items, seed=args.seed)
+    report: dict[str, Any] = {
+        "items": args.items,
+        "k": args.k,
+        "max_tokens": args.max_tokens,
+        "threads": args.threads,
+        "prices_usd_per_mtok": {"input": "0.05", "output": "0.05"},
+        "strategies": {},
+    }
+    t_start = time.perf_counter()
+    for label, slug, params in configs(args.k, args.max_tokens):
+        strategy = get_strategy(slug)
+        p = strategy.validate_params(params)
+        rows = []
+        for item in items:
+            messages = [{"role": "user", "content": item.prompt}]
+            res = strategy.run(engine, messages=messages, params=p, answer_kind=item.answer_kind)
+            led = res.ledger
+            row = {
+                "correct": grade(res.answer, item.gold, item.answer_kind),
+                "difficulty": item.difficulty,
+                "prompt_tokens": led.prompt_tokens,
+                "completion_tokens": led.completion_tokens,
+                "aborted_tokens": led.aborted_completion_tokens,
+                "wall_s": led.wall_s,
+                "engine_wall_s": led.engine_wall_s,
+                "cost": cost_usd(led, DEMO_PRICES),
+            }
+            if slug in RAW_COMPARABLE:
+                # The same request straight to the engine: no events, extraction or vote.
+                cfg = p.sampling(
+                    p.n if hasattr(p, "n") else 1, top_logprobs=1 if slug == "weighted_vote" else 0
+                )
+                t = time.perf_counter()
+                engine.generate(Prompt.of(messages=messages), cfg)
+                row["raw_wall_s"] = time.perf_counter() - t
+            rows.append(row)
+        n = len(rows)
+        correct = sum(r["correct"] for r in rows)
+        total_cost = sum((r["cost"] for r in rows), Decimal(0))
+        entry: dict[str, Any] = {
+            "strategy": slug,
+            "params": p.model_dump(),
+            "accuracy": correct / n,
+            "accuracy_by_difficulty": {
+                d: statistics.mean(r["correct"] for r in rows if r["difficulty"] == d)
+                for d in sorted({r["difficulty"] for r in rows})
+            },
+            "mean_prompt_tokens": statistics.mean(r["prompt_tokens"] for r in rows),
+            "mean_generated_tokens": statistics.mean(r["completion_tokens"] for r in rows),
+            "mean_aborted_tokens": statistics.mean(r["aborted_tokens"] for r in rows),
+            "mean_wall_s": statistics.mean(r["wall_s"] for r in rows),
+            "mean_engine_wall_s": statistics.mean(r["engine_wall_s"] for r in rows),
+            "layer_overhead_pct": 100
+            * (
+                sum(r["wall_s"] for r in rows) / max(1e-9, sum(r["engine_wall_s"] for r in rows))
+                - 1
+            ),
+            "total_usd": str(total_cost),
+            "cost_of_pass_usd": str(total_cost / correct) if correct else "inf",
+        }
+        if slug in RAW_COMPARABLE:
+            raw = sum(r["raw_wall_s"] for r in rows)
+            entry["mean_raw_engine_wall_s"] = raw / n
+            entry["wall_vs_raw_engine_pct"] = 100 * (sum(r["wall_s"] for r in rows) / raw - 1)
+        report["strategies"][label] = entry
+        print(
+            f"{label:30s} acc={entry['accuracy']:.3f} gen_tok={entry['mean_generated_tokens']:7.1f} "
+            f"wall={entry['mean_wall_s']:6.3f}s layer={entry['layer_overhead_pct']:+5.1f}% "
+            + (
+                f"vs_raw={entry['wall_vs_raw_engine_pct']:+5.1f}% "
+                if "wall_vs_raw_engine_pct" in entry
+                else ""
+            )
+            + f"CoP=${entry['cost_of_pass_usd'][:10]}",
+            flush=True,
+        )
+    s = report["strategies"]
+    maj = s[f"majority_vote@{args.k}"]["mean_generated_tokens"]
+    report["token_ratios_vs_majority_vote"] = {
+        label: s[label]["mean_generated_tokens"] / maj
+        for label in (f"short_m_at_k@{args.k}(m=1)", f"first_finish@{args.k}")
+    }
+    report["total_bench_s"] = time.perf_counter() - t_start
+    print("generated tokens vs majority_vote:", json.dumps(report["token_ratios_vs_majority_vote"]))
+    print(f"total {report['total_bench_s']:.0f}s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
