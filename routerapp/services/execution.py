@@ -211,6 +211,8 @@ def _finish(query: Query) -> None:
     """Stamp the end time and replace the reservation with the real cost (once)."""
     query.finished_at = timezone.now()
     query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
+    if query.graded_correct is not None and query.graded_at is None:
+        query.graded_at = query.finished_at
     budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
     # Tell whoever waits for or streams this query, and charge its tokens to its key's
     # per-minute window, once the row is committed.

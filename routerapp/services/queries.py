@@ -270,6 +270,7 @@ class _AlreadyFinished(Exception):
 
 _FINAL_FIELDS = (
     "status",
+    "graded_at",
     "prompt_tokens",
     "completion_tokens",
     "engine_requests",
@@ -438,7 +439,10 @@ def query_feedback(
     locked.feedback_correct = correct
     locked.feedback_score = score
     locked.graded_correct = correct
-    locked.save(update_fields=["feedback_correct", "feedback_score", "graded_correct"])
+    locked.graded_at = timezone.now()
+    locked.save(
+        update_fields=["feedback_correct", "feedback_score", "graded_correct", "graded_at"]
+    )
     # A grade changes the dashboards' cost-of-pass: recompute the query's daily rollup row.
     from routerapp.services.rollups import rollup_refresh_for_query
 

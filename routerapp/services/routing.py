@@ -8,14 +8,21 @@ decision says so.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
 from routerapp.errors import InvalidInput, Unprocessable
-from routerapp.models import Configuration, RouterVersion
+from routerapp.models import Configuration, Query, RouterVersion
 from routerapp.services.pricing import worst_case_cost
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ class RoutingDecision:
     alternatives: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
     explored: bool = False
+    shadow: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +67,7 @@ class RoutingDecision:
             "alternatives": self.alternatives,
             "reason": self.reason,
             "explored": self.explored,
+            **({"shadow": self.shadow} if self.shadow else {}),
         }
 
 
@@ -100,26 +109,99 @@ def candidate_configurations(constraints: RequestConstraints) -> list[Configurat
     return configs
 
 
-_router_cache: dict[int, Any] = {}
-_router_lock = threading.Lock()
+class LiveRouter:
+    """A stored version's router, kept per process and caught up with the queries graded since
+    it was trained, so every web process learns online from the same log (the database is the
+    shared state; observations are replayed in grading order)."""
+
+    # How often a process looks for new grades; grades younger than the lag wait for the next
+    # look, so a grade committed slightly late is not skipped.
+    SYNC_EVERY_S = 2.0
+    LAG_S = 2.0
+
+    def __init__(self, version: RouterVersion):
+        from routerapp.routing import Router
+
+        self.version_id = version.pk
+        self.router = Router.from_bytes(bytes(version.artifact))
+        self.config_ids = set(self.router.config_ids)
+        self.since = version.trained_at or timezone.now()
+        self._next_sync = 0.0
+        self._lock = threading.Lock()
+
+    def sync(self) -> int:
+        """Observe the grades that arrived since the last sync; return how many."""
+        now = time.monotonic()
+        if now < self._next_sync:
+            return 0
+        with self._lock:
+            self._next_sync = now + self.SYNC_EVERY_S
+            horizon = timezone.now() - dt.timedelta(seconds=self.LAG_S)
+            if horizon <= self.since:
+                return 0
+            rows = list(
+                Query.objects.filter(
+                    graded_at__gt=self.since,
+                    graded_at__lte=horizon,
+                    status=Query.Status.DONE,
+                    configuration__slug__in=self.config_ids,
+                )
+                .order_by("graded_at")
+                .values_list(
+                    "prompt",
+                    "messages",
+                    "task",
+                    "configuration__slug",
+                    "graded_correct",
+                    "cost_usd",
+                )[:5000]
+            )
+            for prompt, messages, task, slug, correct, cost in rows:
+                text = prompt or next(
+                    (m["content"] for m in reversed(messages or []) if m.get("role") == "user"), ""
+                )
+                self.router.observe(
+                    text, task or None, slug, correct=bool(correct), cost_usd=float(cost)
+                )
+            self.since = horizon
+            return len(rows)
 
 
-def load_router(version: RouterVersion) -> Any:
-    """Return the router of a stored version, deserialised once per process."""
-    with _router_lock:
-        router = _router_cache.get(version.pk)
-        if router is None:
-            from routerapp.routing import Router
+_routers: dict[int, LiveRouter] = {}
+_routers_lock = threading.Lock()
 
-            router = Router.from_bytes(bytes(version.artifact))
-            _router_cache.clear()  # keep one version per process: the active one
-            _router_cache[version.pk] = router
-        return router
+
+def live_router(version: RouterVersion) -> LiveRouter:
+    """Return the process's live router of a version (loaded once, then synced)."""
+    with _routers_lock:
+        live = _routers.get(version.pk)
+        if live is None:
+            stored = RouterVersion.objects.get(pk=version.pk)
+            live = LiveRouter(stored)
+            # Keep the versions that can serve now (active and shadow); drop the rest.
+            keep = set(
+                RouterVersion.objects.filter(Q(is_active=True) | Q(is_shadow=True)).values_list(
+                    "pk", flat=True
+                )
+            )
+            for pk in [pk for pk in _routers if pk not in keep]:
+                del _routers[pk]
+            _routers[version.pk] = live
+    live.sync()
+    return live
 
 
 def active_router_version() -> RouterVersion | None:
     return (
         RouterVersion.objects.filter(is_active=True, status=RouterVersion.Status.READY)
+        .defer("artifact")
+        .first()
+    )
+
+
+def shadow_router_version() -> RouterVersion | None:
+    return (
+        RouterVersion.objects.filter(is_shadow=True, status=RouterVersion.Status.READY)
         .defer("artifact")
         .first()
     )
@@ -141,10 +223,13 @@ def decide(
                 param="max_cost_usd",
             )
         configs = affordable
+    shadow = shadow_decision(prompt=prompt, task=task, configs=configs, constraints=constraints)
     version = active_router_version()
     if version is not None and len(configs) > 1:
         try:
-            return _decide_with_router(version, prompt, task, configs, constraints)
+            decision = _decide_with_router(version, prompt, task, configs, constraints)
+            decision.shadow = shadow
+            return decision
         except Unprocessable:
             raise
         except Exception:  # a broken router version must not take the API down
@@ -164,6 +249,18 @@ def decide(
             {"configuration": c.slug, "worst_case_usd": str(worst[c.slug])} for c in configs
         ],
         reason=reason,
+        shadow=shadow,
+    )
+
+
+def _router_constraints(configs: list[Configuration], constraints: RequestConstraints) -> Any:
+    from routerapp.routing import Constraints
+
+    return Constraints(
+        allowed_config_ids=frozenset(c.slug for c in configs),
+        max_cost_usd=None if constraints.max_cost_usd is None else float(constraints.max_cost_usd),
+        max_latency_s=constraints.max_latency_s,
+        min_accuracy=constraints.min_accuracy,
     )
 
 
@@ -174,24 +271,20 @@ def _decide_with_router(
     configs: list[Configuration],
     constraints: RequestConstraints,
 ) -> RoutingDecision:
-    from routerapp.routing import Constraints, NoCandidateError
+    from routerapp.routing import NoAllowedCandidateError
 
-    router = load_router(RouterVersion.objects.get(pk=version.pk))
-    by_slug = {c.slug: c for c in configs}
+    live = live_router(version)
+    by_slug = {c.slug: c for c in configs if c.slug in live.config_ids}
+    if not by_slug:
+        raise LookupError(f"router version {version.pk} knows none of the allowed configurations")
     try:
-        decision = router.decide(
+        decision = live.router.decide(
             prompt,
             task or None,
-            Constraints(
-                allowed_config_ids=list(by_slug),
-                max_cost_usd=None
-                if constraints.max_cost_usd is None
-                else float(constraints.max_cost_usd),
-                max_latency_s=constraints.max_latency_s,
-                min_accuracy=constraints.min_accuracy,
-            ),
+            _router_constraints(list(by_slug.values()), constraints),
+            explore=settings.ROUTER_EXPLORE,
         )
-    except NoCandidateError as exc:
+    except NoAllowedCandidateError as exc:
         raise Unprocessable(str(exc), param="min_accuracy") from exc
     return RoutingDecision(
         configuration=by_slug[decision.config_id],
@@ -199,9 +292,42 @@ def _decide_with_router(
         p_correct=float(decision.p_correct),
         cost_usd=Decimal(str(round(decision.cost_usd, 12))),
         alternatives=[
-            {"configuration": a[0], "p_correct": a[1], "cost_usd": a[2], "cost_of_pass": a[3]}
+            {
+                "configuration": a.config_id,
+                "p_correct": a.p_correct,
+                "cost_usd": a.cost_usd,
+                "cost_of_pass": a.cop if math.isfinite(a.cop) else None,
+            }
             for a in decision.alternatives
         ],
-        reason="router",
-        explored=bool(getattr(decision, "explored", False)),
+        reason="explored" if decision.explored else "router",
+        explored=bool(decision.explored),
     )
+
+
+def shadow_decision(
+    *, prompt: str, task: str, configs: list[Configuration], constraints: RequestConstraints
+) -> dict[str, Any] | None:
+    """Return what the shadow version would have chosen (it decides, it does not serve)."""
+    from routerapp.routing import RouterError
+
+    version = shadow_router_version()
+    if version is None:
+        return None
+    try:
+        live = live_router(version)
+        allowed = [c for c in configs if c.slug in live.config_ids]
+        if not allowed:
+            return None
+        d = live.router.decide(prompt, task or None, _router_constraints(allowed, constraints))
+    except (RouterError, LookupError) as exc:
+        return {"router_version": version.pk, "error": str(exc)}
+    except Exception:  # the shadow must never break serving
+        log.exception("shadow router version %s failed", version.pk)
+        return None
+    return {
+        "router_version": version.pk,
+        "configuration": d.config_id,
+        "p_correct": float(d.p_correct),
+        "cost_usd": float(d.cost_usd),
+    }
