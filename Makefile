@@ -42,7 +42,7 @@ browsers:
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v 0
-	$(BIN)/python manage.py bootstrap
+	$(BIN)/python manage.py bootstrap --calibrate
 	@echo "costpass on http://$(HOST):$(PORT)/ (admin at /admin/, API at /v1 and /api/v1); Ctrl-C stops it"
 	@trap 'kill 0' EXIT INT TERM; \
 	$(BIN)/celery -A workers worker -n cpu@%h -Q engine.llama_cpp --pool=solo --loglevel=INFO & \

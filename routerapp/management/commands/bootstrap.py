@@ -14,8 +14,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--admin-username", default="admin")
+        parser.add_argument(
+            "--calibrate",
+            action="store_true",
+            help="when no router version exists, start the calibration benchmark that trains "
+            "and activates the first one (runs in the workers)",
+        )
 
-    def handle(self, *args: Any, admin_username: str, **options: Any) -> None:
+    def handle(self, *args: Any, admin_username: str, calibrate: bool, **options: Any) -> None:
         report = bootstrap(
             admin_username=admin_username,
             admin_password=os.environ.get("COSTPASS_ADMIN_PASSWORD") or None,
@@ -32,3 +38,13 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"admin login: {admin_username} / {report.admin_password} (also in {path})"
             )
+        if calibrate:
+            from routerapp.services.routers import calibration_ensure
+
+            run = calibration_ensure()
+            if run is not None:
+                self.stdout.write(
+                    f"calibration started: {run.items_count} generated problems x "
+                    f"{run.configurations.count()} configurations; the first router version "
+                    "is trained and activated when it ends (see the Routers page)"
+                )

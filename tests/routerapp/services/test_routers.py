@@ -1,0 +1,173 @@
+"""Router versions from the product's own log: train, evaluate, activate, shadow, learn online."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from decimal import Decimal
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from routerapp.errors import Conflict, InvalidInput
+from routerapp.models import Configuration, Query, RouterVersion, Team
+from routerapp.services import routers as svc
+from routerapp.services.bootstrap import bootstrap
+from routerapp.services.routing import RequestConstraints, decide, live_router
+
+pytestmark = pytest.mark.django_db
+
+SUITES = Path(__file__).resolve().parents[4] / "shared" / "suites"
+
+
+def _log(n_prompts: int = 40, seed: int = 0) -> None:
+    """Graded queries of every bootstrap configuration on two task families: on 'easy' the
+    greedy single answer is right, on 'hard' only the 5-sample vote is. Costs are such that
+    voting on hard prompts lowers the log's overall cost-of-pass (total USD / correct)."""
+    rng = random.Random(seed)
+    team = Team.objects.get(name="demo")
+    configs = {c.strategy.name: c for c in Configuration.objects.select_related("strategy")}
+    cost = {"greedy": "0.00001", "sampled": "0.00001", "majority-5": "0.00002",
+            "short-1-of-5": "0.00003", "best-of-4": "0.00004"}
+    now = timezone.now() - dt.timedelta(hours=1)
+    for i in range(n_prompts):
+        task = "easy" if i % 2 else "hard"
+        prompt = f"{task} problem {i}: what is {i} + {i}?"
+        for name, config in configs.items():
+            if task == "easy":
+                correct = rng.random() < (0.9 if name in ("greedy", "majority-5") else 0.6)
+            else:
+                correct = rng.random() < (0.8 if name == "majority-5" else 0.03)
+            Query.objects.create(
+                team=team, prompt=prompt, task=task, configuration=config,
+                status=Query.Status.DONE, graded_correct=correct, graded_at=now,
+                cost_usd=Decimal(cost[name]), prompt_tokens=20, completion_tokens=30,
+            )
+
+
+@pytest.fixture
+def installed(settings, tmp_path):  # type: ignore[no-untyped-def]
+    settings.VAR_DIR = tmp_path
+    settings.ROUTER_EXPLORE = False
+    bootstrap(admin_password="x" * 12)
+
+
+def test_log_tables_follow_the_suite_schema(installed) -> None:  # type: ignore[no-untyped-def]
+    _log(n_prompts=4)
+    outcomes, prompts = svc.log_outcome_tables()
+    assert len(outcomes) == 4 * 5 and len(prompts) == 4
+    assert set(outcomes.columns) >= {"prompt_uid", "dataset", "config_id", "correct", "cost_usd"}
+    assert set(outcomes["dataset"]) == {"easy", "hard"}
+
+
+def test_too_little_log_fails_with_a_reason(installed) -> None:  # type: ignore[no-untyped-def]
+    _log(n_prompts=3)
+    version = svc.router_version_train(source="log", enqueue=False)
+    version = svc.router_version_fit(version_id=version.pk)
+    assert version.status == RouterVersion.Status.FAILED
+    assert "at least 10" in version.error
+    with pytest.raises(Conflict, match="not ready"):
+        svc.router_version_activate(version=version)
+
+
+def test_train_activate_and_route_by_task(installed) -> None:  # type: ignore[no-untyped-def]
+    _log()
+    version = svc.router_version_train(source="log", enqueue=False, name="v1")
+    version = svc.router_version_fit(version_id=version.pk)
+    assert version.status == RouterVersion.Status.READY, version.error
+    policies = version.evaluation["policies"]
+    assert {"router", "best_single_cop", "oracle_min_cop", "random"} <= set(policies)
+    assert version.trained_on["prompts"] == 40
+    svc.router_version_activate(version=version)
+    hard = decide(prompt="hard problem 99: what is 99 + 99?", task="hard",
+                  constraints=RequestConstraints(), prompt_tokens=30)
+    easy = decide(prompt="easy problem 98: what is 98 + 98?", task="easy",
+                  constraints=RequestConstraints(), prompt_tokens=30)
+    assert hard.router_version == version and hard.p_correct is not None
+    assert hard.configuration.strategy.name == "majority-5"
+    assert easy.configuration.strategy.name == "greedy"  # as accurate there, and cheaper
+    assert len(hard.alternatives) == 5
+    # A budget that only covers single samples moves the choice.
+    capped = decide(prompt="hard problem 99", task="hard",
+                    constraints=RequestConstraints(max_cost_usd=Decimal("0.00003")),
+                    prompt_tokens=30)
+    assert capped.configuration.strategy.strategy == "single"
+
+
+def test_online_grades_move_the_live_router(installed, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from routerapp.services.routing import LiveRouter
+
+    monkeypatch.setattr(LiveRouter, "LAG_S", 0.0)
+    _log()
+    version = svc.router_version_fit(
+        version_id=svc.router_version_train(source="log", enqueue=False).pk)
+    svc.router_version_activate(version=version)
+    RouterVersion.objects.filter(pk=version.pk).update(
+        trained_at=timezone.now() - dt.timedelta(minutes=30))
+    version.refresh_from_db()
+    team = Team.objects.get(name="demo")
+    majority = Configuration.objects.get(strategy__name="majority-5")
+    greedy = Configuration.objects.get(strategy__name="greedy")
+
+    def choice() -> str:
+        return decide(prompt="novel problem", task="novel", constraints=RequestConstraints(),
+                      prompt_tokens=30).configuration.strategy.name
+
+    live_router(version).router.reset_online()
+    before = choice()
+    # A new task family where the vote always fails and greedy always succeeds.
+    graded = timezone.now()
+    for i in range(30):
+        for config, ok in ((majority, False), (greedy, True)):
+            Query.objects.create(team=team, prompt=f"novel {i}", task="novel",
+                                 configuration=config, status=Query.Status.DONE,
+                                 graded_correct=ok, graded_at=graded,
+                                 cost_usd=Decimal("0.00002"))
+    live = live_router(version)
+    live._next_sync = 0.0
+    assert live.sync() == 60
+    assert choice() == "greedy"
+    assert before in {"greedy", "majority-5", "sampled", "short-1-of-5", "best-of-4"}
+
+
+def test_shadow_decides_without_serving(installed) -> None:  # type: ignore[no-untyped-def]
+    _log()
+    v1 = svc.router_version_fit(version_id=svc.router_version_train(source="log",
+                                                                     enqueue=False).pk)
+    v2 = svc.router_version_fit(version_id=svc.router_version_train(source="log",
+                                                                     enqueue=False).pk)
+    svc.router_version_activate(version=v1)
+    with pytest.raises(Conflict):
+        svc.router_version_set_shadow(version=v1, shadow=True)
+    svc.router_version_set_shadow(version=v2, shadow=True)
+    d = decide(prompt="hard problem 1", task="hard", constraints=RequestConstraints(),
+               prompt_tokens=30)
+    assert d.router_version == v1
+    assert d.shadow is not None and d.shadow["router_version"] == v2.pk
+    assert d.as_json()["shadow"]["configuration"]
+
+
+def test_router_train_command(installed) -> None:  # type: ignore[no-untyped-def]
+    _log()
+    out = StringIO()
+    call_command("router_train", "--from-log", "--activate", stdout=out)
+    assert "is ready and active" in out.getvalue()
+    assert "oracle_min_cop" in out.getvalue()
+    with pytest.raises(CommandError, match="not a suite"):
+        call_command("router_train", "--suite", "/nonexistent", stdout=StringIO())
+    with pytest.raises(InvalidInput):
+        svc.router_version_train(source="nowhere")
+
+
+@pytest.mark.skipif(not (SUITES / "game24-strategies").is_dir(), reason="shared suites absent")
+def test_suite_version_is_evaluated_but_cannot_serve(installed) -> None:  # type: ignore[no-untyped-def]
+    out = StringIO()
+    call_command("router_train", "--suite", str(SUITES / "game24-strategies"), stdout=out)
+    version = RouterVersion.objects.get()
+    assert version.status == RouterVersion.Status.READY
+    assert version.evaluation["policies"]["router"]["cop"] > 0
+    with pytest.raises(Conflict, match="can be evaluated, not activated"):
+        svc.router_version_activate(version=version)
