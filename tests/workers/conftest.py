@@ -72,7 +72,9 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not start: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"llama_cpp.server did not start: {log_path.read_text()[-2000:]}"
+                )
             time.sleep(0.25)
         yield base
     finally:

@@ -12,7 +12,9 @@ def test_cost_is_exact_decimal():
     ledger = Ledger(prompt_tokens=1234, completion_tokens=567)
     assert cost_usd(ledger, prices) == Decimal("0.0005253")
     assert cost_usd((1234, 567), prices) == Decimal("0.0005253")
-    assert cost_usd({"prompt_tokens": 1234, "completion_tokens": 567}, prices) == Decimal("0.0005253")
+    assert cost_usd({"prompt_tokens": 1234, "completion_tokens": 567}, prices) == Decimal(
+        "0.0005253"
+    )
 
 
 def test_prices_from_floats_use_their_decimal_text():

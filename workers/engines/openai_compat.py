@@ -432,7 +432,7 @@ class _HttpStream(GenerationStream):
         data = r.json()
         choice = data["choices"][0]
         text = _choice_text(choice, eng.params.api)
-        lps, tops = _choice_logprobs(choice, eng.params.api)
+        lps, tops = _choice_logprobs(choice, eng.params.api, self.sampling.top_logprobs)
         usage = data.get("usage") or {}
         prompt_tokens, p_method = self._usage_or_count(usage.get("prompt_tokens"))
         if usage.get("completion_tokens") is not None:
@@ -493,7 +493,7 @@ class _HttpStream(GenerationStream):
                     stopping = slot.abort.is_set()
                     for choice in chunk.get("choices") or []:
                         delta = _delta_text(choice, api)
-                        c_lps, c_tops = _choice_logprobs(choice, api)
+                        c_lps, c_tops = _choice_logprobs(choice, api, self.sampling.top_logprobs)
                         if delta or c_lps:
                             chunks += 1
                             parts.append(delta)
@@ -559,7 +559,7 @@ class _HttpStream(GenerationStream):
             outs: list[SampleOutput] = []
             for i, choice in enumerate(choices[: self.sampling.n]):
                 text = _choice_text(choice, eng.params.api)
-                lps, tops = _choice_logprobs(choice, eng.params.api)
+                lps, tops = _choice_logprobs(choice, eng.params.api, self.sampling.top_logprobs)
                 if lps:
                     completion, method = len(lps), "logprobs"
                 else:
@@ -615,7 +615,13 @@ def _delta_text(choice: dict, api: str) -> str:
     return str(choice.get("text") or "")
 
 
-def _choice_logprobs(choice: dict, api: str) -> tuple[list[float], list[tuple[float, ...]]]:
+def _choice_logprobs(
+    choice: dict, api: str, k: int | None = None
+) -> tuple[list[float], list[tuple[float, ...]]]:
+    """Return the chosen-token log-probs and the top-``k`` log-probs (descending) per token.
+
+    Some servers (llama-cpp-python) add the sampled token to the top list; it is cut to
+    ``k`` so every backend reports the same shape."""
     lp = choice.get("logprobs")
     if not lp:
         return [], []
@@ -628,10 +634,11 @@ def _choice_logprobs(choice: dict, api: str) -> tuple[list[float], list[tuple[fl
                 (float(t["logprob"]) for t in entry.get("top_logprobs") or []), reverse=True
             )
             if vals:
-                tops.append(tuple(vals))
+                tops.append(tuple(vals[:k] if k else vals))
     else:
         lps = [float(v) for v in lp.get("token_logprobs") or [] if v is not None]
         for entry in lp.get("top_logprobs") or []:
             if entry:
-                tops.append(tuple(sorted((float(v) for v in entry.values()), reverse=True)))
+                vals = sorted((float(v) for v in entry.values()), reverse=True)
+                tops.append(tuple(vals[:k] if k else vals))
     return lps, tops

@@ -21,7 +21,9 @@ def test_prompt_tokens_match_llama_cpp_python(llama_engine):
     llm = Llama(llama_engine.params.model_path, n_ctx=512, n_threads=1, verbose=False)
     out = llm.create_chat_completion(messages=list(Q.messages), max_tokens=1, temperature=0)
     assert llama_engine.count_prompt_tokens(Q) == out["usage"]["prompt_tokens"]
-    assert llama_engine.count_prompt_tokens(messages=list(Q.messages)) == out["usage"]["prompt_tokens"]
+    assert (
+        llama_engine.count_prompt_tokens(messages=list(Q.messages)) == out["usage"]["prompt_tokens"]
+    )
     llm.close()
 
 
@@ -50,7 +52,9 @@ def test_n_samples_counts_and_single_prompt_billing(llama_engine):
     assert res.completion_tokens == sum(s.completion_tokens for s in res.samples)
     for s in res.samples:
         assert 1 <= s.completion_tokens <= 12
-        assert len(s.token_ids) == len(s.token_logprobs) == len(s.top_logprobs) == s.completion_tokens
+        assert (
+            len(s.token_ids) == len(s.token_logprobs) == len(s.top_logprobs) == s.completion_tokens
+        )
         assert all(len(t) == 3 and t[0] >= t[1] >= t[2] for t in s.top_logprobs)
         assert s.finish_reason == ("length" if s.completion_tokens == 12 else "stop")
     assert len({s.text for s in res.samples}) > 1  # different seeds, different samples
@@ -60,7 +64,9 @@ def test_same_seed_same_result_and_no_leaked_state(llama_engine):
     cfg = SamplingConfig(n=3, temperature=0.8, max_tokens=10, seed=11)
     a = llama_engine.generate(Q, cfg)
     # A different query in between (aborted halfway) must leave nothing behind.
-    other = llama_engine.stream(Prompt.of(prompt="Once upon a time"), SamplingConfig(n=2, max_tokens=20))
+    other = llama_engine.stream(
+        Prompt.of(prompt="Once upon a time"), SamplingConfig(n=2, max_tokens=20)
+    )
     with other:
         for ev in other:
             if isinstance(ev, TokenEvent):
@@ -71,7 +77,9 @@ def test_same_seed_same_result_and_no_leaked_state(llama_engine):
 
 
 def test_aborted_sample_stops_generating(llama_engine):
-    long_prompt = Prompt.of(messages=[{"role": "user", "content": "Write a long story about a dragon."}])
+    long_prompt = Prompt.of(
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}]
+    )
     cfg = SamplingConfig(n=3, temperature=0.8, max_tokens=40, seed=1)
     tokens_after_abort = 0
     stream = llama_engine.stream(long_prompt, cfg)

@@ -19,8 +19,14 @@ def test_greedy_is_argmax_and_logprobs_are_exact():
 
 def test_same_rng_seed_same_tokens():
     x = _logits(1)
-    a = [sample_token(x, temperature=0.8, top_p=0.9, rng=r).token for r in [np.random.default_rng(7)] * 1]
-    b = [sample_token(x, temperature=0.8, top_p=0.9, rng=r).token for r in [np.random.default_rng(7)] * 1]
+    a = [
+        sample_token(x, temperature=0.8, top_p=0.9, rng=r).token
+        for r in [np.random.default_rng(7)] * 1
+    ]
+    b = [
+        sample_token(x, temperature=0.8, top_p=0.9, rng=r).token
+        for r in [np.random.default_rng(7)] * 1
+    ]
     assert a == b
 
 

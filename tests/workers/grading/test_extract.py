@@ -45,7 +45,9 @@ def test_extract_mcq(text, expected):
 
 
 def test_extract_text_normalises():
-    assert extract_answer("Let me think.\nThe answer is The Eiffel Tower!", "text") == "eiffel tower"
+    assert (
+        extract_answer("Let me think.\nThe answer is The Eiffel Tower!", "text") == "eiffel tower"
+    )
     assert extract_answer("  \n", "text") is None
 
 
@@ -55,7 +57,9 @@ def test_last_boxed_balances_braces():
 
 
 def test_answer_keys_merge_equal_numbers():
-    assert answer_key("18.0", "math") == answer_key("18", "math") == answer_key("36/2", "math") == "18"
+    assert (
+        answer_key("18.0", "math") == answer_key("18", "math") == answer_key("36/2", "math") == "18"
+    )
     assert answer_key("1,000", "math") == "1000"
     assert answer_key("0.5", "math") == "1/2"
     assert answer_key("(c)", "mcq") == "C"

@@ -22,11 +22,18 @@ def test_loader_on_a_small_file(tmp_path):
     path = tmp_path / "sets.parquet"
     df.to_parquet(path)
     items = load_labelled_set(path)
-    assert [it.uid for it in items] == ["gsm8k_test::g1", "mmlu_pro::p1", "mmlu_pro::p2", "newset::n1"]
+    assert [it.uid for it in items] == [
+        "gsm8k_test::g1",
+        "mmlu_pro::p1",
+        "mmlu_pro::p2",
+        "newset::n1",
+    ]
     assert items[0].answer_kind == "math" and items[1].answer_kind == "mcq"
     assert items[3].answer_kind == "text"
     assert items[1].prompt.endswith("Options:\nA. x\nB. y\nC. z")
-    assert [it.uid for it in load_labelled_set(path, dataset="mmlu_pro", limit=1)] == ["mmlu_pro::p1"]
+    assert [it.uid for it in load_labelled_set(path, dataset="mmlu_pro", limit=1)] == [
+        "mmlu_pro::p1"
+    ]
 
 
 def test_loader_errors(tmp_path):

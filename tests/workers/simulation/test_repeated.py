@@ -53,8 +53,12 @@ def test_seeded_draws_are_reproducible():
     a = [simulate_prompt(SimConfig("majority_vote", 3), *args, rng_a) for _ in range(5)]
     b = [simulate_prompt(SimConfig("majority_vote", 3), *args, rng_b) for _ in range(5)]
     assert a == b
-    o1 = simulate(table(), [SimConfig("majority_vote", 3)], seed=1, n_draws=4, output_usd_per_mtok=2)
-    o2 = simulate(table(), [SimConfig("majority_vote", 3)], seed=1, n_draws=4, output_usd_per_mtok=2)
+    o1 = simulate(
+        table(), [SimConfig("majority_vote", 3)], seed=1, n_draws=4, output_usd_per_mtok=2
+    )
+    o2 = simulate(
+        table(), [SimConfig("majority_vote", 3)], seed=1, n_draws=4, output_usd_per_mtok=2
+    )
     assert o1.equals(o2)
 
 
@@ -70,10 +74,16 @@ def test_bad_configs():
 @pytest.mark.skipif(not SHARED.exists(), reason="shared/data not present")
 def test_on_the_shared_game24_samples():
     df = pd.read_parquet(SHARED)
-    cfgs = [SimConfig("majority_vote", 1), SimConfig("majority_vote", 5), SimConfig("first_finish", 5)]
+    cfgs = [
+        SimConfig("majority_vote", 1),
+        SimConfig("majority_vote", 5),
+        SimConfig("first_finish", 5),
+    ]
     out = simulate(df, cfgs, seed=0, n_draws=2, output_usd_per_mtok=60)
     assert len(out) == df.groupby(["strategy", "prompt_id"]).ngroups * 3
     means = out.groupby("config")[["output_tokens", "cost_usd"]].mean()
     # Stopping at the first finisher bills fewer output tokens than running all five.
-    assert means.loc["first_finish@5", "output_tokens"] < means.loc["majority_vote@5", "output_tokens"]
+    assert (
+        means.loc["first_finish@5", "output_tokens"] < means.loc["majority_vote@5", "output_tokens"]
+    )
     assert means.loc["majority_vote@5", "cost_usd"] > 4 * means.loc["majority_vote@1", "cost_usd"]

@@ -29,7 +29,10 @@ PARAMS = {
 def check_ledger(result):
     led = result.ledger
     cands = result.candidates
-    assert led.completion_tokens == sum(c.completion_tokens for c in cands) + led.scorer_completion_tokens
+    assert (
+        led.completion_tokens
+        == sum(c.completion_tokens for c in cands) + led.scorer_completion_tokens
+    )
     assert led.prompt_tokens == sum(c.prompt_tokens for c in cands) + led.scorer_prompt_tokens
     assert led.aborted_completion_tokens == sum(c.completion_tokens for c in cands if c.aborted)
     assert led.wall_s >= led.engine_wall_s > 0
@@ -48,7 +51,9 @@ def test_every_strategy_runs_with_a_consistent_ledger(llama_engine, slug):
     strategy = get_strategy(slug)
     p = strategy.validate_params(PARAMS[slug])
     events = []
-    result = strategy.run(llama_engine, messages=MSG, params=p, answer_kind="math", on_event=events.append)
+    result = strategy.run(
+        llama_engine, messages=MSG, params=p, answer_kind="math", on_event=events.append
+    )
     assert result.strategy == slug
     assert len(result.candidates) == strategy.planned_samples(p)
     check_ledger(result)

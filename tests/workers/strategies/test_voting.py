@@ -34,7 +34,12 @@ def test_no_answers():
 
 
 def test_short_m_ties_go_to_the_shortest_chain():
-    cs = [cand(0, "x", tokens=30), cand(1, "y", tokens=12), cand(2, "x", tokens=40), cand(3, "y", tokens=50)]
+    cs = [
+        cand(0, "x", tokens=30),
+        cand(1, "y", tokens=12),
+        cand(2, "x", tokens=40),
+        cand(3, "y", tokens=50),
+    ]
     chosen, votes = majority_shortest(cs)
     assert votes == {"x": 2.0, "y": 2.0}
     assert chosen == 1  # "y" has the shortest chain (12 tokens)

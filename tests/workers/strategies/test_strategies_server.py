@@ -1,0 +1,40 @@
+"""Every strategy through the OpenAI-compatible server (llama-cpp-python, CPU model)."""
+
+import pytest
+
+from workers.strategies import STRATEGIES, get_strategy
+
+pytestmark = pytest.mark.model
+
+MSG = [{"role": "user", "content": "What is 5 + 4? Reply with just the number."}]
+
+PARAMS = {
+    "single": {"max_tokens": 8},
+    "best_of_n": {"n": 2, "max_tokens": 8},
+    "majority_vote": {"n": 2, "max_tokens": 8},
+    "weighted_vote": {"n": 2, "max_tokens": 8},
+    "short_m_at_k": {"k": 2, "m": 1, "max_tokens": 8},
+    "first_finish": {"k": 2, "max_tokens": 8},
+    "confidence_early_stop": {"k": 3, "warmup": 1, "window": 2, "max_tokens": 8},
+}
+
+
+@pytest.mark.parametrize("slug", sorted(STRATEGIES))
+def test_every_strategy_through_the_server(server_engine, slug):
+    strategy = get_strategy(slug)
+    p = strategy.validate_params(PARAMS[slug])
+    r = strategy.run(server_engine, messages=MSG, params=p, answer_kind="math")
+    led = r.ledger
+    assert len(r.candidates) == strategy.planned_samples(p)
+    assert (
+        led.completion_tokens
+        == sum(c.completion_tokens for c in r.candidates) + led.scorer_completion_tokens
+    )
+    assert (
+        led.prompt_tokens == sum(c.prompt_tokens for c in r.candidates) + led.scorer_prompt_tokens
+    )
+    # One HTTP request per sample, each billing its prompt (unless aborted before it was sent).
+    sent = [c for c in r.candidates if c.prompt_tokens > 0]
+    assert led.engine_requests == len(sent) + led.scorer_calls
+    assert r.chosen_index is not None
+    assert led.token_count_method in ("usage", "logprobs", "chunks", "tokenize", "estimate")
