@@ -171,3 +171,23 @@ def test_suite_version_is_evaluated_but_cannot_serve(installed) -> None:  # type
     assert version.evaluation["policies"]["router"]["cop"] > 0
     with pytest.raises(Conflict, match="can be evaluated, not activated"):
         svc.router_version_activate(version=version)
+
+
+def test_shadow_comparison_counts_agreement(installed) -> None:  # type: ignore[no-untyped-def]
+    from routerapp.selectors.routers import shadow_comparison
+
+    team = Team.objects.get(name="demo")
+    greedy = Configuration.objects.get(strategy__name="greedy")
+    version = RouterVersion.objects.create(name="s", learner="meta-logit", is_shadow=True)
+    for shadow_choice, correct in [(greedy.slug, True), (greedy.slug, False), ("other", True)]:
+        Query.objects.create(
+            team=team, prompt="p", configuration=greedy, status=Query.Status.DONE,
+            graded_correct=correct, cost_usd=Decimal("0.001"),
+            decision={"shadow": {"router_version": version.pk, "configuration": shadow_choice,
+                                 "cost_usd": 0.002}},
+        )
+    report = shadow_comparison(version=version)
+    assert report["n"] == 3 and report["agree_rate"] == pytest.approx(2 / 3)
+    assert report["served_when_agreeing"]["graded"] == 2
+    assert report["served_when_agreeing"]["accuracy"] == 0.5
+    assert report["served_when_disagreeing"]["cost_of_pass"] == pytest.approx(0.001)

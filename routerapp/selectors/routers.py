@@ -1,0 +1,70 @@
+"""Reads of router versions, their evaluations and their shadow record."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import QuerySet
+
+from routerapp.errors import NotFound
+from routerapp.models import Query, RouterVersion
+
+
+def router_versions_list() -> QuerySet[RouterVersion]:
+    return RouterVersion.objects.defer("artifact").order_by("-created_at")
+
+
+def router_version_get(*, version_id: int | str) -> RouterVersion:
+    """Return a version; raise NotFound for an unknown id."""
+    try:
+        pk = int(version_id)
+    except (TypeError, ValueError):
+        raise NotFound(f"no router version {version_id!r}") from None
+    version = RouterVersion.objects.defer("artifact").filter(pk=pk).first()
+    if version is None:
+        raise NotFound(f"no router version {version_id!r}")
+    return version
+
+
+def shadow_comparison(*, version: RouterVersion, limit: int = 50_000) -> dict[str, Any]:
+    """Compare a shadow version's choices with what was served on the same queries.
+
+    Returns the number of queries it decided on, how often it agreed with the served choice,
+    and, on graded queries where it agreed or disagreed, the served accuracy and spend.
+    """
+    rows = list(
+        Query.objects.filter(decision__shadow__router_version=version.pk)
+        .order_by("-created_at")
+        .values_list("decision", "configuration__slug", "graded_correct", "cost_usd")[:limit]
+    )
+    n = len(rows)
+    agree = 0
+    graded = {"agree": [0, 0, Decimal(0)], "disagree": [0, 0, Decimal(0)]}
+    predicted_cost = 0.0
+    for decision, served, correct, cost in rows:
+        shadow = decision.get("shadow") or {}
+        same = shadow.get("configuration") == served
+        agree += same
+        predicted_cost += float(shadow.get("cost_usd") or 0.0)
+        if correct is not None:
+            bucket = graded["agree" if same else "disagree"]
+            bucket[0] += 1
+            bucket[1] += int(correct)
+            bucket[2] += cost
+    return {
+        "n": n,
+        "agree_rate": agree / n if n else None,
+        "shadow_mean_predicted_cost_usd": predicted_cost / n if n else None,
+        "served_when_agreeing": _summary(*graded["agree"]),
+        "served_when_disagreeing": _summary(*graded["disagree"]),
+    }
+
+
+def _summary(n: int, correct: int, cost: Decimal) -> dict[str, Any]:
+    return {
+        "graded": n,
+        "accuracy": correct / n if n else None,
+        "mean_cost_usd": float(cost / n) if n else None,
+        "cost_of_pass": float(cost / correct) if correct else None,
+    }
