@@ -13,7 +13,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from routerapp.errors import RateLimited, ServiceError
+from routerapp.errors import Conflict, RateLimited, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ def openai_exception_handler(exc: Exception, context: dict) -> Response | None:
         )
         if isinstance(exc, RateLimited):
             response["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, Conflict):
+            # OpenAI's clients retry 409 by default; a conflict here never clears by retrying.
+            response["x-should-retry"] = "false"
         return response
     if isinstance(exc, DatabaseError):
         log.exception("database error")

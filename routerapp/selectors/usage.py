@@ -44,7 +44,8 @@ def _totals(qs: QuerySet[Query]) -> dict[str, Any]:
     return qs.aggregate(**_annotations())
 
 
-def _shape(row: dict[str, Any]) -> dict[str, Any]:
+def _shape(aggregates: dict[str, Any]) -> dict[str, Any]:
+    row = {k.removeprefix("agg_"): v for k, v in aggregates.items() if k.startswith("agg_")}
     prompt = int(row.get("prompt_tokens") or 0)
     completion = int(row.get("completion_tokens") or 0)
     graded, correct = int(row.get("graded") or 0), int(row.get("correct") or 0)
@@ -121,19 +122,20 @@ def usage_for_team(
 
 
 def _annotations() -> dict[str, Any]:
+    """Aggregates of a set of queries, named apart from the model's own fields."""
+    live = Q(status__in=[Query.Status.QUEUED, Query.Status.RUNNING])
+    graded = Q(graded_correct__isnull=False)
     return {
-        "queries": Count("id"),
-        "done": Count("id", filter=Q(status=Query.Status.DONE)),
-        "failed": Count("id", filter=Q(status=Query.Status.FAILED)),
-        "cancelled": Count("id", filter=Q(status=Query.Status.CANCELLED)),
-        "running": Count("id", filter=Q(status__in=[Query.Status.QUEUED, Query.Status.RUNNING])),
-        "prompt_tokens": Sum("prompt_tokens"),
-        "completion_tokens": Sum("completion_tokens"),
-        "cost_usd": Sum("cost_usd"),
-        "reserved_usd": Sum(
-            "reserved_usd", filter=Q(status__in=[Query.Status.QUEUED, Query.Status.RUNNING])
-        ),
-        "graded": Count("id", filter=Q(graded_correct__isnull=False)),
-        "correct": Count("id", filter=Q(graded_correct=True)),
-        "graded_cost_usd": Sum("cost_usd", filter=Q(graded_correct__isnull=False)),
+        "agg_queries": Count("id"),
+        "agg_done": Count("id", filter=Q(status=Query.Status.DONE)),
+        "agg_failed": Count("id", filter=Q(status=Query.Status.FAILED)),
+        "agg_cancelled": Count("id", filter=Q(status=Query.Status.CANCELLED)),
+        "agg_running": Count("id", filter=live),
+        "agg_prompt_tokens": Sum("prompt_tokens"),
+        "agg_completion_tokens": Sum("completion_tokens"),
+        "agg_cost_usd": Sum("cost_usd"),
+        "agg_reserved_usd": Sum("reserved_usd", filter=live),
+        "agg_graded": Count("id", filter=graded),
+        "agg_correct": Count("id", filter=Q(graded_correct=True)),
+        "agg_graded_cost_usd": Sum("cost_usd", filter=graded),
     }

@@ -387,7 +387,9 @@ def query_enqueue(*, query: Query) -> None:
     endpoint = query.configuration.endpoint
     queue = queue_for_engine(endpoint.engine, endpoint.queue)
     try:
-        query_execute.apply_async(args=[str(query.pk)], queue=queue)
+        # Nobody reads the task's result (callers wait on the query's events): skipping the
+        # result store saves a round trip and keeps a dead result store out of the request.
+        query_execute.apply_async(args=[str(query.pk)], queue=queue, ignore_result=True)
     except Exception as exc:  # the broker is down: nothing may be left half-written
         log.error("could not enqueue query %s: %s", query.pk, exc)
         _withdraw(query)
