@@ -106,7 +106,9 @@ def test_fifty_parallel_chat_calls_settle_within_the_budget(  # type: ignore[no-
     server = start_gunicorn(tmp_path, {}, workers=4, threads=16)
     try:
         responses = _fire(
-            server.url, "/v1/chat/completions", {"model": "auto", "messages": messages},
+            server.url,
+            "/v1/chat/completions",
+            {"model": "auto", "messages": messages},
             caller.auth,
         )
     finally:

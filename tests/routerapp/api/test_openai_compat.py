@@ -13,7 +13,12 @@ import pytest
 
 from routerapp.models import BudgetUsage, Query, Sample
 from tests.factories import BudgetPolicyFactory
-from tests.routerapp.api.conftest import FAKE_PRICE_IN, FAKE_PRICE_OUT, FAKE_REPLY, make_configuration
+from tests.routerapp.api.conftest import (
+    FAKE_PRICE_IN,
+    FAKE_PRICE_OUT,
+    FAKE_REPLY,
+    make_configuration,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,7 +66,9 @@ def test_sync_chat_with_model_auto(client: openai.OpenAI) -> None:
 
 
 def test_stream_chat_token_by_token_ends_with_the_real_cost(
-    live_server, slow_upstream_url, make_caller  # type: ignore[no-untyped-def]
+    live_server,
+    slow_upstream_url,
+    make_caller,  # type: ignore[no-untyped-def]
 ) -> None:
     make_configuration(slow_upstream_url, name="slow")
     caller = make_caller("alpha")
@@ -73,7 +80,9 @@ def test_stream_chat_token_by_token_ends_with_the_real_cost(
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
-    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    deltas = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     # One chunk per upstream token, not the whole answer at once.
     assert deltas == ["The", " answer", " is", " 4."]
     assert "".join(deltas) == FAKE_REPLY
@@ -147,10 +156,15 @@ def test_raw_sse_wire_format(live_server, upstream_url, make_caller) -> None:  #
     """The bytes on the wire: `data: {json}` events, a usage event, `data: [DONE]` last."""
     make_configuration(upstream_url)
     caller = make_caller("alpha")
-    body = {"model": "auto", "messages": QUESTION, "stream": True,
-            "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", json=body,
-                      headers=caller.auth, timeout=30) as r:
+    body = {
+        "model": "auto",
+        "messages": QUESTION,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", f"{live_server.url}/v1/chat/completions", json=body, headers=caller.auth, timeout=30
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line.startswith("data: ")]

@@ -50,13 +50,37 @@ def assert_error(r: httpx.Response, status: int, code: str | None, fragment: str
         (b'{"model": "auto", "messages": [', None, "malformed JSON"),
         (b'{"model": "auto"}', "messages", "required"),
         (b'{"model": "auto", "messages": []}', "messages", ""),
-        (b'{"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role", "role"),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', "messages[0].content", "string"),
+        (
+            b'{"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}',
+            "messages[0].role",
+            "role",
+        ),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}',
+            "messages[0].content",
+            "string",
+        ),
         (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", ""),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "maybe"}', "stream", ""),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}', "tools", "not supported"),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "min_accuracy": 2}', "min_accuracy", ""),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_cost_usd": "-1"}', "max_cost_usd", ""),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "maybe"}',
+            "stream",
+            "",
+        ),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}',
+            "tools",
+            "not supported",
+        ),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "min_accuracy": 2}',
+            "min_accuracy",
+            "",
+        ),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_cost_usd": "-1"}',
+            "max_cost_usd",
+            "",
+        ),
         (b"[1, 2]", None, ""),
     ],
 )
@@ -73,8 +97,9 @@ def test_bad_bodies_are_400(setup, body: bytes, param: str | None, fragment: str
 
 def test_completions_rejects_batched_prompts(setup) -> None:  # type: ignore[no-untyped-def]
     caller, http = setup
-    r = http.post("/v1/completions", json={"model": "auto", "prompt": ["a", "b"]},
-                  headers=caller.auth)
+    r = http.post(
+        "/v1/completions", json={"model": "auto", "prompt": ["a", "b"]}, headers=caller.auth
+    )
     assert_error(r, 400, "invalid_value", "one prompt per request")
 
 
@@ -82,8 +107,12 @@ def test_401_missing_invalid_revoked(setup) -> None:  # type: ignore[no-untyped-
     caller, http = setup
     body = {"model": "auto", "messages": QUESTION}
     assert_error(http.post(CHAT, json=body), 401, "invalid_api_key", "missing API key")
-    assert_error(http.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401,
-                 "invalid_api_key", "invalid")
+    assert_error(
+        http.get("/v1/models", headers={"Authorization": "Bearer nope"}),
+        401,
+        "invalid_api_key",
+        "invalid",
+    )
     assert Query.objects.count() == 0
 
 
@@ -106,10 +135,17 @@ def test_downgrading_budget_re_asks_the_router_with_what_is_left(  # type: ignor
     pricey = make_configuration(upstream_url, name="pricey")
     pricey.endpoint.input_usd_per_mtok = Decimal("1000")
     pricey.endpoint.save()
-    BudgetPolicyFactory(team=caller.team, name="down", limit_usd=Decimal("0.01"),
-                        mode=BudgetPolicy.Mode.HARD_DOWNGRADE)
-    r = http.post(CHAT, json={"model": "auto", "messages": QUESTION,
-                              "allowed_models": ["pricey", "fake"]}, headers=caller.auth)
+    BudgetPolicyFactory(
+        team=caller.team,
+        name="down",
+        limit_usd=Decimal("0.01"),
+        mode=BudgetPolicy.Mode.HARD_DOWNGRADE,
+    )
+    r = http.post(
+        CHAT,
+        json={"model": "auto", "messages": QUESTION, "allowed_models": ["pricey", "fake"]},
+        headers=caller.auth,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["costpass"]["model"] == "fake"
     # Asked for the pricey one explicitly, the downgrade has nothing to fall back to: 402.
@@ -132,8 +168,12 @@ def test_404_unknown_model_and_unknown_routes(setup) -> None:  # type: ignore[no
     assert_error(r, 404, "model_not_found", "gpt-17")
     assert_error(http.get("/v1/nothing-here", headers=caller.auth), 404, "not_found", "no route")
     assert_error(http.post("/api/v1/nope"), 404, "not_found")
-    assert_error(http.get("/api/v1/queries/00000000-0000-0000-0000-000000000000",
-                          headers=caller.auth), 404, "not_found", "no query")
+    assert_error(
+        http.get("/api/v1/queries/00000000-0000-0000-0000-000000000000", headers=caller.auth),
+        404,
+        "not_found",
+        "no query",
+    )
     assert_error(http.get(CHAT, headers=caller.auth), 405, "method_not_allowed")
     assert Query.objects.count() == 0
 
@@ -152,20 +192,27 @@ def test_413_body_and_prompt_too_large(setup) -> None:  # type: ignore[no-untype
     caller, http = setup
     before = _written()
     with override_settings(MAX_PROMPT_CHARS=50):
-        r = http.post(CHAT, json={"model": "auto", "messages": [
-            {"role": "user", "content": "x" * 51}]}, headers=caller.auth)
+        r = http.post(
+            CHAT,
+            json={"model": "auto", "messages": [{"role": "user", "content": "x" * 51}]},
+            headers=caller.auth,
+        )
     assert_error(r, 413, "payload_too_large", "limit is 50")
     with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=2048):
-        r = http.post(CHAT, json={"model": "auto", "messages": [
-            {"role": "user", "content": "y" * 5000}]}, headers=caller.auth)
+        r = http.post(
+            CHAT,
+            json={"model": "auto", "messages": [{"role": "user", "content": "y" * 5000}]},
+            headers=caller.auth,
+        )
     assert_error(r, 413, "payload_too_large", "too large")
     assert _written() == before
 
 
 def test_422_when_no_configuration_fits(setup) -> None:  # type: ignore[no-untyped-def]
     caller, http = setup
-    r = http.post(CHAT, json={"model": "auto", "messages": QUESTION, "max_cost_usd": "0"},
-                  headers=caller.auth)
+    r = http.post(
+        CHAT, json={"model": "auto", "messages": QUESTION, "max_cost_usd": "0"}, headers=caller.auth
+    )
     assert_error(r, 422, "unprocessable", "max_cost_usd")
     assert Query.objects.count() == 0
 
@@ -197,6 +244,9 @@ def test_429_tokens_per_minute(setup) -> None:  # type: ignore[no-untyped-def]
     r = http.post(CHAT, json=body, headers=auth)
     assert_error(r, 429, "rate_limit_exceeded", "tokens per minute")
     assert int(r.headers["Retry-After"]) >= 1
-    r = http.post(CHAT, json={"model": "auto", "messages": [{"role": "user", "content": "z" * 400}]},
-                  headers=auth)
+    r = http.post(
+        CHAT,
+        json={"model": "auto", "messages": [{"role": "user", "content": "z" * 400}]},
+        headers=auth,
+    )
     assert_error(r, 429, "rate_limit_exceeded", "limit is 20 tokens per minute")

@@ -45,16 +45,19 @@ def test_missing_key_is_401(setup) -> None:  # type: ignore[no-untyped-def]
 
 def test_invalid_and_revoked_keys_are_401(setup) -> None:  # type: ignore[no-untyped-def]
     team, raw, client = setup
-    r = client.post("/api/v1/queries", json={"prompt": "hi"},
-                    headers={"Authorization": "Bearer cp_nope_nope"})
+    r = client.post(
+        "/api/v1/queries", json={"prompt": "hi"}, headers={"Authorization": "Bearer cp_nope_nope"}
+    )
     _assert_openai_error(r, 401, "invalid")
     key, raw2 = api_key_create(team=team, name="to-revoke")
     api_key_revoke(key=key)
-    r = client.post("/api/v1/queries", json={"prompt": "hi"},
-                    headers={"Authorization": f"Bearer {raw2}"})
+    r = client.post(
+        "/api/v1/queries", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {raw2}"}
+    )
     _assert_openai_error(r, 401, "revoked")
-    r = client.post("/api/v1/queries", json={"prompt": "hi"},
-                    headers={"Authorization": f"Token {raw}"})
+    r = client.post(
+        "/api/v1/queries", json={"prompt": "hi"}, headers={"Authorization": f"Token {raw}"}
+    )
     _assert_openai_error(r, 401, "malformed Authorization header")
     assert Query.objects.count() == 0
 
@@ -77,8 +80,11 @@ def test_invalid_and_revoked_keys_are_401(setup) -> None:  # type: ignore[no-unt
 def test_bad_bodies_are_400_and_write_nothing(setup, body, status, fragment) -> None:  # type: ignore[no-untyped-def]
     _, raw, client = setup
     before = _written()
-    r = client.post("/api/v1/queries", content=body, headers={
-        "Authorization": f"Bearer {raw}", "Content-Type": "application/json"})
+    r = client.post(
+        "/api/v1/queries",
+        content=body,
+        headers={"Authorization": f"Bearer {raw}", "Content-Type": "application/json"},
+    )
     _assert_openai_error(r, status, fragment)
     assert _written() == before
 
@@ -86,8 +92,11 @@ def test_bad_bodies_are_400_and_write_nothing(setup, body, status, fragment) -> 
 def test_prompt_over_the_limit_is_413(setup) -> None:  # type: ignore[no-untyped-def]
     _, raw, client = setup
     with override_settings(MAX_PROMPT_CHARS=100):
-        r = client.post("/api/v1/queries", json={"prompt": "x" * 101},
-                        headers={"Authorization": f"Bearer {raw}"})
+        r = client.post(
+            "/api/v1/queries",
+            json={"prompt": "x" * 101},
+            headers={"Authorization": f"Bearer {raw}"},
+        )
     _assert_openai_error(r, 413, "limit is 100")
     assert Query.objects.count() == 0
 
@@ -112,8 +121,11 @@ def test_another_teams_query_is_404(setup) -> None:  # type: ignore[no-untyped-d
 
 def test_valid_query_is_accepted_with_202(setup) -> None:  # type: ignore[no-untyped-def]
     team, raw, client = setup
-    r = client.post("/api/v1/queries", json={"prompt": "What is 2+2?", "task": "arith"},
-                    headers={"Authorization": f"Bearer {raw}"})
+    r = client.post(
+        "/api/v1/queries",
+        json={"prompt": "What is 2+2?", "task": "arith"},
+        headers={"Authorization": f"Bearer {raw}"},
+    )
     assert r.status_code == 202, r.text
     body = r.json()
     query = Query.objects.get(pk=body["id"])

@@ -29,8 +29,11 @@ def teams(live_server, upstream_url, make_caller):  # type: ignore[no-untyped-de
 
 
 def _chat(http: httpx.Client, caller, **extra) -> dict:  # type: ignore[no-untyped-def]
-    r = http.post("/v1/chat/completions", json={"model": "auto", "messages": QUESTION, **extra},
-                  headers=caller.auth)
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": "auto", "messages": QUESTION, **extra},
+        headers=caller.auth,
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -58,16 +61,21 @@ def test_usage_counts_only_the_callers_team(teams) -> None:  # type: ignore[no-u
     for _ in range(3):
         _chat(http, alpha, task="arith")
     _chat(http, beta, task="other")
-    mine = http.get("/api/v1/usage", params={"period": "day", "group_by": "task"},
-                    headers=alpha.auth).json()
+    mine = http.get(
+        "/api/v1/usage", params={"period": "day", "group_by": "task"}, headers=alpha.auth
+    ).json()
     assert mine["team"] == "alpha" and mine["totals"]["queries"] == 3
     assert [g["key"] for g in mine["groups"]] == ["arith"]
     spent = sum(q.cost_usd for q in Query.objects.filter(team=alpha.team))
     assert Decimal(mine["totals"]["cost_usd"]) == spent > 0
     theirs = http.get("/api/v1/usage", headers=beta.auth).json()
     assert theirs["totals"]["queries"] == 1
-    assert [g["key"] for g in http.get("/api/v1/usage", params={"group_by": "task"},
-                                       headers=beta.auth).json()["groups"]] == ["other"]
+    assert [
+        g["key"]
+        for g in http.get("/api/v1/usage", params={"group_by": "task"}, headers=beta.auth).json()[
+            "groups"
+        ]
+    ] == ["other"]
 
 
 def test_a_team_cannot_see_or_touch_another_teams_keys(teams) -> None:  # type: ignore[no-untyped-def]
@@ -95,15 +103,21 @@ def test_a_team_cannot_see_or_touch_another_teams_budgets(teams) -> None:  # typ
     policy.refresh_from_db()
     assert policy.limit_usd == Decimal("3")
     # A budget cannot cover another team's key.
-    r = http.post("/api/v1/budgets", json={"name": "x", "limit_usd": "1",
-                                           "api_key": alpha.key.prefix}, headers=beta.auth)
+    r = http.post(
+        "/api/v1/budgets",
+        json={"name": "x", "limit_usd": "1", "api_key": alpha.key.prefix},
+        headers=beta.auth,
+    )
     assert r.status_code == 404
 
 
 def test_keys_are_shown_once_hashed_at_rest_scoped_and_revocable(teams) -> None:  # type: ignore[no-untyped-def]
     alpha, _, http = teams
-    r = http.post("/api/v1/keys", json={"name": "ci", "scopes": ["query", "usage"],
-                                        "rate_limit_rpm": 100}, headers=alpha.auth)
+    r = http.post(
+        "/api/v1/keys",
+        json={"name": "ci", "scopes": ["query", "usage"], "rate_limit_rpm": 100},
+        headers=alpha.auth,
+    )
     assert r.status_code == 201, r.text
     created = r.json()
     raw = created["key"]
@@ -120,10 +134,14 @@ def test_keys_are_shown_once_hashed_at_rest_scoped_and_revocable(teams) -> None:
     r = http.get("/api/v1/keys", headers=new)
     assert r.status_code == 403 and "'admin' scope" in r.json()["error"]["message"]
     # A scoped key cannot mint a key with more scopes than it holds.
-    admin_only = http.post("/api/v1/keys", json={"name": "adm", "scopes": ["admin"]},
-                           headers=alpha.auth).json()
-    r = http.post("/api/v1/keys", json={"name": "escalate", "scopes": ["admin", "query"]},
-                  headers={"Authorization": f"Bearer {admin_only['key']}"})
+    admin_only = http.post(
+        "/api/v1/keys", json={"name": "adm", "scopes": ["admin"]}, headers=alpha.auth
+    ).json()
+    r = http.post(
+        "/api/v1/keys",
+        json={"name": "escalate", "scopes": ["admin", "query"]},
+        headers={"Authorization": f"Bearer {admin_only['key']}"},
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "scopes"
     # Revoked: 401 from then on; a key cannot revoke itself.
     r = http.post(f"/api/v1/keys/{created['id']}/revoke", headers=alpha.auth)
@@ -135,8 +153,11 @@ def test_keys_are_shown_once_hashed_at_rest_scoped_and_revocable(teams) -> None:
 
 def test_expired_key_is_401(teams) -> None:  # type: ignore[no-untyped-def]
     alpha, _, http = teams
-    r = http.post("/api/v1/keys", json={"name": "short", "expires_at": "2000-01-01T00:00:00Z"},
-                  headers=alpha.auth)
+    r = http.post(
+        "/api/v1/keys",
+        json={"name": "short", "expires_at": "2000-01-01T00:00:00Z"},
+        headers=alpha.auth,
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "expires_at"
     key = ApiKey.objects.get(pk=alpha.key.pk)
     from django.utils import timezone
@@ -150,13 +171,19 @@ def test_budget_changes_through_the_api_are_audited_with_old_and_new_values(  # 
     teams, client
 ) -> None:
     alpha, _, http = teams
-    r = http.post("/api/v1/budgets", json={"name": "monthly", "limit_usd": "2.5",
-                                           "mode": "hard_downgrade"}, headers=alpha.auth)
+    r = http.post(
+        "/api/v1/budgets",
+        json={"name": "monthly", "limit_usd": "2.5", "mode": "hard_downgrade"},
+        headers=alpha.auth,
+    )
     assert r.status_code == 201, r.text
     budget = r.json()
     assert budget["left_usd"] == "2.500000000000" and budget["mode"] == "hard_downgrade"
-    r = http.patch(f"/api/v1/budgets/{budget['id']}", json={"limit_usd": "4", "mode": "soft"},
-                   headers=alpha.auth)
+    r = http.patch(
+        f"/api/v1/budgets/{budget['id']}",
+        json={"limit_usd": "4", "mode": "soft"},
+        headers=alpha.auth,
+    )
     assert r.status_code == 200 and r.json()["limit_usd"] == "4.000000000000"
     entries = AuditLog.objects.filter(object_type="budgetpolicy", object_id=str(budget["id"]))
     created, updated = entries.get(action="create"), entries.get(action="update")
@@ -169,8 +196,9 @@ def test_budget_changes_through_the_api_are_audited_with_old_and_new_values(  # 
     key = http.post("/api/v1/keys", json={"name": "audited"}, headers=alpha.auth).json()
     http.post(f"/api/v1/keys/{key['id']}/revoke", headers=alpha.auth)
     actions = set(
-        AuditLog.objects.filter(object_type="apikey", object_id=str(key["id"]))
-        .values_list("action", "actor_api_key")
+        AuditLog.objects.filter(object_type="apikey", object_id=str(key["id"])).values_list(
+            "action", "actor_api_key"
+        )
     )
     assert actions == {("create", alpha.key.pk), ("revoke", alpha.key.pk)}
     # Visible in the admin, old and new values included.
@@ -192,8 +220,9 @@ def test_usage_groups_and_bad_parameters(teams) -> None:  # type: ignore[no-unty
         ("configuration", ["fake/single-fake"]),
         ("key", [alpha.key.prefix]),
     ]:
-        body = http.get("/api/v1/usage", params={"group_by": group_by, "period": "all"},
-                        headers=alpha.auth).json()
+        body = http.get(
+            "/api/v1/usage", params={"group_by": group_by, "period": "all"}, headers=alpha.auth
+        ).json()
         assert [g["key"] for g in body["groups"]] == expected
         assert body["groups"][0]["queries"] == 2 and body["groups"][0]["total_tokens"] > 0
     by_task = http.get("/api/v1/usage", params={"group_by": "task"}, headers=alpha.auth).json()

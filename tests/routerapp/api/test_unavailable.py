@@ -26,9 +26,7 @@ def test_dead_broker_is_503_and_nothing_is_written(tmp_path, make_caller) -> Non
     caller = make_caller("alpha")
     BudgetPolicyFactory(team=caller.team, name="monthly", limit_usd=Decimal("5"))
     dead = _dead_url("redis", "0")
-    server = start_gunicorn(
-        tmp_path, {"CELERY_BROKER_URL": dead, "CELERY_RESULT_BACKEND": dead}
-    )
+    server = start_gunicorn(tmp_path, {"CELERY_BROKER_URL": dead, "CELERY_RESULT_BACKEND": dead})
     try:
         with httpx.Client(base_url=server.url, headers=caller.auth, timeout=60) as http:
             for path, body in [
