@@ -197,7 +197,7 @@ class LlamaCppEngine(Engine):
 
     def token_piece(self, token: int) -> bytes:
         n = self._ll.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
-        return bytes(self._piece_buf[: max(n, 0)])
+        return self._piece_buf.raw[: max(n, 0)]
 
     def is_eog(self, token: int) -> bool:
         return bool(self._ll.llama_vocab_is_eog(self._vocab, token))

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workers.engines.base import (
     Engine,
+    FinishReason,
     GenerationResult,
     GenerationStream,
     Prompt,
@@ -534,7 +535,7 @@ class _HttpStream(GenerationStream):
             index=slot.index,
             text=text,
             completion_tokens=completion,
-            finish_reason=reason,  # type: ignore[arg-type]
+            finish_reason=reason,
             seed=slot.seed,
             prompt_tokens=prompt_tokens,
             token_logprobs=lps,
@@ -595,7 +596,7 @@ class _HttpStream(GenerationStream):
                 self._q.put(("done", s.index, self._aborted_unsent(s)))
 
 
-def _finish(reason: Any) -> str:
+def _finish(reason: Any) -> FinishReason:
     if reason in ("stop", "eos", "stop_sequence", "end_turn"):
         return "stop"
     if reason in ("length", "max_tokens"):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from workers.engines.base import Engine
 
 
-class UnknownEngineError(KeyError):
+class UnknownEngineError(KeyError, ValueError):
     """Raised for an engine slug that is not registered; the message lists the known ones."""
 
     def __init__(self, kind: str, known: list[str]) -> None:

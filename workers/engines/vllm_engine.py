@@ -19,6 +19,7 @@ vllm is imported only when the engine is constructed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import secrets
 import threading
@@ -191,7 +192,7 @@ class _VllmStream(GenerationStream):
         self.seeds = [base + i for i in range(sampling.n)]
         self._q: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self._done: dict[int, SampleOutput] = {}
-        self._tasks: dict[int, asyncio.Future[Any]] = {}
+        self._tasks: dict[int, concurrent.futures.Future[None]] = {}
         self.prompt_length = 0
         self.wall_s = 0.0
         self._iter: Iterator[StreamEvent] | None = None

@@ -376,7 +376,7 @@ class SamplingParams(BaseModel):
 P = TypeVar("P", bound=SamplingParams)
 
 
-class UnknownStrategyError(KeyError):
+class UnknownStrategyError(KeyError, ValueError):
     """Raised for a strategy slug that is not registered; the message lists the known ones."""
 
     def __init__(self, slug: str, known: list[str]) -> None:

@@ -9,11 +9,14 @@ without a score are not chosen while a scored one exists.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field
 
+from workers.engines.base import Engine, Prompt
 from workers.strategies.base import (
+    Candidate,
     RunContext,
     SamplingParams,
     Strategy,
@@ -23,6 +26,7 @@ from workers.strategies.base import (
 from workers.strategies.scoring import (
     VERIFIERS,
     Verifier,
+    VerifierResult,
     score_mean_logprob,
     score_self_certainty,
 )
@@ -45,7 +49,13 @@ class BestOfN(Strategy):
     def scorer_calls(self, params: Any) -> int:
         return params.n if params.scorer == "verifier" else 0
 
-    def execute(self, ctx: RunContext, params: Any, verifier: Verifier | None = None, **extra: Any):
+    def execute(
+        self,
+        ctx: RunContext,
+        params: Any,
+        verifier: Verifier | Callable[[Engine, Prompt, Candidate], VerifierResult] | None = None,
+        **extra: Any,
+    ):
         if params.scorer == "verifier" and verifier is None:
             if params.verifier not in VERIFIERS:
                 raise ValueError(

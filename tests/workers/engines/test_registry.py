@@ -49,3 +49,8 @@ def test_bad_params_name_the_field(kind, params, field):
     with pytest.raises(EngineParamsError, match=field):
         validate_engine_params(kind, params)
     assert issubclass(EngineParamsError, ValueError)
+
+
+def test_unknown_kind_is_also_a_value_error():
+    with pytest.raises(ValueError, match="unknown engine kind"):
+        validate_engine_params("nope", {})
