@@ -214,15 +214,6 @@ def _finish(query: Query) -> None:
     if query.graded_correct is not None and query.graded_at is None:
         query.graded_at = query.finished_at
     budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
-    # Tell whoever waits for or streams this query, and charge its tokens to its key's
-    # per-minute window, once the row is committed.
-    end = {
-        "query_id": query.pk,
-        "status": query.status,
-        "api_key_id": query.api_key_id,
-        "tokens": query.prompt_tokens + query.completion_tokens,
-    }
-    transaction.on_commit(lambda: query_finished_notify(**end), robust=True)
     # The dashboards' daily rollup: recomputed for this query's group once it is committed;
     # robust, because a rollup failure must not fail a query that has finished.
     from routerapp.services.rollups import rollup_refresh_for_query
@@ -234,6 +225,15 @@ def _finish(query: Query) -> None:
 
         run_id = query.benchmark_run_id
         transaction.on_commit(lambda: benchmark_run_refresh(run_id=run_id))
+    # Last, once the row is committed and the hooks above have run: tell whoever waits for or
+    # streams this query, and charge its tokens to its key's per-minute window.
+    end = {
+        "query_id": query.pk,
+        "status": query.status,
+        "api_key_id": query.api_key_id,
+        "tokens": query.prompt_tokens + query.completion_tokens,
+    }
+    transaction.on_commit(lambda: query_finished_notify(**end), robust=True)
 
 
 def _bill_written_samples(query: Query) -> None:

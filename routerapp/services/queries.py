@@ -281,6 +281,7 @@ _FINAL_FIELDS = (
     "extracted_answer",
     "votes",
     "graded_correct",
+    "graded_at",
     "finished_at",
     "latency_ms",
 )
@@ -442,9 +443,7 @@ def query_feedback(
     locked.feedback_score = score
     locked.graded_correct = correct
     locked.graded_at = timezone.now()
-    locked.save(
-        update_fields=["feedback_correct", "feedback_score", "graded_correct", "graded_at"]
-    )
+    locked.save(update_fields=["feedback_correct", "feedback_score", "graded_correct", "graded_at"])
     # A grade changes the dashboards' cost-of-pass: recompute the query's daily rollup row.
     from routerapp.services.rollups import rollup_refresh_for_query
 

@@ -209,3 +209,14 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_rate_limit_counters() -> None:
+    """Key ids restart with each test database; counters of an earlier run must not count."""
+    from routerapp.services.streaming import redis_client
+
+    client = redis_client()
+    if client is not None:
+        for key in client.scan_iter("costpass:rl:*"):
+            client.delete(key)

@@ -1,0 +1,126 @@
+"""Live query events: from the process running a query to the request streaming it, over a
+Redis stream (REDIS_URL set) or the Django cache (embedded default), or in process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.test import override_settings
+
+from routerapp.models import Query
+from routerapp.services.streaming import (
+    END,
+    IDLE,
+    SAMPLE,
+    TOKEN,
+    CacheSink,
+    LocalSink,
+    QueryEvent,
+    RedisSink,
+    query_events,
+    query_events_publisher,
+    query_wait,
+    redis_client,
+)
+from tests.factories import TeamFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+def _query() -> Query:
+    return Query.objects.create(team=TeamFactory(), prompt="hi", status=Query.Status.RUNNING)
+
+
+def _text(events: list[QueryEvent], index: int = 0) -> str:
+    return "".join(e.text for e in events if e.kind == TOKEN and e.index == index)
+
+
+def test_redis_reader_that_starts_late_sees_every_token_in_order() -> None:
+    query = _query()
+    sink = query_events_publisher(query.pk)
+    assert isinstance(sink, RedisSink)
+    words = [f"w{i} " for i in range(200)]
+    for w in words:
+        sink.token(0, w)
+    sink.token(1, "other sample")
+    sink.sample(0)
+    sink.end("done")
+    # The reader subscribes only now, after everything was published.
+    events = list(query_events(query.pk, timeout_s=5))
+    assert _text(events, 0) == "".join(words)
+    assert _text(events, 1) == "other sample"
+    assert [e.kind for e in events if e.kind != TOKEN] == [SAMPLE, END]
+    assert events[-1].status == "done"
+    # Token text was batched: far fewer stream entries than tokens.
+    assert redis_client().xlen(f"costpass:query:{query.pk}:events") < 60
+
+
+def test_redis_reader_gets_tokens_while_they_are_produced() -> None:
+    query = _query()
+
+    def produce() -> None:
+        sink = query_events_publisher(query.pk)
+        for i in range(5):
+            time.sleep(0.1)
+            sink.token(0, f"t{i}")
+        sink.end("done")
+
+    threading.Thread(target=produce).start()
+    stamps = []
+    for event in query_events(query.pk, timeout_s=10):
+        stamps.append((time.monotonic(), event))
+    tokens = [t for t, e in stamps if e.kind == TOKEN]
+    assert _text([e for _, e in stamps]) == "t0t1t2t3t4"
+    assert len(tokens) >= 4 and tokens[-1] - tokens[0] > 0.25  # as they came, not at the end
+
+
+def test_reader_ends_from_the_database_when_no_end_event_comes() -> None:
+    query = _query()
+    query_events_publisher(query.pk).token(0, "partial")  # a worker that died after this
+    Query.objects.filter(pk=query.pk).update(status=Query.Status.FAILED)
+    events = list(query_events(query.pk, timeout_s=10))
+    assert _text(events) == "partial"
+    assert events[-1] == QueryEvent(END, status="failed")
+
+
+def test_reader_times_out_and_reports_idle() -> None:
+    query = _query()
+    started = time.monotonic()
+    events = list(query_events(query.pk, timeout_s=1.5, idle_s=0.5))
+    assert 1.4 < time.monotonic() - started < 4
+    assert events and all(e.kind == IDLE for e in events)
+    assert query_wait(query.pk, timeout_s=0.5) is None
+
+
+@override_settings(REDIS_URL="", CACHES=LOCMEM)
+def test_cache_transport_of_the_embedded_default() -> None:
+    query = _query()
+    sink = query_events_publisher(query.pk)
+    assert isinstance(sink, CacheSink)
+    seen: list[QueryEvent] = []
+    reader = threading.Thread(
+        target=lambda: seen.extend(query_events(query.pk, timeout_s=10)), daemon=True
+    )
+    reader.start()
+    for i in range(20):
+        sink.token(0, f"{i},")
+        time.sleep(0.01)
+    sink.flush()
+    sink.sample(0)
+    sink.end("done")
+    reader.join(10)
+    assert _text(seen) == "".join(f"{i}," for i in range(20))
+    assert [e.kind for e in seen if e.kind != TOKEN] == [SAMPLE, END]
+
+
+def test_local_sink_for_inline_queries() -> None:
+    sink = LocalSink()
+    sink.token(0, "a")
+    sink.token(0, "b")
+    sink.end("done")
+    events = list(sink.events(timeout_s=1))
+    assert [e.kind for e in events] == [TOKEN, TOKEN, END] and _text(events) == "ab"
