@@ -1,4 +1,6 @@
-"""The daily rollup of finished queries that the dashboards read (QueryDailyRollup).
+"""The daily rollups of finished queries that the dashboards read: QueryDailyRollup per
+(day, team, configuration, task, key, kind) and QueryDailyConfigRollup, its sum over tasks and
+keys, for dashboards without a task or key filter.
 
 A rollup row stands for one group of the log: (UTC day of creation, team, configuration, task
 tag, API key, kind). It is never incremented: it is recomputed from the log for its whole group,
@@ -26,7 +28,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Q, QuerySet
 
-from routerapp.models import Query, QueryDailyRollup, Team
+from routerapp.models import Query, QueryDailyConfigRollup, QueryDailyRollup, Team
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,21 @@ class _Acc:
             key = str(latency_bucket(latency))
             self.latency_hist[key] = self.latency_hist.get(key, 0) + 1
 
+    def merge(self, other: _Acc) -> None:
+        """Add another group's sums (rollups are additive, histograms bucket by bucket)."""
+        for name in ROLLUP_FIELDS:
+            if name == "latency_hist":
+                for k, v in other.latency_hist.items():
+                    self.latency_hist[k] = self.latency_hist.get(k, 0) + v
+            else:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @classmethod
+    def of_row(cls, row: Any) -> _Acc:
+        acc = cls(**{name: getattr(row, name) for name in ROLLUP_FIELDS})
+        acc.latency_hist = {str(k): int(v) for k, v in (row.latency_hist or {}).items()}
+        return acc
+
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in ROLLUP_FIELDS}
 
@@ -232,11 +249,35 @@ def rollup_refresh_group(
         acc.add(r)
     if acc.queries == 0:
         row.delete()
-        return None
-    for name, value in acc.values().items():
-        setattr(row, name, value)
-    row.save()
+        row = None
+    else:
+        for name, value in acc.values().items():
+            setattr(row, name, value)
+        row.save()
+    _refresh_config_rollup(day=day, team_id=team_id, configuration_id=configuration_id, kind=kind)
     return row
+
+
+def _refresh_config_rollup(
+    *, day: dt.date, team_id: int, configuration_id: int | None, kind: str
+) -> None:
+    """Recompute one QueryDailyConfigRollup row as the sum of its QueryDailyRollup rows.
+
+    Called inside the fine row's transaction, after it: whoever takes this lock last has
+    read every fine row committed before it, so the sum is never stale.
+    """
+    key = {"day": day, "team_id": team_id, "configuration_id": configuration_id, "kind": kind}
+    coarse, _ = QueryDailyConfigRollup.objects.get_or_create(**key)
+    coarse = QueryDailyConfigRollup.objects.select_for_update().get(pk=coarse.pk)
+    acc = _Acc()
+    for fine in QueryDailyRollup.objects.filter(**key):
+        acc.merge(_Acc.of_row(fine))
+    if acc.queries == 0:
+        coarse.delete()
+        return
+    for name, value in acc.values().items():
+        setattr(coarse, name, value)
+    coarse.save()
 
 
 def rollup_refresh_for_query(*, query_id: Any) -> QueryDailyRollup | None:
@@ -291,11 +332,14 @@ def rollup_rebuild(
 def _rebuild_day(day: dt.date, team: Team | None) -> int:
     lo, hi = _day_bounds(day)
     existing = QueryDailyRollup.objects.filter(day=day)
+    existing_coarse = QueryDailyConfigRollup.objects.filter(day=day)
     logs = _finished().filter(created_at__gte=lo, created_at__lt=hi)
     if team is not None:
         existing = existing.filter(team=team)
+        existing_coarse = existing_coarse.filter(team=team)
         logs = logs.filter(team=team)
     existing.delete()
+    existing_coarse.delete()
     groups: dict[tuple[Any, ...], _Acc] = {}
     columns = (*_GROUP_COLUMNS[1:], "source", "router_version_id", *_LOG_COLUMNS)
     for r in logs.values_list(*columns).iterator(chunk_size=5000):
@@ -324,4 +368,16 @@ def _rebuild_day(day: dt.date, team: Team | None) -> int:
         for g, acc in groups.items()
     ]
     QueryDailyRollup.objects.bulk_create(rows, batch_size=2000)
+    coarse: dict[tuple[Any, ...], _Acc] = {}
+    for g, acc in groups.items():
+        coarse.setdefault((g[0], g[1], g[4]), _Acc()).merge(acc)
+    QueryDailyConfigRollup.objects.bulk_create(
+        [
+            QueryDailyConfigRollup(
+                day=day, team_id=g[0], configuration_id=g[1], kind=g[2], **acc.values()
+            )
+            for g, acc in coarse.items()
+        ],
+        batch_size=2000,
+    )
     return len(rows)

@@ -268,8 +268,10 @@ PANELS: dict[str, tuple[str, Callable[[Team, D.DashboardFilters], Panel]]] = {
 }
 
 
-def _filter_form(request: HttpRequest, team: Team) -> FilterForm:
-    return FilterForm(request.GET or None, options=D.dashboard_filter_options(team=team))
+def _filter_form(request: HttpRequest, team: Team | None) -> FilterForm:
+    """The filters form; with a team, its menus list what exists (the page), else lenient."""
+    options = D.dashboard_filter_options(team=team) if team is not None else None
+    return FilterForm(request.GET or None, options=options)
 
 
 def _query_string(request: HttpRequest) -> str:
@@ -304,7 +306,7 @@ def dashboard_panel(request: HttpRequest, slug: str) -> HttpResponse:
         raise Http404("unknown dashboard panel")
     team = request.team  # type: ignore[attr-defined]
     title, build = PANELS[slug]
-    f = _filter_form(request, team).filters()
+    f = _filter_form(request, None).filters()
     panel = build(team, f)
     if request.GET.get("format") == "csv":
         response = HttpResponse(content_type="text/csv; charset=utf-8")

@@ -92,9 +92,17 @@ class FilterForm(forms.Form):
     MAX_DAYS = 731
 
     def __init__(
-        self, *args: Any, options: dict[str, list[tuple[str, str]]], **kwargs: Any
+        self, *args: Any, options: dict[str, list[tuple[str, str]]] | None, **kwargs: Any
     ) -> None:
+        """With `options`, dimension filters are menus of what exists; without (a panel
+        request, which needs no menus), any value is taken as given: the selectors scope every
+        read to the team, so an unknown value only matches nothing."""
         super().__init__(*args, **kwargs)
+        if options is None:
+            for name in ("model", "strategy", "configuration", "task"):
+                self.fields[name] = forms.CharField(required=False, max_length=200)
+            self.fields["api_key"] = forms.IntegerField(required=False, min_value=1)
+            return
         blank = {
             "model": "All models",
             "strategy": "All strategies",

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from routerapp.models import Query, QueryDailyRollup
+from routerapp.models import Query, QueryDailyConfigRollup, QueryDailyRollup
 from routerapp.services import rollups as R
 from tests.factories import ConfigurationFactory, StrategyConfigFactory, TeamFactory
 
@@ -24,7 +24,30 @@ def _snapshot() -> dict:
         key = (r.day, r.team_id, r.configuration_id, r.task, r.api_key_id, r.kind)
         assert key not in out, "one row per group"
         out[key] = r
+    for r in QueryDailyConfigRollup.objects.all():
+        key = (r.day, r.team_id, r.configuration_id, "*", "*", r.kind)
+        assert key not in out, "one row per group"
+        out[key] = r
     return out
+
+
+def _assert_coarse_is_sum_of_fine(rows: dict) -> None:
+    fine = [r for k, r in rows.items() if k[3] != "*"]
+    coarse = {k: r for k, r in rows.items() if k[3] == "*"}
+    assert len(coarse) == len({(r.day, r.team_id, r.configuration_id, r.kind) for r in fine})
+    for (day, team, config, _, _, kind), c in coarse.items():
+        parts = [
+            r for r in fine
+            if (r.day, r.team_id, r.configuration_id, r.kind) == (day, team, config, kind)
+        ]  # fmt: skip
+        assert c.queries == sum(r.queries for r in parts)
+        assert c.cost_usd == sum((r.cost_usd for r in parts), Decimal(0))
+        assert c.correct == sum(r.correct for r in parts)
+        hist: dict[str, int] = {}
+        for r in parts:
+            for k, v in r.latency_hist.items():
+                hist[k] = hist.get(k, 0) + v
+        assert c.latency_hist == hist
 
 
 def _make_log(n: int = 150) -> list[Query]:
@@ -58,7 +81,9 @@ def test_refreshing_each_query_equals_a_rebuild_and_is_idempotent() -> None:
     R.rollup_rebuild()
     rebuilt = _snapshot()
     assert rebuilt
+    _assert_coarse_is_sum_of_fine(rebuilt)
     QueryDailyRollup.objects.all().delete()
+    QueryDailyConfigRollup.objects.all().delete()
     order = list(queries) * 2
     random.Random(1).shuffle(order)
     for q in order:
@@ -72,8 +97,9 @@ def test_refreshing_each_query_equals_a_rebuild_and_is_idempotent() -> None:
     # Totals equal the log's finished queries exactly.
     finished = [Query.objects.get(pk=q.pk) for q in queries]
     finished = [q for q in finished if q.status in Query.FINISHED]
-    assert sum(r.queries for r in refreshed.values()) == len(finished)
-    assert sum((r.cost_usd for r in refreshed.values()), Decimal(0)) == sum(
+    fine = [r for k, r in refreshed.items() if k[3] != "*"]
+    assert sum(r.queries for r in fine) == len(finished)
+    assert sum((r.cost_usd for r in fine), Decimal(0)) == sum(
         (q.cost_usd for q in finished), Decimal(0)
     )
 
@@ -83,8 +109,10 @@ def test_a_group_that_empties_loses_its_row() -> None:
     Query.objects.filter(pk=q.pk).update(status="done")
     assert R.rollup_refresh_for_query(query_id=q.pk) is not None
     Query.objects.filter(pk=q.pk).update(status="running")
+    assert QueryDailyConfigRollup.objects.get().queries == 1
     assert R.rollup_refresh_for_query(query_id=q.pk) is None
     assert not QueryDailyRollup.objects.exists()
+    assert not QueryDailyConfigRollup.objects.exists()
 
 
 def test_query_finish_refreshes_the_rollup(django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
