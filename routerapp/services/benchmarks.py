@@ -9,11 +9,12 @@ import json
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from routerapp.errors import Conflict, InvalidInput
+from routerapp.errors import Conflict, InvalidInput, ServiceError
 from routerapp.models import BenchmarkRun, Configuration, Query, Team
 
 log = logging.getLogger(__name__)
@@ -194,23 +195,29 @@ def _enqueue_start(run_id: int) -> None:
 
 
 def benchmark_run_start(*, run_id: int) -> None:
-    """Create the run's queries (one per item x configuration); the workers run them."""
+    """Mark a queued run running and dispatch its first queries."""
+    updated = BenchmarkRun.objects.filter(pk=run_id, status=BenchmarkRun.Status.QUEUED).update(
+        status=BenchmarkRun.Status.RUNNING
+    )
+    if updated:
+        benchmark_run_refresh(run_id=run_id)
+
+
+def _dispatch(run: BenchmarkRun, total: int, finished: int) -> int:
+    """Create the run's next queries (item-major: every configuration of an item, then the
+    next item) until `BENCHMARK_IN_FLIGHT` are unfinished, so a run never floods the engine
+    queues ahead of interactive traffic. Return how many queries exist afterwards. A query
+    that cannot be created (e.g. a budget ran out) ends the run where it is."""
     from routerapp.services.queries import query_create
     from routerapp.services.routing import RequestConstraints
 
-    run = BenchmarkRun.objects.get(pk=run_id)
-    if run.status != BenchmarkRun.Status.QUEUED:
-        return
-    BenchmarkRun.objects.filter(pk=run_id).update(status=BenchmarkRun.Status.RUNNING)
-    configurations = list(run.configurations.select_related("endpoint", "strategy"))
-    created = 0
-    try:
-        for item in run.items:
-            for config in configurations:
-                if BenchmarkRun.objects.filter(
-                    pk=run_id, status=BenchmarkRun.Status.CANCELLED
-                ).exists():
-                    return
+    configurations = list(run.configurations.order_by("slug"))
+    in_flight = settings.BENCHMARK_IN_FLIGHT
+    while total < run.planned and total - finished < in_flight:
+        item = run.items[total // len(configurations)]
+        config = configurations[total % len(configurations)]
+        try:
+            with transaction.atomic():
                 query_create(
                     team=run.team,
                     prompt=item["prompt"],
@@ -222,23 +229,18 @@ def benchmark_run_start(*, run_id: int) -> None:
                     answer_kind=item.get("answer_kind", ""),
                     benchmark_run=run,
                 )
-                created += 1
-    except Exception as exc:  # e.g. a budget ran out: stop here, keep what ran
-        log.warning("benchmark run %s stopped after %d queries: %s", run_id, created, exc)
-        message = getattr(exc, "message", str(exc))
-        BenchmarkRun.objects.filter(pk=run_id).update(
-            planned=created, error=f"stopped after {created} queries: {message}"
-        )
-        if created == 0:
-            BenchmarkRun.objects.filter(pk=run_id).update(
-                status=BenchmarkRun.Status.FAILED, finished_at=timezone.now()
-            )
-            return
-    benchmark_run_refresh(run_id=run_id)
+        except ServiceError as exc:
+            log.warning("benchmark run %s stopped after %d queries: %s", run.pk, total, exc)
+            run.planned = total
+            run.error = f"stopped after {total} of the planned queries: {exc.message}"
+            break
+        total += 1
+    return total
 
 
 def benchmark_run_refresh(*, run_id: int) -> BenchmarkRun:
-    """Recount finished queries; when all are finished, store the results table (idempotent)."""
+    """Recount finished queries, dispatch the next ones, and when all are finished store the
+    results table (idempotent; called after each of the run's queries finishes)."""
     from routerapp.selectors.benchmarks import benchmark_run_table
 
     with transaction.atomic():
@@ -247,16 +249,17 @@ def benchmark_run_refresh(*, run_id: int) -> BenchmarkRun:
             total=Count("id"), finished=Count("id", filter=Q(status__in=Query.FINISHED))
         )
         run.done = counts["finished"]
-        complete = (
-            run.status == BenchmarkRun.Status.RUNNING
-            and counts["total"] >= run.planned
-            and run.done >= run.planned
-        )
+        total = counts["total"]
+        if run.status == BenchmarkRun.Status.RUNNING:
+            total = _dispatch(run, total, run.done)
+        complete = run.status == BenchmarkRun.Status.RUNNING and run.done >= run.planned
         if complete:
             run.results = {row["configuration"]: row for row in benchmark_run_table(run)}
-            run.status = BenchmarkRun.Status.DONE
+            run.status = (
+                BenchmarkRun.Status.FAILED if run.planned == 0 else BenchmarkRun.Status.DONE
+            )
             run.finished_at = timezone.now()
-        run.save(update_fields=["done", "results", "status", "finished_at"])
+        run.save(update_fields=["done", "planned", "error", "results", "status", "finished_at"])
     if complete and run.purpose == "calibration":
         from routerapp.services.routers import calibration_finished
 
