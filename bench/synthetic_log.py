@@ -35,27 +35,23 @@ from routerapp.models import (
     Team,
 )
 
-# (name, display, USD per Mtok in, out, relative quality, seconds per 1k output tokens)
+# (name, display, USD per Mtok in, out, relative quality, seconds per 1k output tokens). The CPU
+# model is the one bootstrap creates; the others are created disabled (the router never picks
+# them): they only give the log the spread of a multi-model installation.
 ENDPOINTS = [
-    ("smollm2-135m", "SmolLM2-135M (CPU)", "0.05", "0.05", 0.15, 25.0),
-    ("qwen2.5-1.5b", "Qwen2.5-1.5B (vLLM)", "0.10", "0.20", 0.45, 4.0),
-    ("llama-3.1-8b", "Llama-3.1-8B (vLLM)", "0.20", "0.40", 0.62, 6.0),
-    ("hosted-large", "Large hosted model", "2.50", "10.00", 0.85, 12.0),
+    ("smollm2-135m", "SmolLM2-135M-Instruct (llama.cpp, CPU)", "0.05", "0.05", 0.15, 25.0),
+    ("qwen2.5-1.5b", "Qwen2.5-1.5B (vLLM, synthetic)", "0.10", "0.20", 0.45, 4.0),
+    ("llama-3.1-8b", "Llama-3.1-8B (vLLM, synthetic)", "0.20", "0.40", 0.62, 6.0),
+    ("hosted-large", "Large hosted model (synthetic)", "2.50", "10.00", 0.85, 12.0),
 ]
-# (name, strategy slug, params, samples, accuracy boost)
-STRATEGIES = [
-    ("greedy", "single", {"temperature": 0.0, "max_tokens": 256}, 1, 0.0),
-    ("sampled", "single", {"temperature": 0.7, "max_tokens": 256}, 1, -0.03),
-    ("majority-5", "majority_vote", {"k": 5, "temperature": 0.7, "max_tokens": 256}, 5, 0.10),
-    (
-        "short-1-at-5",
-        "short_m_at_k",
-        {"k": 5, "m": 1, "temperature": 0.7, "max_tokens": 256},
-        5,
-        0.06,
-    ),
-    ("best-of-4", "best_of_n", {"n": 4, "temperature": 0.7, "max_tokens": 256}, 4, 0.07),
-]
+# Accuracy added by a strategy over one greedy sample, by strategy config name.
+STRATEGY_BOOST = {
+    "greedy": 0.0,
+    "sampled": -0.03,
+    "majority-5": 0.10,
+    "short-1-of-5": 0.06,
+    "best-of-4": 0.07,
+}
 TASKS = ["", "arithmetic", "algebra", "gsm8k", "mmlu", "code", "support", "summarise"]
 TASK_DIFFICULTY = np.array([0.0, -0.1, 0.05, 0.1, 0.0, 0.15, -0.05, 0.0])
 SOURCES = np.array(["api", "chat", "ui", "benchmark"])
@@ -79,28 +75,39 @@ class Catalog:
     samples: np.ndarray
     quality: np.ndarray  # base p(correct) per configuration
     speed: np.ndarray  # seconds per 1k completion tokens
-    router_version: RouterVersion
+    router_version: RouterVersion | None
 
 
-def catalog_ensure() -> Catalog:
-    """Create (or reuse) the endpoints, strategies, configurations and an active router version."""
+def catalog_ensure(*, router: bool = True) -> Catalog:
+    """Create (or reuse) the endpoints, the bootstrap's strategies, their configurations and,
+    with `router`, an active (synthetic, not servable) router version with an evaluation."""
+    from routerapp.services.bootstrap import DEFAULT_STRATEGIES
+    from workers.strategies import get_strategy
+
     configs, p_in, p_out, samples, quality, speed = [], [], [], [], [], []
     for name, display, pin, pout, q, s in ENDPOINTS:
         endpoint, _ = ModelEndpoint.objects.get_or_create(
             name=name,
             defaults={
                 "display_name": display,
-                "engine": ModelEndpoint.Engine.OPENAI_COMPAT
-                if name != "smollm2-135m"
-                else ModelEndpoint.Engine.LLAMA_CPP,
+                "engine": ModelEndpoint.Engine.LLAMA_CPP
+                if name == "smollm2-135m"
+                else ModelEndpoint.Engine.OPENAI_COMPAT,
+                "engine_params": {}
+                if name == "smollm2-135m"
+                else {"base_url": "http://127.0.0.1:9/v1", "model": name},
                 "input_usd_per_mtok": Decimal(pin),
                 "output_usd_per_mtok": Decimal(pout),
+                "enabled": name == "smollm2-135m",
             },
         )
-        for sname, slug, params, k, boost in STRATEGIES:
+        for sname, slug, params, description in DEFAULT_STRATEGIES:
             strategy, _ = StrategyConfig.objects.get_or_create(
-                name=sname, defaults={"strategy": slug, "params": params}
+                name=sname,
+                defaults={"strategy": slug, "params": params, "description": description},
             )
+            impl = get_strategy(strategy.strategy)
+            k = impl.planned_samples(impl.validate_params(strategy.params))
             if name == "hosted-large" and k > 1:
                 continue  # nobody samples the expensive model five times
             config, _ = Configuration.objects.get_or_create(
@@ -110,10 +117,10 @@ def catalog_ensure() -> Catalog:
             p_in.append(int(endpoint.input_usd_per_mtok * 1_000_000))
             p_out.append(int(endpoint.output_usd_per_mtok * 1_000_000))
             samples.append(k)
-            quality.append(min(0.97, q + boost))
+            quality.append(min(0.97, q + STRATEGY_BOOST.get(sname, 0.0)))
             speed.append(s)
     version = RouterVersion.objects.filter(name="synthetic-router").first()
-    if version is None:
+    if version is None and router:
         RouterVersion.objects.filter(is_active=True).update(is_active=False)
         version = RouterVersion.objects.create(
             name="synthetic-router",
@@ -232,7 +239,7 @@ def generate(
     benchmark = source == "benchmark"
     ui = source == "ui"
     key_ids[ui | benchmark] = -1  # the playground and benchmark runs use no key
-    routed = ~benchmark & (rng.uniform(size=rows) < 0.7)
+    routed = ~benchmark & (rng.uniform(size=rows) < 0.7) & (catalog.router_version is not None)
 
     k = catalog.samples[config_idx]
     prompt_tokens = np.maximum(8, rng.lognormal(4.6, 0.7, size=rows)).astype(np.int64)
@@ -289,7 +296,7 @@ def write(cols: dict[str, np.ndarray], catalog: Catalog) -> int:
     if connection.vendor != "postgresql":
         return _write_orm(cols, catalog)
     buf = io.StringIO()
-    version_id = str(catalog.router_version.pk)
+    version_id = str(catalog.router_version.pk) if catalog.router_version else "\\N"
     decisions = [json.dumps({"configuration": s, "reason": "router"}) for s in slugs]
     for i in range(n):
         ci = int(cols["config_idx"][i])
@@ -359,10 +366,16 @@ def _write_orm(cols: dict[str, np.ndarray], catalog: Catalog) -> int:
 
 
 def fill(
-    *, rows: int, teams: list[Team], days: int = 90, seed: int = 0, **kw: Any
+    *,
+    rows: int,
+    teams: list[Team],
+    days: int = 90,
+    seed: int = 0,
+    router: bool = True,
+    **kw: Any,
 ) -> dict[str, Any]:
     """Generate and insert `rows` synthetic queries for `teams`; return what was written."""
-    catalog = catalog_ensure()
+    catalog = catalog_ensure(router=router)
     cols = generate(rows=rows, teams=teams, catalog=catalog, days=days, seed=seed, **kw)
     written = write(cols, catalog)
     return {"rows": written, "catalog": catalog}

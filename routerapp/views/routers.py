@@ -151,7 +151,7 @@ def _get(version_id: int) -> RouterVersion:
     from routerapp.selectors.routers import router_version_get
 
     try:
-        return router_version_get(version_id)
+        return router_version_get(version_id=version_id)
     except NotFound:
         raise Http404("no such router version") from None
 
@@ -162,7 +162,7 @@ def _detail_context(request: HttpRequest, version: RouterVersion) -> dict[str, A
     comparison = None
     if version.is_shadow:
         try:
-            comparison = shadow_comparison(version)
+            comparison = shadow_comparison(version=version)
         except ServiceError:
             comparison = None
     return {
