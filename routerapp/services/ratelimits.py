@@ -111,9 +111,19 @@ def rate_limit_admit(*, key: Any, prompt_tokens: int = 0, now: float | None = No
         log.warning("rate limit store unreachable; admitting the request", exc_info=True)
 
 
-def rate_limit_charge_tokens(*, key_id: int | None, tokens: int, now: float | None = None) -> None:
-    """Charge a finished query's tokens to its key's tokens-per-minute window (best effort)."""
+def rate_limit_charge_tokens(
+    *, key_id: int | None, tokens: int, now: float | None = None, pipe: Any = None
+) -> None:
+    """Charge a finished query's tokens to its key's tokens-per-minute window (best effort).
+
+    With ``pipe`` (a Redis pipeline) the commands are added to it for the caller to execute.
+    """
     if key_id is None or tokens <= 0:
+        return
+    if pipe is not None:
+        current, _, _ = _bucket_keys(key_id, "tok", time.time() if now is None else now)
+        pipe.incrby(current, int(tokens))
+        pipe.expire(current, BUCKET_TTL_S)
         return
     try:
         _add(key_id, "tok", int(tokens), time.time() if now is None else now)

@@ -398,8 +398,21 @@ def query_finished_notify(
     *, query_id: Any, status: str, api_key_id: int | None, tokens: int
 ) -> None:
     """After a query's final row is committed: announce its end to readers and charge its
-    tokens to its key's per-minute window. Best effort: neither may fail the query."""
+    tokens to its key's per-minute window (one Redis round trip). Best effort: neither may
+    fail the query."""
     from routerapp.services.ratelimits import rate_limit_charge_tokens
 
-    publish_end(query_id=query_id, status=status)
-    rate_limit_charge_tokens(key_id=api_key_id, tokens=tokens)
+    client = redis_client()
+    if client is None:
+        publish_end(query_id=query_id, status=status)
+        rate_limit_charge_tokens(key_id=api_key_id, tokens=tokens)
+        return
+    key = _stream_key(query_id)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.xadd(key, {"k": END, "s": status}, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.expire(key, STREAM_TTL_S)
+        rate_limit_charge_tokens(key_id=api_key_id, tokens=tokens, pipe=pipe)
+        pipe.execute()
+    except Exception:  # readers fall back to the database; a missed charge only loosens a limit
+        log.warning("could not announce the end of query %s", query_id)

@@ -1,0 +1,414 @@
+"""Gateway overhead: latency costpass adds to an OpenAI-compatible call, and its saturation.
+
+Registers a zero-latency fake OpenAI-compatible upstream (bench/fake_upstream.py, started
+here on 127.0.0.1) as an `openai_compat` endpoint with the `single` strategy, the only enabled
+configuration of a fresh database, with a hard team budget (so reservation and settlement
+run). Then loads POST /v1/chat/completions with model="auto" (routing, budget reservation,
+ledger, samples and settlement all on), and the same load against the upstream directly:
+
+- closed loop at concurrency 1, 8, 32 (each client sends its next request when the last ends);
+- open loop at 10, 25, 40 req/s (requests sent on schedule whatever the responses do; latency
+  counted from the scheduled send, so queueing is not hidden);
+
+each `--duration` seconds after a `--warmup`. It prints added latency p50/p95/p99 (gateway
+minus direct, per percentile) and the saturation throughput (the best closed-loop rate), with
+the gateway's processes (gunicorn, and the Celery worker in `--mode celery`) pinned to one core
+(`taskset -c 0`); the upstream and the load generator share the other core. Postgres and
+Redis are the machine's shared services and are not pinned.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/costpass REDIS_URL=redis://127.0.0.1:6379/0 \\
+    CELERY_BROKER_URL=redis://127.0.0.1:6379/0 python bench/gateway_overhead.py [--json OUT]
+
+The database named by DATABASE_URL gets `_bench_gateway` appended and is dropped and
+re-created. `--mode celery` sends every query through the task queue (a Celery worker on the
+same core) instead of serving the single call inline: the cost of the queue hop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+CLOSED = (1, 8, 32)
+OPEN = (10, 25, 40)
+
+
+# --- a minimal HTTP/1.1 keep-alive client (the load generator must cost far less than the
+# --- gateway, so it does no more than write a request and read one Content-Length body) ----
+
+
+class Conn:
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def raw_request(url: str, path: str, body: dict, key: str | None) -> tuple[str, int, bytes]:
+    u = urlparse(url)
+    payload = json.dumps(body).encode()
+    headers = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {u.hostname}:{u.port}",
+        "Content-Type: application/json",
+        "Accept: application/json",
+        f"Content-Length: {len(payload)}",
+    ]
+    if key:
+        headers.append(f"Authorization: Bearer {key}")
+    return u.hostname or "127.0.0.1", u.port or 80, ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
+
+
+@dataclass
+class Phase:
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+    completed: int = 0  # every response, warm-up included (for CPU per request)
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        xs = sorted(self.latencies_ms)
+        if not xs:
+            return float("nan")
+        return xs[min(len(xs) - 1, int(q / 100 * len(xs)))]
+
+
+async def closed_loop(target: tuple[str, int, bytes], concurrency: int, seconds: float, warmup: float) -> Phase:
+    host, port, raw = target
+    phase = Phase(f"c{concurrency}")
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop = measure_from + seconds
+
+    async def client() -> None:
+        conn = Conn(host, port)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop:
+                    return
+                try:
+                    status = await conn.request(raw)
+                except (OSError, asyncio.IncompleteReadError):
+                    conn.close()
+                    conn = Conn(host, port)
+                    status = 0
+                t1 = time.perf_counter()
+                phase.completed += 1
+                if t0 >= measure_from:
+                    if status == 200:
+                        phase.latencies_ms.append((t1 - t0) * 1000)
+                    else:
+                        phase.errors += 1
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    phase.seconds = seconds
+    return phase
+
+
+async def open_loop(target: tuple[str, int, bytes], rate: float, seconds: float, warmup: float) -> Phase:
+    host, port, raw = target
+    phase = Phase(f"r{int(rate)}")
+    idle: list[Conn] = []
+    tasks: list[asyncio.Task] = []
+    start = time.perf_counter() + 0.05
+    total = int((warmup + seconds) * rate)
+    measure_from = start + warmup
+
+    async def one(scheduled: float) -> None:
+        conn = idle.pop() if idle else Conn(host, port)
+        try:
+            status = await conn.request(raw)
+            idle.append(conn)
+        except (OSError, asyncio.IncompleteReadError):
+            conn.close()
+            status = 0
+        done = time.perf_counter()
+        phase.completed += 1
+        if scheduled >= measure_from:
+            if status == 200:
+                phase.latencies_ms.append((done - scheduled) * 1000)
+            else:
+                phase.errors += 1
+
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(scheduled)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.close()
+    phase.seconds = seconds
+    return phase
+
+
+async def run_phases(target: tuple[str, int, bytes], seconds: float, warmup: float, rates: tuple, concs: tuple) -> dict[str, Phase]:
+    out: dict[str, Phase] = {}
+    for c in concs:
+        out[f"c{c}"] = await closed_loop(target, c, seconds, warmup)
+        report_phase(out[f"c{c}"])
+    for r in rates:
+        out[f"r{r}"] = await open_loop(target, r, seconds, warmup)
+        report_phase(out[f"r{r}"])
+    return out
+
+
+def report_phase(p: Phase) -> None:
+    print(
+        f"    {p.name:>4}: n={len(p.latencies_ms):6d} err={p.errors:3d} {p.rps:7.1f} req/s "
+        f"p50={p.pct(50):7.2f} p95={p.pct(95):7.2f} p99={p.pct(99):7.2f} ms",
+        flush=True,
+    )
+
+
+# --- the gateway under test -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process {proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def pinned(cpu: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else argv
+
+
+def bench_database(env: dict[str, str]) -> str:
+    url = env.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        raise SystemExit("set DATABASE_URL to a Postgres server (the product's production setup)")
+    u = urlparse(url)
+    name = (u.path.lstrip("/") or "costpass") + "_bench_gateway"
+    admin = u._replace(path="/postgres").geturl()
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return u._replace(path=f"/{name}").geturl()
+
+
+SETUP = """
+from decimal import Decimal
+from routerapp.models import *
+from routerapp.services.apikeys import api_key_create
+e = ModelEndpoint.objects.create(name="fake-upstream", engine="openai_compat",
+    engine_params={"base_url": "%(upstream)s", "model": "fake", "tokenize": "none"},
+    input_usd_per_mtok=Decimal("0.15"), output_usd_per_mtok=Decimal("0.60"))
+s = StrategyConfig.objects.create(name="single", strategy="single",
+    params={"temperature": 0.0, "max_tokens": 64})
+Configuration.objects.create(slug="fake-upstream/single", endpoint=e, strategy=s)
+t = Team.objects.create(name="bench")
+BudgetPolicy.objects.create(team=t, name="bench-monthly", limit_usd=Decimal("1000000"),
+    period="month", mode="hard_reject")
+key, raw = api_key_create(team=t, name="bench")
+print(raw)
+"""
+
+
+def proc_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and their children so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        for child in [pid, *children(pid)]:
+            try:
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    kids = [int(x) for x in out.split()]
+    return kids + [g for k in kids for g in children(k)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="gateway overhead benchmark")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--mode", choices=["inline", "celery"], default="inline")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn worker")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=list(CLOSED))
+    parser.add_argument("--rates", type=int, nargs="*", default=list(OPEN))
+    parser.add_argument(
+        "--without-rollup",
+        action="store_true",
+        help="diagnostic: serve with the dashboards' per-query rollup refresh turned off",
+    )
+    parser.add_argument("--gateway-cpu", default="0")
+    parser.add_argument("--client-cpu", default="1")
+    args = parser.parse_args()
+
+    env = dict(os.environ)
+    env["DATABASE_URL"] = bench_database(env)
+    env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true" if args.mode == "inline" else "false"
+    env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
+    env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
+    py = sys.executable
+    procs: list[subprocess.Popen] = []
+    try:
+        up_port = free_port()
+        upstream = subprocess.Popen(
+            pinned(args.client_cpu, [py, str(REPO / "bench" / "fake_upstream.py"), "--port", str(up_port)]),
+            stdout=subprocess.DEVNULL,
+        )
+        procs.append(upstream)
+        wait_port(up_port, upstream)
+        up_url = f"http://127.0.0.1:{up_port}/v1"
+        subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
+        key = subprocess.run(
+            [py, "manage.py", "shell", "-c", SETUP % {"upstream": up_url}],
+            cwd=REPO, env=env, check=True, capture_output=True, text=True,
+        ).stdout.strip().splitlines()[-1]
+        gw_port = free_port()
+        gunicorn = subprocess.Popen(
+            pinned(args.gateway_cpu, [
+                py, "-m", "gunicorn",
+                "bench.wsgi_without_rollup" if args.without_rollup else "routerapp.wsgi",
+                "-b", f"127.0.0.1:{gw_port}",
+                "-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads),
+                "--timeout", "300", "--backlog", "2048",
+            ]),
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        procs.append(gunicorn)
+        gateway_pids = [gunicorn.pid]
+        if args.mode == "celery":
+            worker = subprocess.Popen(
+                pinned(args.gateway_cpu, [
+                    py, "-m", "celery", "-A", "workers", "worker", "-Q", "engine.openai_compat",
+                    "--pool=threads", "--concurrency=16", "--loglevel=WARNING", "-n", "bench@%h",
+                ]),
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            procs.append(worker)
+            gateway_pids.append(worker.pid)
+            time.sleep(8)
+        wait_port(gw_port, gunicorn)
+        gateway = raw_request(f"http://127.0.0.1:{gw_port}", "/v1/chat/completions", BODY, key)
+        direct = raw_request(up_url, "/v1/chat/completions", {**BODY, "model": "fake"}, None)
+        # The load generator runs in this process: pin it next to the upstream.
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {int(args.client_cpu.split(",")[0])})
+        # Check the gateway answers a real completion before measuring anything.
+        import httpx
+
+        check = httpx.post(f"http://127.0.0.1:{gw_port}/v1/chat/completions", json=BODY,
+                           headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        if check.status_code != 200:
+            raise SystemExit(f"gateway check failed: {check.status_code} {check.text[:500]}")
+        served = check.json()["costpass"]
+        print(f"gateway on core {args.gateway_cpu} ({args.mode}, gunicorn gthread "
+              f"-w {args.workers} --threads {args.threads}); upstream + load on core "
+              f"{args.client_cpu}; served by {served['configuration']}, cost ${served['cost_usd']}")
+        print("  direct (upstream alone):")
+        direct_ph = asyncio.run(run_phases(direct, args.duration, args.warmup, tuple(args.rates), tuple(args.concurrency)))
+        print("  gateway:")
+        cpu0 = proc_cpu_seconds(gateway_pids)
+        t0 = time.perf_counter()
+        gateway_ph = asyncio.run(run_phases(gateway, args.duration, args.warmup, tuple(args.rates), tuple(args.concurrency)))
+        wall = time.perf_counter() - t0
+        cpu = proc_cpu_seconds(gateway_pids) - cpu0
+        served_n = sum(p.completed for p in gateway_ph.values())
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    added = {}
+    print("\nadded latency (gateway - direct), ms:")
+    print(f"  {'load':>5} {'p50':>8} {'p95':>8} {'p99':>8}   gateway req/s  errors")
+    for name in gateway_ph:
+        g, d = gateway_ph[name], direct_ph[name]
+        added[name] = {q: round(g.pct(n) - d.pct(n), 2) for q, n in (("p50", 50), ("p95", 95), ("p99", 99))}
+        print(f"  {name:>5} {added[name]['p50']:8.2f} {added[name]['p95']:8.2f} {added[name]['p99']:8.2f}"
+              f"   {g.rps:13.1f}  {g.errors}")
+    closed = [gateway_ph[f"c{c}"].rps for c in args.concurrency if f"c{c}" in gateway_ph]
+    saturation = max(closed) if closed else float("nan")
+    cpu_ms = cpu / max(1, served_n) * 1000
+    print(f"\nsaturation: {saturation:.1f} req/s on one core (best closed loop)")
+    print(f"gateway CPU per request: {cpu_ms:.2f} ms (all gateway processes; {cpu:.1f} s CPU over "
+          f"{wall:.0f} s)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({
+            "added_ms": added,
+            "saturation_rps": round(saturation, 1),
+            "gateway_cpu_ms_per_request": round(cpu_ms, 2),
+            "mode": args.mode,
+            "direct_ms": {k: {"p50": round(v.pct(50), 2), "p99": round(v.pct(99), 2)} for k, v in direct_ph.items()},
+            "gateway_ms": {k: {"p50": round(v.pct(50), 2), "p95": round(v.pct(95), 2),
+                               "p99": round(v.pct(99), 2), "rps": round(v.rps, 1), "errors": v.errors}
+                           for k, v in gateway_ph.items()},
+        }, indent=2))
+        print(f"wrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
