@@ -48,10 +48,21 @@ def _layout(*, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
         },
         "paper_bgcolor": "#ffffff",
         "plot_bgcolor": "#ffffff",
-        "margin": {"l": 70, "r": 20, "t": 30, "b": 60},
-        "legend": {"orientation": "h", "y": 1.12, "x": 0},
-        "xaxis": {"title": {"text": x_title}, "gridcolor": GRID, "zeroline": False},
-        "yaxis": {"title": {"text": y_title}, "gridcolor": GRID, "zeroline": False},
+        "margin": {"l": 70, "r": 20, "t": 20, "b": 50},
+        # Below the plot, so a long legend never covers data.
+        "legend": {"orientation": "h", "y": -0.18, "yanchor": "top", "x": 0},
+        "xaxis": {
+            "title": {"text": x_title},
+            "gridcolor": GRID,
+            "zeroline": False,
+            "automargin": True,
+        },
+        "yaxis": {
+            "title": {"text": y_title},
+            "gridcolor": GRID,
+            "zeroline": False,
+            "automargin": True,
+        },
         "hoverlabel": {"namelength": -1},
         "height": 360,
     }
@@ -61,6 +72,32 @@ def _layout(*, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
         else:
             layout[key] = value
     return layout
+
+
+# For tall charts: the legend sits above the plot, where the eye starts.
+LEGEND_TOP = {"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0}
+# A stack stays readable with this many colours; smaller shares are summed as "other".
+MAX_STACK = 7
+
+
+def _rows_height(n: int, per_row: int = 28) -> int:
+    """Height of a horizontal bar chart with n categories: every label stays readable."""
+    return max(260, per_row * n + 150)
+
+
+def _log_axis(values: list[float], *, money: bool = False) -> dict[str, Any]:
+    """A log axis when the values span more than ~1.5 decades, labelled at powers of ten."""
+    vs = [v for v in values if v and v > 0]
+    if not vs or max(vs) / min(vs) < 30:
+        return {"type": "linear", "tickformat": "$.2~g" if money else ",~g"}
+    return {"type": "log", "dtick": 1, "tickformat": "$.1~g" if money else ",~g"}
+
+
+def _top(values: list[Any]) -> float:
+    """The top of a value axis that starts at exactly 0 (no float dust like 6e-18)."""
+    vs = [float(v) for v in values if v is not None]
+    top = max(vs, default=0.0)
+    return top * 1.12 if top > 0 else 1.0
 
 
 def _days(days: list[Any]) -> list[str]:
@@ -73,10 +110,10 @@ def spend_figure(data: dict[str, Any]) -> Figure:
     traces: list[dict[str, Any]] = [
         {
             "type": "bar",
-            "name": "Daily spend",
+            "name": "Daily spend (left axis)",
             "x": x,
             "y": [_f(v) for v in data["spend"]],
-            "marker": {"color": "#9aa5b1"},
+            "marker": {"color": "#c3cad3"},
             "hovertemplate": "%{x}: $%{y:.6g}<extra>daily spend</extra>",
         }
     ]
@@ -90,7 +127,8 @@ def spend_figure(data: dict[str, Any]) -> Figure:
                 "name": f"{b['name']}: spent this {period}",
                 "x": x,
                 "y": [_f(v) for v in b["spent"]],
-                "line": {"color": c, "width": 2},
+                "yaxis": "y2",
+                "line": {"color": c, "width": 2.5},
                 "marker": {"size": 4},
                 "hovertemplate": "%{x}: $%{y:.6g}<extra>" + b["name"] + "</extra>",
             }
@@ -102,57 +140,88 @@ def spend_figure(data: dict[str, Any]) -> Figure:
                 "name": f"{b['name']}: limit ${_f(b['limit_usd']):g}/{period}",
                 "x": x,
                 "y": [_f(b["limit_usd"])] * len(x),
+                "yaxis": "y2",
                 "line": {"color": c, "width": 2, "dash": "dash"},
                 "hovertemplate": "limit $%{y:.6g}<extra>" + b["name"] + "</extra>",
             }
         )
     return {
         "data": traces,
-        "layout": _layout(x_title="day (UTC)", y_title="USD", barmode="overlay"),
+        "layout": _layout(
+            x_title="",
+            y_title="daily spend (bars)",
+            barmode="overlay",
+            yaxis={"tickformat": "$.2~g", "range": [0, _top(data["spend"])], "showgrid": False},
+            yaxis2={
+                "title": {"text": "spent in the budget's window (lines)"},
+                "overlaying": "y",
+                "side": "right",
+                "gridcolor": GRID,
+                "tickformat": "$.2~g",
+                "range": [
+                    0,
+                    _top(
+                        [v for b in data["budgets"] for v in b["spent"]]
+                        + [b["limit_usd"] for b in data["budgets"]]
+                    ),
+                ],
+                "automargin": True,
+            },
+            legend={"y": -0.16},
+        ),
     }
 
 
 def cost_of_pass_figure(data: dict[str, Any]) -> Figure:
-    """Cost-of-pass per configuration with its 95 % interval (arrow-less error bars); bars whose
-    interval is unbounded above are drawn hatched, configurations with nothing correct are
-    listed in the table only."""
-    rows = [r for r in data["configurations"] if r["cost_of_pass"] is not None]
-    x = [r["configuration"] for r in rows]
-    y = [_f(r["cost_of_pass"]) for r in rows]
+    """Cost-of-pass per configuration, cheapest on top, with its 95 % interval (bars whose
+    interval is unbounded above are hatched); configurations with nothing correct are in the
+    table only."""
+    rows = sorted(
+        (r for r in data["configurations"] if r["cost_of_pass"] is not None),
+        key=lambda r: float(r["cost_of_pass"]),
+    )
+    y = [f"{r['configuration']} (n={r['graded']})" for r in rows]
+    x = [_f(r["cost_of_pass"]) for r in rows]
     plus = [
         (_f(r["ci_high"]) - v) if r["ci_high"] is not None and v is not None else 0
-        for r, v in zip(rows, y, strict=True)
+        for r, v in zip(rows, x, strict=True)
     ]
     minus = [
         (v - _f(r["ci_low"])) if r["ci_low"] is not None and v is not None else 0
-        for r, v in zip(rows, y, strict=True)
+        for r, v in zip(rows, x, strict=True)
     ]
     text = [f"n={r['graded']}, {r['correct']} correct" for r in rows]
     trace = {
         "type": "bar",
+        "orientation": "h",
         "name": "cost-of-pass",
         "x": x,
         "y": y,
         "text": text,
-        "textposition": "inside",
-        "insidetextanchor": "start",
+        "textposition": "none",
         "marker": {
-            "color": [colour(i) for i in range(len(rows))],
+            "color": [PALETTE[0]] * len(rows),
             "pattern": {"shape": ["/" if r["ci_unbounded"] else "" for r in rows]},
         },
-        "error_y": {
+        "error_x": {
             "type": "data",
             "symmetric": False,
             "array": plus,
             "arrayminus": minus,
             "color": INK,
+            "thickness": 1.5,
         },
-        "hovertemplate": "%{x}<br>$%{y:.6g} per correct answer<br>%{text}<extra></extra>",
+        "hovertemplate": "%{y}<br>$%{x:.6g} per correct answer<br>%{text}<extra></extra>",
     }
     return {
         "data": [trace],
         "layout": _layout(
-            x_title="configuration", y_title="USD per correct answer", showlegend=False
+            x_title="USD per correct answer, with its 95% interval",
+            y_title="",
+            showlegend=False,
+            height=_rows_height(len(rows)),
+            xaxis=_log_axis([v for v in x if v], money=True),
+            yaxis={"autorange": "reversed"},
         ),
     }
 
@@ -185,7 +254,8 @@ def cost_of_pass_heatmap(data: dict[str, Any]) -> Figure | None:
         "y": tasks,
         "z": z,
         "text": text,
-        "texttemplate": "%{text}",
+        # Cell labels only while they fit; the hover and the table always have them.
+        "texttemplate": "%{text}" if len(tasks) * len(configs) <= 40 else "",
         "colorscale": "Viridis",
         "reversescale": True,
         "colorbar": {"title": {"text": "USD / correct"}},
@@ -195,7 +265,10 @@ def cost_of_pass_heatmap(data: dict[str, Any]) -> Figure | None:
     return {
         "data": [trace],
         "layout": _layout(
-            x_title="configuration", y_title="task", height=max(260, 40 * len(tasks) + 120)
+            x_title="configuration",
+            y_title="task",
+            height=max(300, 32 * len(tasks) + 220),
+            xaxis={"tickangle": -35},
         ),
     }
 
@@ -224,12 +297,14 @@ def frontier_figure(data: dict[str, Any]) -> Figure:
         traces.append(
             {
                 "type": "scatter",
-                "mode": "markers+text",
+                # Names on the frontier points only: the others are in the hover and the table.
+                "mode": "markers+text" if on else "markers",
+                "cliponaxis": False,
                 "name": p["configuration"],
                 "x": [_f(p["mean_cost_usd"])],
                 "y": [p["accuracy"]],
                 "text": [p["configuration"]],
-                "textposition": "top center",
+                "textposition": "middle right",
                 "marker": {
                     "size": 12 if on else 9,
                     "color": colour(i),
@@ -277,92 +352,124 @@ def frontier_figure(data: dict[str, Any]) -> Figure:
                     },
                 }
             )
-    xs = [x for t in traces for x in t["x"] if x]
-    log_x = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
+    xaxis = _log_axis([x for t in traces for x in t["x"] if x], money=True)
     return {
         "data": traces,
         "layout": _layout(
-            x_title="mean USD per query" + (" (log scale)" if log_x else ""),
+            x_title="mean USD per query" + (" (log scale)" if xaxis["type"] == "log" else ""),
             y_title="accuracy (graded queries)",
-            xaxis={"type": "log" if log_x else "linear"},
+            xaxis=xaxis,
             yaxis={"range": [-0.03, 1.05], "tickformat": ".0%"},
-            height=420,
+            height=480,
+            margin={"r": 160},
         ),
     }
 
 
 def latency_figure(rows: list[dict[str, Any]]) -> Figure:
-    """p50 / p95 / p99 latency per configuration as grouped bars (log scale when wide)."""
-    rows = [r for r in rows if r["configuration"] != "all"]
-    x = [r["configuration"] for r in rows]
+    """p50 / p95 / p99 latency per configuration, fastest on top (log scale when wide)."""
+    rows = sorted((r for r in rows if r["configuration"] != "all"), key=lambda r: r["p50_ms"] or 0)
+    y = [r["configuration"] for r in rows]
     traces = []
-    for i, (key, label) in enumerate((("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99"))):
+    for key, label, c in (("p50_ms", "p50", 5), ("p95_ms", "p95", 0), ("p99_ms", "p99", 6)):
         traces.append(
             {
                 "type": "bar",
+                "orientation": "h",
                 "name": label,
-                "x": x,
-                "y": [r[key] for r in rows],
-                "marker": {"color": PALETTE[[5, 0, 6][i]]},
-                "hovertemplate": "%{x} " + label + ": %{y:,} ms<extra></extra>",
+                "x": [r[key] for r in rows],
+                "y": y,
+                "marker": {"color": PALETTE[c]},
+                "hovertemplate": "%{y} " + label + ": %{x:,} ms<extra></extra>",
             }
         )
-    ys = [r["p99_ms"] for r in rows if r["p99_ms"]] + [r["p50_ms"] for r in rows if r["p50_ms"]]
-    log_y = bool(ys) and min(ys) > 0 and max(ys) / min(ys) > 50
+    xaxis = _log_axis([r[k] for r in rows for k in ("p50_ms", "p99_ms") if r[k]])
     return {
         "data": traces,
         "layout": _layout(
-            x_title="configuration",
-            y_title="latency, ms" + (" (log scale)" if log_y else ""),
+            x_title="latency, ms" + (" (log scale)" if xaxis["type"] == "log" else ""),
+            y_title="",
             barmode="group",
-            yaxis={"type": "log" if log_y else "linear"},
+            xaxis=xaxis,
+            yaxis={"autorange": "reversed"},
+            legend=LEGEND_TOP,
+            margin={"t": 40},
+            height=_rows_height(len(rows), per_row=40),
         ),
     }
 
 
 def tokens_figure(rows: list[dict[str, Any]]) -> Figure:
     """Mean prompt and completion tokens per query, stacked, per configuration."""
-    x = [r["configuration"] for r in rows]
+    y = [r["configuration"] for r in rows]
     return {
         "data": [
             {
                 "type": "bar",
-                "name": "prompt tokens",
-                "x": x,
-                "y": [round(r["mean_prompt_tokens"], 1) for r in rows],
+                "orientation": "h",
+                "name": "prompt tokens (every sample reads the prompt)",
+                "x": [round(r["mean_prompt_tokens"], 1) for r in rows],
+                "y": y,
                 "marker": {"color": PALETTE[5]},
             },
             {
                 "type": "bar",
+                "orientation": "h",
                 "name": "completion tokens (all samples)",
-                "x": x,
-                "y": [round(r["mean_completion_tokens"], 1) for r in rows],
+                "x": [round(r["mean_completion_tokens"], 1) for r in rows],
+                "y": y,
                 "marker": {"color": PALETTE[0]},
             },
         ],
         "layout": _layout(
-            x_title="configuration", y_title="tokens per query (mean)", barmode="stack"
+            x_title="tokens per query (mean)",
+            y_title="",
+            barmode="stack",
+            yaxis={"autorange": "reversed"},
+            legend=LEGEND_TOP,
+            margin={"t": 40},
+            height=_rows_height(len(rows)),
         ),
     }
 
 
 def decision_mix_figure(data: dict[str, Any]) -> Figure:
-    """Live queries per day stacked by the configuration that served them."""
+    """Live queries per day stacked by the configuration that served them: the MAX_STACK
+    busiest configurations, the rest summed as "other configurations" (the table has each)."""
     x = _days(data["days"])
+    ranked = sorted(data["series"].items(), key=lambda kv: -sum(kv[1]))
+    shown = ranked[:MAX_STACK]
+    rest = ranked[MAX_STACK:]
+    if rest:
+        other = [sum(v[i] for _, v in rest) for i in range(len(x))]
+        shown.append((f"other configurations ({len(rest)})", other))
     traces = [
         {
             "type": "bar",
             "name": name,
             "x": x,
             "y": counts,
-            "marker": {"color": colour(i)},
+            "marker": {"color": colour(i) if not name.startswith("other ") else "#c3cad3"},
             "hovertemplate": "%{x}: %{y} queries<extra>" + name + "</extra>",
         }
-        for i, (name, counts) in enumerate(data["series"].items())
+        for i, (name, counts) in enumerate(shown)
     ]
     return {
         "data": traces,
-        "layout": _layout(x_title="day (UTC)", y_title="queries", barmode="stack"),
+        "layout": _layout(
+            x_title="",
+            y_title="live queries per day",
+            barmode="stack",
+            # Legend top to bottom in the order of the stack, beside the plot.
+            legend={
+                "orientation": "v",
+                "x": 1.02,
+                "y": 1,
+                "yanchor": "top",
+                "traceorder": "reversed",
+            },
+            height=400,
+        ),
     }
 
 
