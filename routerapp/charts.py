@@ -473,60 +473,66 @@ def decision_mix_figure(data: dict[str, Any]) -> Figure:
     }
 
 
+POLICY_NAMES = {
+    "router": "router",
+    "router_online": "router, replayed online",
+    "best_single_cop": "best single (cost-of-pass)",
+    "best_single_acc": "best single (accuracy)",
+    "knn": "kNN router",
+    "random": "random",
+    "oracle_min_cop": "oracle: min cost-of-pass",
+    "oracle_cheapest_correct": "oracle: cheapest correct",
+}
+
+
 def evaluation_figure(evaluation: dict[str, Any]) -> Figure | None:
-    """The cost-accuracy plane of a router version's evaluation: each policy (router, its
-    baselines and oracles) as a point, with the upper hull of the baselines when present."""
+    """The cost-accuracy plane of a router version's evaluation: each policy (the router, its
+    baselines, the oracles) as a point named in the legend (points often coincide)."""
     policies = evaluation.get("policies") if isinstance(evaluation, dict) else None
     if not isinstance(policies, dict) or not policies:
         return None
     traces: list[dict[str, Any]] = []
-    for i, (name, p) in enumerate(sorted(policies.items())):
+    order = [k for k in POLICY_NAMES if k in policies] + sorted(
+        k for k in policies if k not in POLICY_NAMES
+    )
+    for i, key in enumerate(order):
+        p = policies[key]
         if not isinstance(p, dict) or p.get("mean_cost") is None or p.get("accuracy") is None:
             continue
-        is_router = name.startswith("router")
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "markers+text",
-                "name": name,
-                "x": [_f(p["mean_cost"])],
-                "y": [_f(p["accuracy"])],
-                "text": [name],
-                "textposition": "top center",
-                "marker": {
-                    "size": 16 if is_router else 10,
-                    "symbol": "star"
-                    if is_router
-                    else ("x" if name.startswith("oracle") else "circle"),
-                    "color": "#D55E00" if is_router else colour(i),
-                },
-                "hovertemplate": name
-                + "<br>accuracy %{y:.1%}<br>$%{x:.6g} per query<extra></extra>",
-            }
-        )
-    singles = evaluation.get("singles")
-    if isinstance(singles, list) and singles:
+        name = POLICY_NAMES.get(key, key.replace("_", " "))
+        if p.get("config_id"):
+            name = f"{name}: {p['config_id']}"
+        is_router = key.startswith("router")
+        symbol = "star" if is_router else ("x" if key.startswith("oracle") else "circle")
         traces.append(
             {
                 "type": "scatter",
                 "mode": "markers",
-                "name": "single configurations",
-                "x": [_f(s.get("mean_cost")) for s in singles],
-                "y": [_f(s.get("accuracy")) for s in singles],
-                "text": [s.get("config_id", "") for s in singles],
-                "marker": {"size": 7, "color": "#9aa5b1"},
-                "hovertemplate": "%{text}<br>accuracy %{y:.1%}<br>$%{x:.6g}<extra></extra>",
+                "name": name,
+                "x": [_f(p["mean_cost"])],
+                "y": [_f(p["accuracy"])],
+                "marker": {
+                    "size": 18 if key == "router" else 12,
+                    "symbol": symbol,
+                    "color": "#D55E00" if key == "router" else colour(i),
+                    "line": {"color": INK, "width": 1},
+                    "opacity": 0.9,
+                },
+                "hovertemplate": name + "<br>accuracy %{y:.1%}<br>$%{x:.6g} per query"
+                "<extra></extra>",
             }
         )
     if not traces:
         return None
+    xaxis = _log_axis([x for t in traces for x in t["x"] if x], money=True)
     return {
         "data": traces,
         "layout": _layout(
-            x_title="mean USD per query",
+            x_title="mean USD per query on the held-out prompts",
             y_title="accuracy",
-            yaxis={"tickformat": ".0%"},
-            showlegend=False,
+            xaxis=xaxis,
+            yaxis={"tickformat": ".0%", "range": [-0.03, 1.05]},
+            legend={"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top"},
             height=380,
         ),
     }

@@ -97,3 +97,23 @@ def get(mapping: Any, key: Any) -> Any:
         return mapping.get(key)
     except AttributeError:
         return None
+
+
+@register.filter
+def pretty(value: Any) -> str:
+    """Lists as 'a, b', booleans as yes/no, dicts as 'k: v; ...' (for JSON facts on a page)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(pretty(v) for v in value) or "—"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {pretty(v)}" for k, v in value.items()) or "—"
+    if value is None or value == "":
+        return "—"
+    return str(value)
+
+
+@register.filter
+def label(value: Any) -> str:
+    """'outcome_rows' -> 'outcome rows'."""
+    return str(value).replace("_", " ")

@@ -183,9 +183,11 @@ def _journey(page: Any, base: str, data: dict[str, Any], shoot: Any, expect: Any
     expect(alternatives).to_have_count(2)
     expect(page.locator("#final-answer")).to_be_visible()
     expect(page.locator("#ledger")).to_contain_text("Prompt tokens")
-    page.click("#feedback button.ok")
-    expect(page.locator("#grade")).to_have_text("graded correct")
-    assert Query.objects.get(pk=query.pk).graded_correct is True
+    # Grade it as a person would: 13 is right, anything else is not.
+    right = Query.objects.get(pk=query.pk).extracted_answer.strip() == "13"
+    page.click("#feedback button.ok" if right else "#feedback button.danger")
+    expect(page.locator("#grade")).to_have_text("graded correct" if right else "graded incorrect")
+    assert Query.objects.get(pk=query.pk).graded_correct is right
     shoot(page, "06-query-routed")
 
     # Three samples, their extracted answers and the vote.
