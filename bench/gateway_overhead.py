@@ -227,12 +227,13 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else argv
 
 
-def bench_database(env: dict[str, str]) -> str:
+def bench_database(env: dict[str, str], suffix: str = "_bench_gateway") -> str:
+    """Drop and re-create `<DATABASE_URL's database><suffix>`; return its URL."""
     url = env.get("DATABASE_URL", "")
     if not url.startswith("postgres"):
         raise SystemExit("set DATABASE_URL to a Postgres server (the product's production setup)")
     u = urlparse(url)
-    name = (u.path.lstrip("/") or "costpass") + "_bench_gateway"
+    name = (u.path.lstrip("/") or "costpass") + suffix
     admin = u._replace(path="/postgres").geturl()
     import psycopg
 
@@ -307,6 +308,7 @@ def main() -> None:
     env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true" if args.mode == "inline" else "false"
     env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
     env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
+    env["DJANGO_DEBUG"] = "false"  # production: a local .env may turn debug (query logging) on
     py = sys.executable
     procs: list[subprocess.Popen] = []
     try:

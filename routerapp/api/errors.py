@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError, IntegrityError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -34,17 +34,28 @@ def error_body(message: str, error_type: str, code: str | None, param: str | Non
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def _flatten(detail: Any, prefix: str = "") -> tuple[str, str | None]:
-    """Return a readable message and the first offending field of a DRF validation detail."""
+def _first_error(detail: Any, path: str = "") -> tuple[str, str]:
+    """Return the first leaf message of a DRF validation detail and its field path
+    (`messages[0].role`; list items are keyed by index)."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = key if key != "non_field_errors" else None
-            message, param = _flatten(value, f"{prefix}{key}." if name else prefix)
-            full = f"{prefix}{key}" if name else param
-            return (f"{full}: {message}" if name else message), full
+            if key == "non_field_errors":
+                return _first_error(value, path)
+            here = (
+                f"{path}[{key}]"
+                if isinstance(key, int)
+                else (f"{path}.{key}" if path else str(key))
+            )
+            return _first_error(value, here)
     if isinstance(detail, list) and detail:
-        return _flatten(detail[0], prefix)
-    return str(detail), None
+        return _first_error(detail[0], path)
+    return str(detail), path
+
+
+def _flatten(detail: Any, prefix: str = "") -> tuple[str, str | None]:
+    """Return a readable message and the offending field of a DRF validation detail."""
+    message, path = _first_error(detail)
+    return (f"{path}: {message}" if path else message), (path or None)
 
 
 def openai_exception_handler(exc: Exception, context: dict) -> Response | None:
@@ -59,6 +70,21 @@ def openai_exception_handler(exc: Exception, context: dict) -> Response | None:
             # OpenAI's clients retry 409 by default; a conflict here never clears by retrying.
             response["x-should-retry"] = "false"
         return response
+    if isinstance(exc, DataError | IntegrityError):
+        # A value the database refuses (out of range, a clash with a unique row): the
+        # request's fault, and nothing was written (its transaction rolled back).
+        log.warning("database refused a value: %s", exc)
+        conflict = isinstance(exc, IntegrityError)
+        return Response(
+            error_body(
+                "the request conflicts with existing data"
+                if conflict
+                else "a value is out of the range the database can store",
+                "invalid_request_error",
+                "conflict" if conflict else "invalid_value",
+            ),
+            status=409 if conflict else 400,
+        )
     if isinstance(exc, DatabaseError):
         log.exception("database error")
         return Response(

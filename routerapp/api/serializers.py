@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from routerapp.models import ApiKey, BudgetPolicy, Query, Sample
@@ -19,31 +20,96 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean only (not 0, 1, "true" or "yes")."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class StrictFloatField(serializers.FloatField):
+    """A JSON number only (not a boolean or a numeric string)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer only (not a boolean, a float or a numeric string)."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+                    "required": ["type"],
+                },
+            },
+        ]
+    }
+)
+class MessageContentField(serializers.Field):
+    """A message's content: a string, or OpenAI's list of content parts (text parts kept)."""
+
+    default_error_messages = {"invalid": "content must be a string or a list of content parts"}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return data
+        if isinstance(data, list) and all(isinstance(p, dict) for p in data):
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class MessageInput(serializers.Serializer):
+    """One chat message (OpenAI's shape; other fields are ignored)."""
+
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = MessageContentField()
+
+
 class ConstraintFields(serializers.Serializer):
     """Request fields that narrow or bound the router's choice (shared by every endpoint)."""
 
-    model = serializers.CharField(
+    model = StrictCharField(
         required=False,
         allow_blank=True,
         max_length=200,
         help_text="'auto', a configuration id or a model name",
     )
-    strategy = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    strategy = StrictCharField(required=False, allow_blank=True, max_length=100)
     max_cost_usd = serializers.DecimalField(
         required=False, max_digits=24, decimal_places=12, min_value=Decimal(0)
     )
-    min_accuracy = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    max_latency_s = serializers.FloatField(required=False, min_value=0.0)
+    min_accuracy = StrictFloatField(required=False, min_value=0.0, max_value=1.0)
+    max_latency_s = StrictFloatField(required=False, min_value=0.0)
     allowed_models = serializers.ListField(
-        child=serializers.CharField(max_length=200), required=False, max_length=100
+        child=StrictCharField(max_length=200), required=False, max_length=100
     )
-    task = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    task = StrictCharField(required=False, allow_blank=True, max_length=64)
 
 
 class QueryCreateInput(ConstraintFields):
     prompt = StrictCharField(required=False, allow_blank=False, trim_whitespace=False)
     messages = serializers.ListField(
-        child=serializers.DictField(), required=False, allow_empty=False
+        child=MessageInput(), required=False, allow_empty=False, max_length=10_000
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -55,8 +121,8 @@ class QueryCreateInput(ConstraintFields):
 
 
 class FeedbackInput(serializers.Serializer):
-    correct = serializers.BooleanField(required=False, allow_null=True, default=None)
-    score = serializers.FloatField(
+    correct = StrictBooleanField(required=False, allow_null=True, default=None)
+    score = StrictFloatField(
         required=False, allow_null=True, default=None, min_value=0.0, max_value=1.0
     )
 
@@ -163,7 +229,7 @@ class ApiKeyCreatedOut(ApiKeyOut):
 
 
 class ApiKeyCreateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=ApiKey.Scope.choices),
         required=False,
@@ -171,10 +237,10 @@ class ApiKeyCreateInput(serializers.Serializer):
         max_length=len(ApiKey.Scope.choices),
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    rate_limit_rpm = serializers.IntegerField(
+    rate_limit_rpm = StrictIntegerField(
         required=False, allow_null=True, default=None, min_value=1, max_value=10_000_000
     )
-    rate_limit_tpm = serializers.IntegerField(
+    rate_limit_tpm = StrictIntegerField(
         required=False, allow_null=True, default=None, min_value=1, max_value=2_000_000_000
     )
 
@@ -197,7 +263,7 @@ _MONEY = {"max_digits": 24, "decimal_places": 12, "min_value": Decimal(0)}
 
 
 class BudgetCreateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
     limit_usd = serializers.DecimalField(**_MONEY, max_value=Decimal("1e11"))
     period = serializers.ChoiceField(
         choices=BudgetPolicy.Period.choices, default=BudgetPolicy.Period.MONTH
@@ -205,22 +271,22 @@ class BudgetCreateInput(serializers.Serializer):
     mode = serializers.ChoiceField(
         choices=BudgetPolicy.Mode.choices, default=BudgetPolicy.Mode.HARD_REJECT
     )
-    api_key = serializers.CharField(
+    api_key = StrictCharField(
         required=False,
         allow_null=True,
         default=None,
         max_length=32,
         help_text="Id or prefix of one of the team's keys; empty: the whole team",
     )
-    enabled = serializers.BooleanField(required=False, default=True)
+    enabled = StrictBooleanField(required=False, default=True)
 
 
 class BudgetUpdateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False)
+    name = StrictCharField(max_length=100, required=False)
     limit_usd = serializers.DecimalField(**_MONEY, max_value=Decimal("1e11"), required=False)
     period = serializers.ChoiceField(choices=BudgetPolicy.Period.choices, required=False)
     mode = serializers.ChoiceField(choices=BudgetPolicy.Mode.choices, required=False)
-    enabled = serializers.BooleanField(required=False)
+    enabled = StrictBooleanField(required=False)
 
 
 class UsageQueryInput(serializers.Serializer):

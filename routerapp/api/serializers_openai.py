@@ -13,54 +13,57 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from routerapp.api.serializers import ConstraintFields
+from routerapp.api.serializers import (
+    ConstraintFields,
+    MessageInput,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+)
 
 
 class StreamOptions(serializers.Serializer):
-    include_usage = serializers.BooleanField(required=False, default=False)
+    include_usage = StrictBooleanField(required=False, default=False)
 
 
 class _OpenAIRequest(ConstraintFields):
-    model = serializers.CharField(
+    model = StrictCharField(
         required=False,
         default="auto",
         allow_blank=True,
         max_length=200,
         help_text="'auto' (the router chooses), a configuration id or a model name",
     )
-    stream = serializers.BooleanField(required=False, default=False)
+    stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptions(required=False, allow_null=True)
-    n = serializers.IntegerField(
+    n = StrictIntegerField(
         required=False, allow_null=True, min_value=1, max_value=1, help_text="Only 1"
     )
-    max_tokens = serializers.IntegerField(
+    max_tokens = StrictIntegerField(
         required=False, allow_null=True, min_value=1, help_text="Accepted, not applied"
     )
-    temperature = serializers.FloatField(
+    temperature = StrictFloatField(
         required=False,
         allow_null=True,
         min_value=0.0,
         max_value=2.0,
         help_text="Accepted, not applied",
     )
-    top_p = serializers.FloatField(
+    top_p = StrictFloatField(
         required=False,
         allow_null=True,
         min_value=0.0,
         max_value=1.0,
         help_text="Accepted, not applied",
     )
-    seed = serializers.IntegerField(
-        required=False, allow_null=True, help_text="Accepted, not applied"
-    )
-    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    seed = StrictIntegerField(required=False, allow_null=True, help_text="Accepted, not applied")
+    user = StrictCharField(required=False, allow_blank=True, max_length=256)
 
 
 class ChatCompletionInput(_OpenAIRequest):
-    messages = serializers.ListField(
-        child=serializers.DictField(), allow_empty=False, max_length=10_000
-    )
-    max_completion_tokens = serializers.IntegerField(
+    messages = serializers.ListField(child=MessageInput(), allow_empty=False, max_length=10_000)
+    max_completion_tokens = StrictIntegerField(
         required=False, allow_null=True, min_value=1, help_text="Accepted, not applied"
     )
     tools = serializers.ListField(
@@ -109,8 +112,8 @@ class PromptField(serializers.Field):
 
 class CompletionInput(_OpenAIRequest):
     prompt = PromptField()
-    echo = serializers.BooleanField(required=False, default=False)
-    best_of = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    echo = StrictBooleanField(required=False, default=False)
+    best_of = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1)
 
     def validate_echo(self, value: bool) -> bool:
         if value:

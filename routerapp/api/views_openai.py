@@ -22,7 +22,6 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 from django.http import HttpResponse, StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
@@ -32,6 +31,7 @@ from rest_framework.views import APIView
 from routerapp.api import openai_format as fmt
 from routerapp.api.auth import require_scope
 from routerapp.api.errors import error_body
+from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers_openai import (
     ChatCompletionInput,
     ChatCompletionOut,
@@ -77,18 +77,21 @@ class JSONOnlyNegotiation(BaseContentNegotiation):
 _ERRORS = {
     code: OpenApiResponse(ErrorOut, description=text)
     for code, text in [
-        (400, "Invalid request"),
-        (401, "Missing, invalid, expired or revoked API key"),
-        (402, "A hard budget cannot cover the request (names the budget, its limit, what is left)"),
         (403, "The key lacks the 'query' scope"),
         (404, "Unknown model"),
-        (409, "The query was cancelled"),
-        (413, "Prompt or body too large"),
+        (409, "The query was cancelled (x-should-retry: false)"),
         (422, "No configuration satisfies the constraints"),
-        (429, "Rate limit of the key (Retry-After header)"),
-        (502, "The model endpoint failed (tokens it generated are billed)"),
-        (503, "Database or task queue unavailable; nothing was written"),
+        (502, "The model endpoint failed; tokens it generated are billed (x-should-retry: false)"),
     ]
+}
+# One server-sent event: `data` is a JSON chunk (chat.completion.chunk / text_completion, the
+# last one carrying `usage` and `costpass`), an error object, or `[DONE]`.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "description": "a JSON chunk, an error object, or [DONE]"},
+    },
 }
 
 
@@ -306,12 +309,13 @@ _EXT_DESCRIPTION = (
 
 class ChatCompletions(APIView):
     content_negotiation_class = JSONOnlyNegotiation
+    schema = SpendingApiAutoSchema()
 
     @extend_schema(
         request=ChatCompletionInput,
         responses={
             (200, "application/json"): ChatCompletionOut,
-            (200, "text/event-stream"): OpenApiTypes.STR,
+            (200, "text/event-stream"): _SSE_EVENT,
             (202, "application/json"): ChatCompletionOut,
             **_ERRORS,
         },
@@ -327,12 +331,13 @@ class ChatCompletions(APIView):
 
 class Completions(APIView):
     content_negotiation_class = JSONOnlyNegotiation
+    schema = SpendingApiAutoSchema()
 
     @extend_schema(
         request=CompletionInput,
         responses={
             (200, "application/json"): TextCompletionOut,
-            (200, "text/event-stream"): OpenApiTypes.STR,
+            (200, "text/event-stream"): _SSE_EVENT,
             (202, "application/json"): TextCompletionOut,
             **_ERRORS,
         },
@@ -348,9 +353,10 @@ class Completions(APIView):
 
 class Models(APIView):
     content_negotiation_class = JSONOnlyNegotiation
+    schema = ApiAutoSchema()
 
     @extend_schema(
-        responses={200: ModelListOut, 401: _ERRORS[401]},
+        responses={200: ModelListOut},
         operation_id="models_list",
         tags=["openai"],
     )
@@ -360,9 +366,10 @@ class Models(APIView):
 
 class ModelDetail(APIView):
     content_negotiation_class = JSONOnlyNegotiation
+    schema = ApiAutoSchema()
 
     @extend_schema(
-        responses={200: ModelOut, 401: _ERRORS[401], 404: _ERRORS[404]},
+        responses={200: ModelOut, 404: _ERRORS[404]},
         operation_id="models_retrieve",
         tags=["openai"],
     )

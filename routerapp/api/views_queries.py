@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routerapp.api.auth import require_scope
+from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers import FeedbackInput, QueryCreateInput, QueryOut
 from routerapp.models import Query
 from routerapp.selectors.queries import query_get_for_team
@@ -39,6 +40,8 @@ def constraints_from(data: dict) -> RequestConstraints:
 
 
 class QueryListCreate(APIView):
+    schema = SpendingApiAutoSchema()
+
     @extend_schema(request=QueryCreateInput, responses={202: QueryOut}, operation_id="query_create")
     def post(self, request: Request) -> Response:
         require_scope(request.user, "query")
@@ -60,14 +63,18 @@ class QueryListCreate(APIView):
 
 
 class QueryDetail(APIView):
-    @extend_schema(responses=QueryOut, operation_id="query_read")
+    schema = ApiAutoSchema()
+
+    @extend_schema(responses={200: QueryOut}, operation_id="query_read")
     def get(self, request: Request, query_id: str) -> Response:
         query = query_get_for_team(team=request.user.team, query_id=query_id)
         return Response(QueryOut(query).data)
 
 
 class QueryCancel(APIView):
-    @extend_schema(request=None, responses=QueryOut, operation_id="query_cancel")
+    schema = ApiAutoSchema()
+
+    @extend_schema(request=None, responses={202: QueryOut}, operation_id="query_cancel")
     def post(self, request: Request, query_id: str) -> Response:
         require_scope(request.user, "query")
         query = query_get_for_team(team=request.user.team, query_id=query_id)
@@ -76,7 +83,9 @@ class QueryCancel(APIView):
 
 
 class QueryFeedback(APIView):
-    @extend_schema(request=FeedbackInput, responses=QueryOut, operation_id="query_feedback")
+    schema = ApiAutoSchema()
+
+    @extend_schema(request=FeedbackInput, responses={200: QueryOut}, operation_id="query_feedback")
     def post(self, request: Request, query_id: str) -> Response:
         require_scope(request.user, "feedback")
         form = FeedbackInput(data=request.data)

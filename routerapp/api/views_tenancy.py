@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routerapp.api.auth import require_scope
+from routerapp.api.schema import ApiAutoSchema
 from routerapp.api.serializers import (
     ApiKeyCreatedOut,
     ApiKeyCreateInput,
@@ -22,7 +23,7 @@ from routerapp.api.serializers import (
     UsageOut,
     UsageQueryInput,
 )
-from routerapp.errors import Conflict
+from routerapp.errors import Conflict, InvalidInput
 from routerapp.models import ApiKey
 from routerapp.selectors.apikeys import api_key_get_for_team, api_keys_for_team
 from routerapp.selectors.budgets import budget_get_for_team, budget_status, budgets_for_team
@@ -47,7 +48,11 @@ def _key_out(key: ApiKey) -> dict[str, Any]:
 
 
 class ApiKeyListCreate(APIView):
-    @extend_schema(responses=ApiKeyOut(many=True), operation_id="keys_list", tags=["tenancy"])
+    schema = ApiAutoSchema()
+
+    @extend_schema(
+        responses={200: ApiKeyOut(many=True)}, operation_id="keys_list", tags=["tenancy"]
+    )
     def get(self, request: Request) -> Response:
         require_scope(request.user, "admin")
         keys = api_keys_for_team(team=request.user.team)
@@ -71,7 +76,9 @@ class ApiKeyListCreate(APIView):
 
 
 class ApiKeyDetail(APIView):
-    @extend_schema(responses=ApiKeyOut, operation_id="keys_read", tags=["tenancy"])
+    schema = ApiAutoSchema()
+
+    @extend_schema(responses={200: ApiKeyOut}, operation_id="keys_read", tags=["tenancy"])
     def get(self, request: Request, key_id: str) -> Response:
         require_scope(request.user, "admin")
         key = api_key_get_for_team(team=request.user.team, key_id=key_id)
@@ -79,7 +86,11 @@ class ApiKeyDetail(APIView):
 
 
 class ApiKeyRevoke(APIView):
-    @extend_schema(request=None, responses=ApiKeyOut, operation_id="keys_revoke", tags=["tenancy"])
+    schema = ApiAutoSchema()
+
+    @extend_schema(
+        request=None, responses={200: ApiKeyOut}, operation_id="keys_revoke", tags=["tenancy"]
+    )
     def post(self, request: Request, key_id: str) -> Response:
         require_scope(request.user, "admin")
         key = api_key_get_for_team(team=request.user.team, key_id=key_id)
@@ -93,7 +104,11 @@ class ApiKeyRevoke(APIView):
 
 
 class BudgetListCreate(APIView):
-    @extend_schema(responses=BudgetOut(many=True), operation_id="budgets_list", tags=["tenancy"])
+    schema = ApiAutoSchema()
+
+    @extend_schema(
+        responses={200: BudgetOut(many=True)}, operation_id="budgets_list", tags=["tenancy"]
+    )
     def get(self, request: Request) -> Response:
         require_scope(request.user, "usage")
         rows = [budget_status(p) for p in budgets_for_team(team=request.user.team)]
@@ -119,7 +134,9 @@ class BudgetListCreate(APIView):
 
 
 class BudgetDetail(APIView):
-    @extend_schema(responses=BudgetOut, operation_id="budgets_read", tags=["tenancy"])
+    schema = ApiAutoSchema()
+
+    @extend_schema(responses={200: BudgetOut}, operation_id="budgets_read", tags=["tenancy"])
     def get(self, request: Request, budget_id: str) -> Response:
         require_scope(request.user, "usage")
         policy = budget_get_for_team(team=request.user.team, policy_id=budget_id)
@@ -127,7 +144,7 @@ class BudgetDetail(APIView):
 
     @extend_schema(
         request=BudgetUpdateInput,
-        responses=BudgetOut,
+        responses={200: BudgetOut},
         operation_id="budgets_update",
         tags=["tenancy"],
         description="Change a budget; the audit log records the old and new values.",
@@ -144,6 +161,8 @@ class BudgetDetail(APIView):
 
 
 class Usage(APIView):
+    schema = ApiAutoSchema()
+
     @extend_schema(
         parameters=[
             OpenApiParameter("period", str, enum=["day", "week", "month", "all"]),
@@ -153,12 +172,15 @@ class Usage(APIView):
             OpenApiParameter("start", OpenApiTypes.DATETIME, description="Overrides the start"),
             OpenApiParameter("end", OpenApiTypes.DATETIME, description="Overrides the end"),
         ],
-        responses=UsageOut,
+        responses={200: UsageOut},
         operation_id="usage_read",
         tags=["tenancy"],
     )
     def get(self, request: Request) -> Response:
         require_scope(request.user, "usage")
+        for name in ("period", "group_by", "start", "end"):
+            if name in request.query_params and not request.query_params[name].strip():
+                raise InvalidInput(f"{name} must not be empty", param=name)
         form = UsageQueryInput(data=request.query_params)
         form.is_valid(raise_exception=True)
         body = usage_for_team(team=request.user.team, **form.validated_data)

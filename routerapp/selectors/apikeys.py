@@ -27,6 +27,6 @@ def api_key_get_for_team(*, team: Team, key_id: str) -> ApiKey:
 def _as_id(value: object) -> int | None:
     """Return a database id from a path segment, or None (not a number, or out of range)."""
     text = str(value)
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         return None
     return int(text) or None

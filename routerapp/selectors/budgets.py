@@ -58,6 +58,6 @@ def budget_get_for_team(*, team: Team, policy_id: str) -> BudgetPolicy:
 def _as_id(value: object) -> int | None:
     """Return a database id from a path segment, or None (not a number, or out of range)."""
     text = str(value)
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         return None
     return int(text) or None

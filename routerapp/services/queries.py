@@ -55,6 +55,11 @@ def _check_messages(messages: list[Any]) -> list[dict[str, str]]:
             raise InvalidInput(
                 f"messages[{i}].content must be a string", param=f"messages[{i}].content"
             )
+        if "\x00" in content:
+            raise InvalidInput(
+                f"messages[{i}].content must not contain NUL characters",
+                param=f"messages[{i}].content",
+            )
         clean.append({"role": "system" if role == "developer" else role, "content": content})
     if not any(m["role"] == "user" and m["content"].strip() for m in clean):
         raise InvalidInput("messages need at least one non-empty user message", param="messages")
@@ -100,6 +105,8 @@ def query_create(
         prompt = ""
     elif not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInput("prompt must be a non-empty string", param="prompt")
+    elif "\x00" in prompt:
+        raise InvalidInput("prompt must not contain NUL characters", param="prompt")
     size = sum(len(m["content"]) for m in messages) if messages else len(prompt)
     if size > settings.MAX_PROMPT_CHARS:
         raise PayloadTooLarge(

@@ -165,7 +165,7 @@ def start_gunicorn(
     """Start the production web server (as `make run` does) on the test database."""
     port = free_port()
     env = dict(os.environ)
-    env.update({"DATABASE_URL": test_db_url(), "PYTHONUNBUFFERED": "1"})
+    env.update({"DATABASE_URL": test_db_url(), "PYTHONUNBUFFERED": "1", "DJANGO_DEBUG": "false"})
     env.update(env_overrides)
     log = tmp / f"gunicorn-{port}.log"
     proc = subprocess.Popen(
