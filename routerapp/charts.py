@@ -93,6 +93,11 @@ def _log_axis(values: list[float], *, money: bool = False) -> dict[str, Any]:
     return {"type": "log", "dtick": 1, "tickformat": "$.1~g" if money else ",~g"}
 
 
+def _gap(hi: float | None, lo: float | None) -> float:
+    """hi - lo for an error bar; 0 when either end is unknown."""
+    return hi - lo if hi is not None and lo is not None else 0.0
+
+
 def _top(values: list[Any]) -> float:
     """The top of a value axis that starts at exactly 0 (no float dust like 6e-18)."""
     vs = [float(v) for v in values if v is not None]
@@ -182,14 +187,8 @@ def cost_of_pass_figure(data: dict[str, Any]) -> Figure:
     )
     y = [f"{r['configuration']} (n={r['graded']})" for r in rows]
     x = [_f(r["cost_of_pass"]) for r in rows]
-    plus = [
-        (_f(r["ci_high"]) - v) if r["ci_high"] is not None and v is not None else 0
-        for r, v in zip(rows, x, strict=True)
-    ]
-    minus = [
-        (v - _f(r["ci_low"])) if r["ci_low"] is not None and v is not None else 0
-        for r, v in zip(rows, x, strict=True)
-    ]
+    plus = [_gap(_f(r["ci_high"]), v) for r, v in zip(rows, x, strict=True)]
+    minus = [_gap(v, _f(r["ci_low"])) for r, v in zip(rows, x, strict=True)]
     text = [f"n={r['graded']}, {r['correct']} correct" for r in rows]
     trace = {
         "type": "bar",

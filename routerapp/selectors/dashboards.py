@@ -83,10 +83,10 @@ def _rows(
     Without a task or key filter (or `fine`) the coarse per-configuration rollup serves: about
     ten times fewer rows than the per-task-and-key one, with the same sums.
     """
-    model: type[RollupFigures] = QueryDailyConfigRollup
+    model: type[QueryDailyRollup] | type[QueryDailyConfigRollup] = QueryDailyConfigRollup
     if fine or (dims and (f.task or f.api_key is not None)):
         model = QueryDailyRollup
-    qs = model.objects.filter(team=team, day__gte=f.start, day__lte=f.end)
+    qs: QuerySet[Any] = model._default_manager.filter(team=team, day__gte=f.start, day__lte=f.end)
     if not dims:
         return qs
     if f.configuration:

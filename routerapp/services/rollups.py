@@ -220,7 +220,7 @@ def rollup_refresh_group(
     Return the row (None when deleted). The row lock serialises concurrent refreshes of one
     group, so the last one to commit has read every query committed before it.
     """
-    key = {
+    key: dict[str, Any] = {
         "day": day,
         "team_id": team_id,
         "configuration_id": configuration_id,
@@ -228,34 +228,28 @@ def rollup_refresh_group(
         "api_key_id": api_key_id,
         "kind": kind,
     }
-    row, _ = QueryDailyRollup.objects.get_or_create(**key)
-    row = QueryDailyRollup.objects.select_for_update().get(pk=row.pk)
+    created_row, _ = QueryDailyRollup.objects.get_or_create(**key)
+    row = QueryDailyRollup.objects.select_for_update().get(pk=created_row.pk)
     start, end = _day_bounds(day)
+    group: dict[str, Any] = {k: v for k, v in key.items() if k not in ("day", "kind")}
     rows = (
         _finished()
-        .filter(
-            _kind_filter(kind),
-            team_id=team_id,
-            configuration_id=configuration_id,
-            task=task,
-            api_key_id=api_key_id,
-            created_at__gte=start,
-            created_at__lt=end,
-        )
+        .filter(_kind_filter(kind), created_at__gte=start, created_at__lt=end, **group)
         .values_list(*_LOG_COLUMNS)
     )
     acc = _Acc()
     for r in rows.iterator(chunk_size=2000):
         acc.add(r)
+    result: QueryDailyRollup | None = row
     if acc.queries == 0:
         row.delete()
-        row = None
+        result = None
     else:
         for name, value in acc.values().items():
             setattr(row, name, value)
         row.save()
     _refresh_config_rollup(day=day, team_id=team_id, configuration_id=configuration_id, kind=kind)
-    return row
+    return result
 
 
 def _refresh_config_rollup(
@@ -266,7 +260,12 @@ def _refresh_config_rollup(
     Called inside the fine row's transaction, after it: whoever takes this lock last has
     read every fine row committed before it, so the sum is never stale.
     """
-    key = {"day": day, "team_id": team_id, "configuration_id": configuration_id, "kind": kind}
+    key: dict[str, Any] = {
+        "day": day,
+        "team_id": team_id,
+        "configuration_id": configuration_id,
+        "kind": kind,
+    }
     coarse, _ = QueryDailyConfigRollup.objects.get_or_create(**key)
     coarse = QueryDailyConfigRollup.objects.select_for_update().get(pk=coarse.pk)
     acc = _Acc()

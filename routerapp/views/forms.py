@@ -21,6 +21,12 @@ ANSWER_KINDS = [
 ]
 
 
+def _choices(form: forms.Form, name: str, choices: list[tuple[str, str]]) -> None:
+    field = form.fields[name]
+    assert isinstance(field, forms.ChoiceField)
+    field.choices = choices
+
+
 def _configuration_choices(blank: str) -> list[tuple[str, str]]:
     configs = Configuration.objects.filter(enabled=True, endpoint__enabled=True).order_by("slug")
     return [("", blank)] + [(c.slug, c.slug) for c in configs]
@@ -58,10 +64,16 @@ class PlaygroundForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["configuration"].choices = _configuration_choices("Auto: the router decides")
-        self.fields["model"].choices = [("", "Any model")] + [
-            (e.name, e.display_name or e.name) for e in ModelEndpoint.objects.filter(enabled=True)
-        ]
+        _choices(self, "configuration", _configuration_choices("Auto: the router decides"))
+        _choices(
+            self,
+            "model",
+            [("", "Any model")]
+            + [
+                (e.name, e.display_name or e.name)
+                for e in ModelEndpoint.objects.filter(enabled=True)
+            ],
+        )
 
 
 class FilterForm(forms.Form):
@@ -111,10 +123,10 @@ class FilterForm(forms.Form):
             "api_key": "All keys and the playground",
         }
         for name, label in blank.items():
-            self.fields[name].choices = [("", label)] + options.get(name, [])
+            _choices(self, name, [("", label)] + options.get(name, []))
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("period") == "custom":
             start, end = data.get("start"), data.get("end")
             if not start or not end:
@@ -128,7 +140,7 @@ class FilterForm(forms.Form):
     def filters(self, *, today: dt.date | None = None) -> DashboardFilters:
         """Return the filters to apply (defaults for anything invalid or missing)."""
         data = self.cleaned_data if self.is_valid() else {}
-        extra = {
+        extra: dict[str, Any] = {
             "model": data.get("model") or "",
             "strategy": data.get("strategy") or "",
             "configuration": data.get("configuration") or "",
@@ -165,10 +177,10 @@ class BenchmarkForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["configurations"].choices = _configuration_choices("")[1:]
+        _choices(self, "configurations", _configuration_choices("")[1:])
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if data.get("labelled_set") == "upload" and not data.get("file"):
             self.add_error("file", "Choose a CSV or JSONL file to upload.")
         if data.get("labelled_set") == "generated" and not data.get("n"):

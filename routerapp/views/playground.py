@@ -117,7 +117,7 @@ def _alternatives(query: Query) -> list[dict[str, Any]]:
         if v is None:
             v = a.get("worst_case_usd")
         try:
-            return (float(v), a.get("configuration", ""))
+            return (float(v if v is not None else "inf"), a.get("configuration", ""))
         except (TypeError, ValueError):
             return (float("inf"), a.get("configuration", ""))
 

@@ -41,9 +41,9 @@ def can_manage(request: HttpRequest) -> bool:
     if getattr(user, "is_staff", False):
         return True
     return TeamMembership.objects.filter(
-        user=user,
-        team=request.team,
-        role=TeamMembership.Role.ADMIN,  # type: ignore[attr-defined]
+        user_id=int(user.pk or 0),
+        team=getattr(request, "team", None),
+        role=TeamMembership.Role.ADMIN,
     ).exists()
 
 
