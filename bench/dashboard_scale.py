@@ -157,6 +157,8 @@ def _time_requests(teams: list, repeat: int) -> None:
         for period in ("30", "90"):
             cases.append((team, f"period={period}", "/dashboards/"))
             cases += [(team, f"period={period}", f"/dashboards/panel/{p}") for p in panels]
+    # The other pages that read the log, for the biggest team.
+    cases += [(big, "", "/"), (big, "", "/queries/"), (big, "", "/playground/")]
     filtered = f"period=90&model=llama-3.1-8b&task=gsm8k&api_key={key.pk if key else ''}"
     cases.append((big, filtered, "/dashboards/"))
     cases += [(big, filtered, f"/dashboards/panel/{p}") for p in panels]
