@@ -297,6 +297,7 @@ class QueryAdmin(admin.ModelAdmin):
 class AuditLogAdmin(admin.ModelAdmin):
     list_display = [
         "created_at",
+        "team",
         "actor",
         "actor_api_key",
         "action",
@@ -304,7 +305,8 @@ class AuditLogAdmin(admin.ModelAdmin):
         "object_repr",
         "changes",
     ]
-    list_filter = ["action", "object_type"]
+    # API-driven changes (keys, budgets) carry the acting key instead of a user.
+    list_filter = ["action", "object_type", "team", ("actor_api_key", admin.EmptyFieldListFilter)]
     search_fields = ["object_repr", "object_id", "actor__username"]
     date_hierarchy = "created_at"
 
