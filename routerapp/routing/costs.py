@@ -23,6 +23,7 @@ import numpy as np
 from routerapp.routing.data import TrainData
 from routerapp.routing.types import Candidate
 
+_FLOOR = 1e-9  # USD; cost floor for the log model
 _K0 = 5.0  # pseudo-observations pulling a thin cell toward its two-way (config x task) estimate
 
 
@@ -36,8 +37,9 @@ class CostModel:
         a_n, d_n = len(candidates), len(datasets)
         self.d_index = {d: i for i, d in enumerate(datasets)}
         chars = np.array([len(t) for t in data.texts], dtype=float)
-        ok = np.isfinite(data.cost) & (data.w > 0) & (np.nan_to_num(data.cost) > 0)
-        lc = np.where(ok, np.log(np.where(ok, data.cost, 1.0)), 0.0)
+        ok = np.isfinite(data.cost) & (data.w > 0)
+        # Free configurations (cost 0) are floored so log cost stays finite.
+        lc = np.where(ok, np.log(np.maximum(np.where(ok, data.cost, 1.0), _FLOOR)), 0.0)
         k = data.feats.shape[1]
         # Feature space: centred within task, scaled globally.
         self.center = np.zeros((d_n, k))

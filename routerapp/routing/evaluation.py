@@ -151,9 +151,8 @@ def _evaluate(
         n_distinct_choices=int(len(np.unique(choice))),
     )
     if online:
-        pols["router_online"] = _row(
-            *_online_replay(router, texts, tags, cost, corr, seed), best, oracle_cop
-        )
+        f_on, n_explored = _online_replay(router, texts, tags, cost, corr, seed, explore=True)
+        pols["router_online"] = _row(f_on, best, oracle_cop, n_explored=n_explored)
 
     # Baselines.
     pols["best_single_cop"] = _row(f_bs, best, oracle_cop, config_id=cids[bs_cop])
@@ -188,17 +187,28 @@ def _evaluate(
 
 
 def _online_replay(
-    router: Router, texts: list[str], tags: list[str], cost: np.ndarray, corr: np.ndarray, seed: int
-) -> tuple[M.PolicyFigures]:
+    router: Router,
+    texts: list[str],
+    tags: list[str],
+    cost: np.ndarray,
+    corr: np.ndarray,
+    seed: int,
+    *,
+    explore: bool = True,
+) -> tuple[M.PolicyFigures, int]:
+    """Replay prompts in a seeded order: decide, then observe the chosen outcome.
+
+    Return the figures of the online choices and how many decisions explored.
+    """
     r = Router.from_bytes(router.to_bytes())
     r.reset_online()
     order = np.random.default_rng(seed).permutation(len(texts))
     choice = np.zeros(len(texts), dtype=int)
     explored = 0
     for i in order:
-        d = r.decide(texts[i], tags[i], explore=True)
+        d = r.decide(texts[i], tags[i], explore=explore)
         j = r.index[d.config_id]
         choice[i] = j
         explored += d.explored
         r.observe(texts[i], tags[i], d.config_id, float(corr[i, j]), float(cost[i, j]))
-    return (M.policy_figures(cost, corr, choice),)
+    return M.policy_figures(cost, corr, choice), explored

@@ -20,10 +20,11 @@ candidate (the error feeds the lower-confidence-bound policy and online explorat
    skills read from the prompt, the first a difficulty shared by every configuration.
 
 Prompts whose tag was never seen are mixed over the known tags by a text classifier, weighted by
-how close the prompt is to the training prompts; what is left goes to a conservative prior per
-configuration: its mean logit over tasks minus ``kappa_unknown`` times their spread, so a
-configuration that is cheap and good on one task family but collapses on another is not trusted on
-a family it was not measured on. Probabilities are calibrated by Platt scaling fitted on
+how close the prompt is to the training prompts; what is left goes to a prior per configuration:
+its mean logit over tasks with a standard error equal to its config-specific spread across tasks,
+which the policy's lower confidence bound turns into caution, so a configuration that is cheap and
+good on one task family but collapses on another is not trusted on a family it was not measured
+on. The covariance of the logits across tasks also seeds the online posterior of a new tag. Probabilities are calibrated by Platt scaling fitted on
 cross-fitted predictions (the router does the cross-fitting).
 """
 
@@ -322,11 +323,10 @@ class MetaLogitParams(BaseModel):
     sig_eta_m: float = 1.0
     sig_eta_f: float = 0.7
     sig_eta: float = 0.5
-    tau_b: float = 1.0
+    tau_b: float = 10.0
     tau_s: float = 10.0
     rank: int = 4
     use_text: bool = True
-    unknown_spread_floor: float = 0.5
     ood_sample: int = 2000
 
 
@@ -352,13 +352,17 @@ class MetaLogitLearner(Learner):
         cell.fit(s, n, mi, fi, x)
         self.theta = cell.theta  # (A, D)
         self.var = cell.var
-        # Conservative prior for unknown tags: mean over tags (weighted by size) minus spread.
+        # Unknown tags: size-weighted mean over tags; the uncertainty that matters for choosing is
+        # the config-specific part of the spread (config x tag interaction), so a specialist that
+        # is great on one family and poor on another is trusted less on a new one.
         dw = n.sum(0) + 1e-9
         dw = dw / dw.sum()
         mean = self.theta @ dw
-        spread = np.sqrt(((self.theta - mean[:, None]) ** 2) @ dw + prm.unknown_spread_floor**2)
+        dev = self.theta - mean[:, None]
+        inter = dev - (dev.T @ np.full(a_n, 1.0 / a_n))[None, :]  # remove each tag's shared shift
         self.unk_mean = mean
-        self.unk_se = np.sqrt(spread**2 + self.var @ dw)
+        self.unk_se = np.sqrt((inter**2) @ dw + self.var @ dw)
+        self.tag_cov = (dev * dw[None, :]) @ dev.T  # (A, A) covariance across tags
         # Prompt level.
         k = data.feats.shape[1]
         self.center = np.zeros((d_n, k))
@@ -474,12 +478,9 @@ class MetaLogitLearner(Learner):
             lg -= lg.max(1, keepdims=True)
             pi = np.exp(lg)
             pi /= pi.sum(1, keepdims=True)
-            # Mixture over known tags (prob space), each with its own centring.
-            zt = (
-                self.theta.T[None, :, :]
-                + (t0[unk][:, None, :] - self.center_proj[None, :, :]) * q[:, None, None]
-            )
-            pk = np.einsum("nd,nda->na", pi, _sigmoid(slope * zt + icpt))
+            # Mixture over known tags (prob space). The within-tag text part is left out: it was
+            # learned inside other families and extrapolates poorly to a new one.
+            pk = pi @ _sigmoid(slope * self.theta.T + icpt)
             sek = np.sqrt(np.einsum("nd,da->na", pi, self.var.T))
             zu = self.unk_mean[None, :]
             pu = _sigmoid(slope * zu + icpt)
@@ -502,6 +503,7 @@ class MetaLogitLearner(Learner):
         "var",
         "unk_mean",
         "unk_se",
+        "tag_cov",
         "center",
         "scale",
         "weights",

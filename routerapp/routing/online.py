@@ -1,15 +1,23 @@
-"""Online adaptation: posterior logit offsets per task tag and configuration, cost factors, and
-bounded Thompson exploration.
+"""Online adaptation: a Gaussian posterior over each task tag's per-configuration logit offsets,
+cost factors, and bounded Thompson exploration.
 
-Each graded query updates, for its tag g and the configuration a that answered, two Gaussian
-offsets added to the static logit: a tag-wide one (every configuration is harder / easier here) and
-a (tag, config) one. The update is the Laplace / extended-Kalman step of a logistic observation,
-split between the two offsets in proportion to their variances, so a handful of outcomes on a task
-family the router never saw moves its decisions, while well-measured families barely move.
+For every tag the offsets added to the static logits are a vector ``delta ~ N(mu, P)`` over the
+configurations. The prior covariance is where meta-learning pays off online:
 
-Exploration (only when asked for, e.g. in ``serve-jsonl``): with probability
-``min(eps_max, eps0 / sqrt(1 + n_tag))`` the decision is taken on a Thompson sample of the offsets
-instead of their means; the cap bounds the share of queries that can be spent on exploring.
+- a tag seen in training starts from the posterior variance of its fitted logits (plus a small
+  shared ``sd_tag`` for drift): new outcomes are weighed against all the training data it had;
+- a tag never seen starts from how configurations co-vary *across the training tags* (the
+  covariance of the fitted (config x tag) logits) plus a small independent part. An outcome of one
+  configuration therefore moves the others that behaved like it on other tasks: two failures of a
+  cheap model on a new, harder family also lower the estimate of its siblings, while models that
+  were robust everywhere move less.
+
+Each graded outcome is absorbed with the Laplace (extended Kalman) step of a logistic observation:
+``P <- P - v P e e' P / (1 + v P_aa)``, ``mu <- mu + P_old e (y - p) / (1 + v P_aa)``.
+
+Exploration (only when asked for, e.g. ``serve-jsonl``): with probability
+``min(eps_max, eps0 / sqrt(1 + decisions on the tag))`` the decision uses a Thompson draw of the
+offsets; the cap bounds the share of queries spent exploring.
 """
 
 from __future__ import annotations
@@ -25,10 +33,8 @@ import numpy as np
 class TagState:
     """Posterior and cost ledger of one task tag."""
 
-    m_g: float
-    v_g: float
-    m: np.ndarray
-    v: np.ndarray
+    mu: np.ndarray
+    cov: np.ndarray
     real: np.ndarray
     pred: np.ndarray
     n_obs: np.ndarray
@@ -37,10 +43,8 @@ class TagState:
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-friendly dict."""
         return {
-            "m_g": self.m_g,
-            "v_g": self.v_g,
-            "m": self.m.tolist(),
-            "v": self.v.tolist(),
+            "mu": self.mu.tolist(),
+            "cov": self.cov.tolist(),
             "real": self.real.tolist(),
             "pred": self.pred.tolist(),
             "n_obs": self.n_obs.tolist(),
@@ -51,10 +55,8 @@ class TagState:
     def from_json(cls, d: dict[str, Any]) -> TagState:
         """Inverse of ``to_json``."""
         return cls(
-            float(d["m_g"]),
-            float(d["v_g"]),
-            np.array(d["m"], dtype=float),
-            np.array(d["v"], dtype=float),
+            np.array(d["mu"], dtype=float),
+            np.array(d["cov"], dtype=float),
             np.array(d["real"], dtype=float),
             np.array(d["pred"], dtype=float),
             np.array(d["n_obs"], dtype=float),
@@ -67,40 +69,65 @@ class OnlineState:
     """All tags' online state plus the exploration random generator."""
 
     n_configs: int
-    sd_known: float = 0.2
-    sd_unknown: float = 1.0
-    sd_tag: float = 0.3
-    sd_tag_unknown: float = 0.7
+    sd_known: float = 0.0
+    sd_tag: float = 0.1
+    sd_unknown: float = 0.6
+    sd_tag_unknown: float = 0.5
     eps_max: float = 0.1
     eps0: float = 0.5
+    eps_max_unknown: float = 1.0
+    eps0_unknown: float = 3.0
     cost_k0: float = 5.0
     seed: int = 0
+    tag_cov: np.ndarray | None = None  # (A, A) covariance of config logits across training tags
+    tag_var: dict[str, np.ndarray] = field(default_factory=dict)  # posterior var of each known tag
     tags: dict[str, TagState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
+    def prior_cov(self, tag: str, known: bool) -> np.ndarray:
+        """Return the prior covariance of a tag's offsets (see module docstring)."""
+        a = self.n_configs
+        ones = np.ones((a, a))
+        if known:
+            # The static logits' own posterior variance: further outcomes of a tag seen in
+            # training are simply more data, weighed against how much training already had.
+            var = self.tag_var.get(tag)
+            diag = np.zeros(a) if var is None or len(var) != a else np.asarray(var, dtype=float)
+            return np.diag(diag + self.sd_known**2) + self.sd_tag**2 * ones
+        base = self.sd_unknown**2 * np.eye(a) + self.sd_tag_unknown**2 * ones
+        if self.tag_cov is not None and self.tag_cov.shape == (a, a):
+            base = base + self.tag_cov
+        return base
+
     def _get(self, tag: str, known: bool) -> TagState:
         st = self.tags.get(tag)
         if st is None:
             a = self.n_configs
-            sd = self.sd_known if known else self.sd_unknown
-            sdg = self.sd_tag if known else self.sd_tag_unknown
             st = TagState(
-                0.0, sdg**2, np.zeros(a), np.full(a, sd**2), np.zeros(a), np.zeros(a), np.zeros(a)
+                np.zeros(a), self.prior_cov(tag, known), np.zeros(a), np.zeros(a), np.zeros(a)
             )
             self.tags[tag] = st
         return st
 
-    def offsets(self, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """Return (mean, variance) of the logit offsets per config for ``tag`` (None if untouched)."""
+    def offsets(self, tag: str) -> np.ndarray | None:
+        """Return the posterior mean offsets per config for ``tag`` (None if untouched)."""
         st = self.tags.get(tag)
-        if st is None:
-            return None
-        return st.m_g + st.m, st.v_g + st.v
+        return None if st is None else st.mu
 
-    def cost_factor(self, tag: str) -> np.ndarray | None:
-        """Return the multiplicative correction of predicted cost per config (None if untouched)."""
+    def n_observed(self, tag: str) -> int:
+        """Return how many outcomes were observed for ``tag``."""
+        st = self.tags.get(tag)
+        return 0 if st is None else int(st.n_obs.sum())
+
+    def cost_factor(self, tag: str, known: bool) -> np.ndarray | None:
+        """Return the multiplicative correction of predicted cost per config (None if untouched).
+
+        On a known tag only one factor shared by all configurations is learned: a per-config
+        factor there is mostly winner's curse (a configuration is chosen where its cost was
+        underestimated, so it looks dearer afterwards) and made routerdc flip-flop.
+        """
         st = self.tags.get(tag)
         if st is None or st.n_obs.sum() == 0:
             return None
@@ -108,22 +135,30 @@ class OnlineState:
         tot_n = st.n_obs.sum()
         mean_pred = st.pred.sum() / tot_n
         f_g = (st.real.sum() + k0 * mean_pred) / (st.pred.sum() + k0 * mean_pred)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mp = np.where(st.n_obs > 0, st.pred / np.maximum(st.n_obs, 1), mean_pred)
+        if known:
+            return np.full(self.n_configs, f_g)
+        mp = np.where(st.n_obs > 0, st.pred / np.maximum(st.n_obs, 1), mean_pred)
         return (st.real + k0 * f_g * mp) / (st.pred + k0 * mp)
 
     def exploring(self, tag: str, known: bool) -> bool:
         """Decide (randomly, bounded) whether this decision may explore; counts the decision."""
         st = self._get(tag, known)
         st.n_dec += 1
-        eps = min(self.eps_max, self.eps0 / math.sqrt(1.0 + st.n_dec))
+        cap, eps0 = (
+            (self.eps_max, self.eps0) if known else (self.eps_max_unknown, self.eps0_unknown)
+        )
+        eps = min(cap, eps0 / math.sqrt(1.0 + st.n_dec))
         return bool(self.rng.random() < eps)
 
     def sample_offsets(self, tag: str, known: bool) -> np.ndarray:
         """Return one Thompson draw of the per-config logit offsets for ``tag``."""
         st = self._get(tag, known)
-        g = st.m_g + math.sqrt(st.v_g) * self.rng.standard_normal()
-        return g + st.m + np.sqrt(st.v) * self.rng.standard_normal(self.n_configs)
+        a = self.n_configs
+        try:
+            chol = np.linalg.cholesky(st.cov + 1e-9 * np.eye(a))
+        except np.linalg.LinAlgError:
+            chol = np.diag(np.sqrt(np.clip(np.diag(st.cov), 0.0, None)))
+        return st.mu + chol @ self.rng.standard_normal(a)
 
     def update(
         self,
@@ -137,16 +172,13 @@ class OnlineState:
     ) -> None:
         """Absorb one graded outcome ``y`` of config ``a`` whose static logit was ``z_static``."""
         st = self._get(tag, known)
-        z = z_static + st.m_g + st.m[a]
+        z = z_static + st.mu[a]
         p = 0.5 * (1.0 + math.tanh(0.5 * z))
-        curv = max(p * (1 - p), 1e-4)
-        grad = y - p
-        tot = st.v_g + st.v[a]
-        denom = 1.0 + curv * tot
-        st.m_g += st.v_g * grad / denom
-        st.m[a] += st.v[a] * grad / denom
-        st.v_g = max(st.v_g - st.v_g**2 * curv / denom, 1e-4)
-        st.v[a] = max(st.v[a] - st.v[a] ** 2 * curv / denom, 1e-4)
+        v = max(p * (1 - p), 1e-4)
+        col = st.cov[:, a].copy()
+        denom = 1.0 + v * col[a]
+        st.mu = st.mu + col * ((y - p) / denom)
+        st.cov = st.cov - np.outer(col, col) * (v / denom)
         if cost is not None and math.isfinite(cost) and cost >= 0 and cost_pred > 0:
             st.real[a] += cost
             st.pred[a] += cost_pred
@@ -157,13 +189,17 @@ class OnlineState:
         return {
             "n_configs": self.n_configs,
             "sd_known": self.sd_known,
-            "sd_unknown": self.sd_unknown,
             "sd_tag": self.sd_tag,
+            "sd_unknown": self.sd_unknown,
             "sd_tag_unknown": self.sd_tag_unknown,
             "eps_max": self.eps_max,
             "eps0": self.eps0,
+            "eps_max_unknown": self.eps_max_unknown,
+            "eps0_unknown": self.eps0_unknown,
             "cost_k0": self.cost_k0,
             "seed": self.seed,
+            "tag_cov": None if self.tag_cov is None else self.tag_cov.tolist(),
+            "tag_var": {k: np.asarray(v).tolist() for k, v in self.tag_var.items()},
             "tags": {k: v.to_json() for k, v in self.tags.items()},
         }
 
@@ -171,18 +207,20 @@ class OnlineState:
     def from_json(cls, d: dict[str, Any]) -> OnlineState:
         """Inverse of ``to_json``."""
         tags = {k: TagState.from_json(v) for k, v in d.get("tags", {}).items()}
-        kw = {
-            k: d[k]
-            for k in (
-                "n_configs",
-                "sd_known",
-                "sd_unknown",
-                "sd_tag",
-                "sd_tag_unknown",
-                "eps_max",
-                "eps0",
-                "cost_k0",
-                "seed",
-            )
-        }
-        return cls(**kw, tags=tags)
+        keys = (
+            "n_configs",
+            "sd_known",
+            "sd_tag",
+            "sd_unknown",
+            "sd_tag_unknown",
+            "eps_max",
+            "eps0",
+            "cost_k0",
+            "seed",
+        )
+        cov = d.get("tag_cov")
+        return cls(
+            **{k: d[k] for k in keys},
+            tag_cov=None if cov is None else np.array(cov, dtype=float),
+            tags=tags,
+        )

@@ -51,12 +51,14 @@ class OnlineParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sd_known: float = 0.2
-    sd_unknown: float = 1.0
-    sd_tag: float = 0.3
-    sd_tag_unknown: float = 0.7
+    sd_known: float = 0.0
+    sd_tag: float = 0.1
+    sd_unknown: float = 0.6
+    sd_tag_unknown: float = 0.5
     eps_max: float = 0.1
     eps0: float = 0.5
+    eps_max_unknown: float = 1.0
+    eps0_unknown: float = 3.0
     cost_k0: float = 5.0
 
 
@@ -125,6 +127,15 @@ class Router:
         """Return the lambda used when a request gives none (None means the cost / p rule)."""
         return self.lam_star if self.policy_mode == "lambda" else None
 
+    def lambda_for(self, tag: str) -> float | None:
+        """Return the default lambda for a prompt with task ``tag``.
+
+        The fitted lambda is the cost-of-pass reachable on the training tags; on a tag never seen
+        its scale is unknown (a harder family has a higher one), so such prompts use the
+        scale-free cost / p rule.
+        """
+        return self.default_lambda if tag in self.known else None
+
     def _static(
         self, feats: np.ndarray, tags: list[str]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,9 +155,8 @@ class Router:
             off = self.online.offsets(t)
             if off is None:
                 continue
-            m, _ = off
-            p[i] = _sigmoid(_logit(p[i]) + m)
-            f = self.online.cost_factor(t)
+            p[i] = _sigmoid(_logit(p[i]) + off)
+            f = self.online.cost_factor(t, t in self.known)
             if f is not None:
                 cost[i] = cost[i] * f
         return p, se, cost
@@ -183,7 +193,7 @@ class Router:
         p, se, cost = self._with_online(p, se, cost, [tag])
         p, se, cost = p[0], se[0], cost[0]
         mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
-        use_lam = self.default_lambda if lam is None else lam
+        use_lam = self.lambda_for(tag) if lam is None else lam
         p_dec = pol.lcb(p, se, self.params.kappa)
         best = int(pol.choose(p_dec, cost, mask, use_lam))
         explored = False
@@ -219,8 +229,16 @@ class Router:
         """Return (choice index (n,), p (n, A), cost (n, A)) for a batch, no exploration."""
         p, se, cost = self.score(prompts, tags)
         mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
-        use_lam = self.default_lambda if lam is None else lam
-        return pol.choose(pol.lcb(p, se, self.params.kappa), cost, mask, use_lam), p, cost
+        pl = pol.lcb(p, se, self.params.kappa)
+        if lam is not None:
+            return pol.choose(pl, cost, mask, lam), p, cost
+        known = np.array([(t or "") in self.known for t in tags], dtype=bool)
+        choice = np.zeros(len(tags), dtype=int)
+        if known.any():
+            choice[known] = pol.choose(pl[known], cost[known], mask[known], self.default_lambda)
+        if (~known).any():
+            choice[~known] = pol.choose(pl[~known], cost[~known], mask[~known], None)
+        return choice, p, cost
 
     def sweep_lambdas(self, n_points: int, cost: np.ndarray | None = None) -> list[float]:
         """Return ``n_points`` lambdas from 'cheapest' to 'most accurate' (geometric spacing)."""
@@ -555,7 +573,9 @@ def _choose_policy(
         cost_of_pass(float(c_r[:, j].sum()), float(y_r[:, j].sum())) for j in range(y_r.shape[1])
     ]
     finite = [c for c in col if math.isfinite(c)]
-    ref = min(finite) if finite else float(np.median(c_oof)) * 2
+    ref = min(finite) if finite else 0.0
+    if not ref > 0:  # a free configuration: scale lambda by the typical predicted cost instead
+        ref = max(float(np.median(c_oof)) * 2, 1e-9)
     grid = np.geomspace(ref / 8, ref * 8, prm.lambda_grid)
     cops = np.array([realised(pol.choose(pl, c_oof, mask, float(lam))) for lam in grid])
     # Smooth over neighbouring lambdas so a lucky spike on the training folds is not chosen.
