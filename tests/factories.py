@@ -22,9 +22,15 @@ class UserFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = get_user_model()
         django_get_or_create = ("username",)
+        skip_postgeneration_save = True
 
     username = factory.Sequence(lambda n: f"user{n}")
     password = factory.PostGenerationMethodCall("set_password", "correct-horse-battery")
+
+    @factory.post_generation
+    def _save_password(obj, create: bool, extracted: object, **kwargs: object) -> None:  # type: ignore[no-untyped-def]  # noqa: N805
+        if create:
+            obj.save(update_fields=["password"])
 
 
 class MembershipFactory(factory.django.DjangoModelFactory):
