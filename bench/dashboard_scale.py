@@ -92,6 +92,7 @@ def main() -> None:
     _report_sizes(teams)
     _time_requests(teams, args.repeat)
     _raw_scan_baseline(teams[0])
+    _refresh_cost()
 
 
 def _rebuild() -> None:
@@ -189,6 +190,33 @@ def _time_requests(teams: list, repeat: int) -> None:
         all_p95.append(p95)
         print(f"{team.name:9s} {qs:55s} {path:30s} {p50:7.1f} {p95:7.1f} {times[-1]:7.1f}")
     print(f"\nworst p95 over {len(cases)} requests: {max(all_p95):.1f} ms (target <= 300 ms)")
+
+
+def _refresh_cost() -> None:
+    """What the worker pays per finished query: recomputing that query's rollup group (and its
+    per-configuration sum) from the log, timed on the groups with the most queries."""
+    from routerapp.models import QueryDailyRollup
+    from routerapp.services.rollups import rollup_refresh_group
+
+    print("\nrollup refresh per finished query (recompute of its group from the log):")
+    for row in QueryDailyRollup.objects.order_by("-queries")[:3]:
+        key = {
+            "day": row.day,
+            "team_id": row.team_id,
+            "configuration_id": row.configuration_id,
+            "task": row.task,
+            "api_key_id": row.api_key_id,
+            "kind": row.kind,
+        }
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            rollup_refresh_group(**key)
+            times.append((time.perf_counter() - t0) * 1000)
+        print(
+            f"  group of {row.queries:,} queries: median {statistics.median(times):.1f} ms, "
+            f"max {max(times):.1f} ms"
+        )
 
 
 def _raw_scan_baseline(team) -> None:  # type: ignore[no-untyped-def]
