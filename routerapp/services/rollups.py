@@ -252,7 +252,7 @@ def _aggregate(rows: QuerySet[Query]) -> _Acc:
             acc.latency_hist[str(int(b) - 1)] = int(n)
     else:
         for (ms,) in timed.values_list("latency_ms").iterator(chunk_size=5000):
-            key = str(latency_bucket(ms))
+            key = str(latency_bucket(ms or 0))
             acc.latency_hist[key] = acc.latency_hist.get(key, 0) + 1
     return acc
 
