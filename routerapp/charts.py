@@ -230,7 +230,7 @@ def cost_of_pass_heatmap(data: dict[str, Any]) -> Figure | None:
     cells = data["cells"]
     tasks = sorted({c["task"] for c in cells})
     configs = sorted({c["configuration"] for c in cells})
-    if len(tasks) < 2:
+    if len(tasks) < 2 or all(c["cost_of_pass"] is None for c in cells):
         return None
     lookup = {(c["configuration"], c["task"]): c for c in cells}
     z, text = [], []
@@ -442,6 +442,7 @@ def decision_mix_figure(data: dict[str, Any]) -> Figure:
     if rest:
         other = [sum(v[i] for _, v in rest) for i in range(len(x))]
         shown.append((f"other configurations ({len(rest)})", other))
+    peak = max((sum(day) for day in zip(*(c for _, c in shown), strict=True)), default=0)
     traces = [
         {
             "type": "bar",
@@ -459,6 +460,7 @@ def decision_mix_figure(data: dict[str, Any]) -> Figure:
             x_title="",
             y_title="live queries per day",
             barmode="stack",
+            yaxis={"tickformat": ",d", "rangemode": "tozero", **({"dtick": 1} if peak < 8 else {})},
             # Legend top to bottom in the order of the stack, beside the plot.
             legend={
                 "orientation": "v",

@@ -115,6 +115,14 @@ def _cop(team: Team, f: D.DashboardFilters) -> Panel:
                 _ci(r),
             ]
         )
+    if not any(r["cost_of_pass"] is not None for r in data["configurations"]):
+        return Panel(
+            columns=columns,
+            rows=rows,
+            note="None of these graded queries was correct, so cost-of-pass is infinite for "
+            "every configuration shown (the table has the counts). Widen the filters, or grade "
+            "more queries.",
+        )
     figures = [charts.cost_of_pass_figure(data)]
     heat = charts.cost_of_pass_heatmap(data)
     if heat:

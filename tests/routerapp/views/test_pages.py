@@ -323,3 +323,18 @@ def test_training_from_a_thin_log_fails_visibly(
     router_version_fit(version_id=version.pk)
     html = client.get(f"/routers/{version.pk}/").content.decode()
     assert "Training failed" in html and "graded prompts" in html
+
+
+def test_cost_of_pass_with_nothing_correct_says_so(member, configs) -> None:  # type: ignore[no-untyped-def]
+    m, client = member
+    for i in range(3):
+        Query.objects.create(
+            team=m.team, prompt=f"q{i}", configuration=configs[0], status="done",
+            graded_correct=False, cost_usd="0.000001", latency_ms=900,
+        )  # fmt: skip
+    rollup_rebuild()
+    html = client.get("/dashboards/panel/cost-of-pass").content.decode()
+    assert 'data-nochart="cost-of-pass"' in html and "infinite for every configuration" in html
+    assert "<table" in html and "fig-cost-of-pass" not in html
+    mix = client.get("/dashboards/panel/decisions").content.decode()
+    assert '"dtick": 1' in mix  # a handful of queries a day: whole-number ticks
