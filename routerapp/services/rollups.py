@@ -207,16 +207,26 @@ def _finished() -> QuerySet[Query]:
 
 
 def _aggregate(rows: QuerySet[Query]) -> _Acc:
-    """Return the sums of a group of finished queries, computed by the database.
+    """Return the sums of a group of finished queries, computed by the database in one scan.
 
-    One aggregate and, on Postgres, one GROUP BY width_bucket() for the latency histogram (the
-    same integer BOUNDS as latency_bucket), so a refresh costs two index scans however many
-    queries the group holds. Elsewhere the latencies are bucketed in Python.
+    The sums are grouped by latency bucket (on Postgres width_bucket() over the same integer
+    BOUNDS as latency_bucket; elsewhere by latency value, bucketed here), which gives the
+    histogram and partial sums that add up exactly (Decimal money, integer counts).
     """
     graded = Q(graded_correct__isnull=False)
     correct = Q(graded_correct=True)
+    if connection.vendor == "postgresql":
+        key = Func(
+            F("latency_ms"),
+            Value(BOUNDS, output_field=ArrayField(IntegerField())),
+            function="width_bucket",
+            output_field=IntegerField(),
+        )
+        grouped = rows.annotate(a_key=key).values("a_key")
+    else:
+        grouped = rows.annotate(a_key=F("latency_ms")).values("a_key")
     # Aliases are prefixed: an alias equal to a column name would shadow it for the others.
-    sums = rows.aggregate(
+    parts = grouped.annotate(
         a_queries=Count("pk"),
         a_done=Count("pk", filter=Q(status=Query.Status.DONE)),
         a_failed=Count("pk", filter=Q(status=Query.Status.FAILED)),
@@ -232,28 +242,25 @@ def _aggregate(rows: QuerySet[Query]) -> _Acc:
         a_graded_cost_sq=Sum(F("cost_usd") * F("cost_usd"), filter=graded),
         a_latency_n=Count("latency_ms"),
         a_latency_sum_ms=Sum("latency_ms"),
-    )
+    ).order_by()
     acc = _Acc()
-    for name in ROLLUP_FIELDS:
-        if name == "latency_hist":
-            continue
-        default = getattr(acc, name)
-        value = sums.get(f"a_{name}")
-        setattr(acc, name, default if value is None else type(default)(value))
-    timed = rows.filter(latency_ms__isnull=False)
-    if connection.vendor == "postgresql":
-        bucket = Func(
-            F("latency_ms"),
-            Value(BOUNDS, output_field=ArrayField(IntegerField())),
-            function="width_bucket",
-            output_field=IntegerField(),
-        )
-        for b, n in timed.annotate(b=bucket).values_list("b").annotate(n=Count("pk")):
-            acc.latency_hist[str(int(b) - 1)] = int(n)
-    else:
-        for (ms,) in timed.values_list("latency_ms").iterator(chunk_size=5000):
-            key = str(latency_bucket(ms or 0))
-            acc.latency_hist[key] = acc.latency_hist.get(key, 0) + 1
+    for row in parts:
+        part: dict[str, Any] = dict(row)
+        for name in ROLLUP_FIELDS:
+            if name == "latency_hist":
+                continue
+            value = part[f"a_{name}"]
+            if value is not None:
+                current = getattr(acc, name)
+                setattr(acc, name, current + type(current)(value))
+        if part["a_key"] is not None and part["a_latency_n"]:
+            bucket = (
+                int(part["a_key"]) - 1
+                if connection.vendor == "postgresql"
+                else latency_bucket(part["a_key"])
+            )
+            k = str(bucket)
+            acc.latency_hist[k] = acc.latency_hist.get(k, 0) + int(part["a_latency_n"])
     return acc
 
 
