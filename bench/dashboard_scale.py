@@ -123,7 +123,7 @@ def _report_sizes(teams: list) -> None:
 
     per_team, fine, coarse = count(Query), count(QueryDailyRollup), count(QueryDailyConfigRollup)
     print("\nteam         queries  rollup rows: per task+key, per configuration")
-    for t in [*teams[:4], teams[-1]]:
+    for t in [*teams[:5], teams[-1]]:
         print(
             f"{t.name:10s} {per_team.get(t.pk, 0):>9,} {fine.get(t.pk, 0):>12,} "
             f"{coarse.get(t.pk, 0):>8,}"
