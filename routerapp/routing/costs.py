@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from routerapp.routing.data import TrainData
+from routerapp.routing.learners import PHI_CLIP
 from routerapp.routing.types import Candidate
 
 _FLOOR = 1e-9  # USD; cost floor for the log model
@@ -50,7 +51,7 @@ class CostModel:
         self.glob_center = data.feats.mean(0) if len(data.feats) else np.zeros(k)
         cen = data.feats - self.center[data.d_idx]
         self.scale = np.maximum(cen.std(0), 1e-6) if len(cen) else np.ones(k)
-        phi = cen / self.scale
+        phi = np.clip(cen / self.scale, -PHI_CLIP, PHI_CLIP)
         # Cell means of log cost, two-way fill (log cost = a[config] + t[task]) for empty cells.
         s = np.zeros((a_n, d_n))
         n = np.zeros((a_n, d_n))
@@ -146,7 +147,7 @@ class CostModel:
         didx = np.array([self.d_index.get(t, -1) for t in tags])
         known = didx >= 0
         cen = np.where(known[:, None], self.center[np.maximum(didx, 0)], self.glob_center[None, :])
-        phi = (feats - cen) / self.scale
+        phi = np.clip((feats - cen) / self.scale, -PHI_CLIP, PHI_CLIP)
         base = np.where(
             known[:, None], self.alpha[:, np.maximum(didx, 0)].T, self.unk_alpha[None, :]
         )

@@ -24,8 +24,10 @@ how close the prompt is to the training prompts; what is left goes to a prior pe
 its mean logit over tasks with a standard error equal to its config-specific spread across tasks,
 which the policy's lower confidence bound turns into caution, so a configuration that is cheap and
 good on one task family but collapses on another is not trusted on a family it was not measured
-on. The covariance of the logits across tasks also seeds the online posterior of a new tag. Probabilities are calibrated by Platt scaling fitted on
-cross-fitted predictions (the router does the cross-fitting).
+on. The covariance of the logits across tasks also seeds the online posterior of a new tag.
+
+Calibration: the prompt-level part is rescaled and a global intercept added, both fitted on
+cross-fitted predictions (the router does the cross-fitting; see ``fit_calibration``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def get_learner(slug: str) -> type[Learner]:
         ) from None
 
 
+PHI_CLIP = 4.0  # standardised prompt features are clipped to +-4 (no wild extrapolation)
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
@@ -90,7 +95,7 @@ class Learner(ABC):
         self.datasets = datasets
         self.d_index = {d: i for i, d in enumerate(datasets)}
         self.params = params if params is not None else self.Params()
-        self.calib = (1.0, 0.0)  # Platt slope, intercept on the logit
+        self.calib = (1.0, 0.0)  # (text scale, intercept) fitted on cross-fitted predictions
 
     @abstractmethod
     def fit(self, data: TrainData) -> None:
@@ -100,11 +105,15 @@ class Learner(ABC):
     def predict(self, feats: np.ndarray, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return (p, se): calibrated p(correct) and logit standard error, both (n, A)."""
 
-    def predict_logit_raw(self, feats: np.ndarray, tags: list[str]) -> np.ndarray:
-        """Return uncalibrated logits (n, A) for fitting the calibration (default: from predict)."""
-        a, b = self.calib
+    def calibration_parts(
+        self, feats: np.ndarray, tags: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (base logit, prompt-level part), both (n, A), before calibration.
+
+        The calibrated logit is ``base + scale * part + intercept`` (``self.calib``).
+        """
         p, _ = self.predict(feats, tags)
-        return (_logit(p) - b) / a
+        return _logit(p), np.zeros_like(p)
 
     @abstractmethod
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -283,24 +292,31 @@ def fit_prompt_model(
     return sm @ b
 
 
-def fit_platt(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """Return (slope, intercept) minimising weighted log loss of sigmoid(slope * z + intercept)."""
+def fit_calibration(
+    base: np.ndarray, part: np.ndarray, y: np.ndarray, w: np.ndarray
+) -> tuple[float, float]:
+    """Return (scale, intercept) minimising the log loss of ``sigmoid(base + scale*part + intercept)``.
+
+    Fitted on cross-fitted predictions: the cell-level logits are well calibrated by construction
+    (they are posterior means from counts), so only the prompt-level part is rescaled (to ~0 when
+    it is noise) and a global intercept absorbs any shift. A weak pull toward (1, 0) keeps tiny
+    tables sane.
+    """
     ok = w > 0
-    z, y, w = z[ok], y[ok], w[ok]
+    z, t, y, w = base[ok], part[ok], y[ok], w[ok]
     if len(z) < 20:
         return 1.0, 0.0
 
     def fun(v: np.ndarray) -> tuple[float, np.ndarray]:
-        lg = v[0] * z + v[1]
+        lg = z + v[0] * t + v[1]
         r = w * (_sigmoid(lg) - y)
-        # A weak pull toward identity keeps tiny suites from degenerate slopes.
         f = float(np.sum(w * np.logaddexp(0.0, lg) - w * y * lg)) + 0.5 * (
             (v[0] - 1) ** 2 + v[1] ** 2
         )
-        return f, np.array([r @ z + (v[0] - 1), r.sum() + v[1]])
+        return f, np.array([r @ t + (v[0] - 1), r.sum() + v[1]])
 
     res = minimize(
-        fun, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(0.05, 5.0), (-5, 5)]
+        fun, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(0.0, 3.0), (-2.0, 2.0)]
     )
     return float(res.x[0]), float(res.x[1])
 
@@ -374,12 +390,11 @@ class MetaLogitLearner(Learner):
         self.scale = np.maximum(cen.std(0), 1e-6) if len(cen) else np.ones(k)
         self.weights = np.zeros((a_n, k))
         if prm.use_text and len(cen) > 10:
-            phi = cen / self.scale
+            phi = np.clip(cen / self.scale, -PHI_CLIP, PHI_CLIP)
             off = self.theta[:, data.d_idx].T
             self.weights = fit_prompt_model(
                 phi, off, data.y, data.w, prm.tau_b, prm.tau_s, prm.rank
             )
-        self.center_proj = (self.center / self.scale) @ self.weights.T  # (D, A)
         # Unknown-tag machinery: tag classifier and closeness to the training prompts.
         self.emb_dim = _emb_dim(data)
         self._fit_tag_classifier(data)
@@ -449,26 +464,32 @@ class MetaLogitLearner(Learner):
 
     def _components(
         self, feats: np.ndarray, tags: list[str], calibrated: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (p, se, base logit, prompt-level part); p calibrated when asked."""
         n, a_n = len(feats), len(self.candidates)
-        slope, icpt = self.calib if calibrated else (1.0, 0.0)
-        t0 = (feats / self.scale) @ self.weights.T  # (n, A), before per-tag centring
+        scale, icpt = self.calib if calibrated else (1.0, 0.0)
         has_text = (
             feats[:, self.emb_dim] > 0 if feats.shape[1] > self.emb_dim else np.zeros(n, bool)
         )
         didx = np.array([self.d_index.get(t, -1) for t in tags])
         known = didx >= 0
-        need_close = has_text
         r = np.ones(n)
-        if need_close.any() and len(self.ood_bank):
-            r[need_close] = self.closeness(feats[need_close])
+        if has_text.any() and len(self.ood_bank):
+            r[has_text] = self.closeness(feats[has_text])
         p = np.zeros((n, a_n))
         se = np.zeros((n, a_n))
+        base = np.zeros((n, a_n))
+        part = np.zeros((n, a_n))
         if known.any():
             d = didx[known]
             rt = np.where(has_text[known], r[known], 1.0)[:, None]
-            z = self.theta[:, d].T + rt * (t0[known] - self.center_proj[d])
-            p[known] = _sigmoid(slope * z + icpt)
+            # Task-centred features, clipped so a prompt unlike the training ones (a 10-character
+            # question in a task of 2,000-character prompts) cannot extrapolate the linear part;
+            # the part also fades as the prompt gets far from every training prompt (rt).
+            phi = np.clip((feats[known] - self.center[d]) / self.scale, -PHI_CLIP, PHI_CLIP)
+            base[known] = self.theta[:, d].T
+            part[known] = rt * (phi @ self.weights.T)
+            p[known] = _sigmoid(base[known] + scale * part[known] + icpt)
             se[known] = np.sqrt(self.var[:, d].T)
         unk = ~known
         if unk.any():
@@ -480,23 +501,26 @@ class MetaLogitLearner(Learner):
             pi /= pi.sum(1, keepdims=True)
             # Mixture over known tags (prob space). The within-tag text part is left out: it was
             # learned inside other families and extrapolates poorly to a new one.
-            pk = pi @ _sigmoid(slope * self.theta.T + icpt)
+            pk = pi @ _sigmoid(self.theta.T + icpt)
             sek = np.sqrt(np.einsum("nd,da->na", pi, self.var.T))
-            zu = self.unk_mean[None, :]
-            pu = _sigmoid(slope * zu + icpt)
+            pu = _sigmoid(self.unk_mean[None, :] + icpt)
             qc = q[:, None]
             p[unk] = qc * pk + (1 - qc) * pu
             se[unk] = qc * sek + (1 - qc) * self.unk_se[None, :]
-        return p, se
+            base[unk] = _logit(p[unk]) - icpt
+        return p, se, base, part
 
     def predict(self, feats: np.ndarray, tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return calibrated p (n, A) and logit standard errors (n, A)."""
-        return self._components(feats, tags, calibrated=True)
+        p, se, _, _ = self._components(feats, tags, calibrated=True)
+        return p, se
 
-    def predict_logit_raw(self, feats: np.ndarray, tags: list[str]) -> np.ndarray:
-        """Return uncalibrated logits (n, A)."""
-        p, _ = self._components(feats, tags, calibrated=False)
-        return _logit(p)
+    def calibration_parts(
+        self, feats: np.ndarray, tags: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (base logit, prompt-level part) before calibration."""
+        _, _, base, part = self._components(feats, tags, calibrated=False)
+        return base, part
 
     _ARRAYS = (
         "theta",
@@ -507,7 +531,6 @@ class MetaLogitLearner(Learner):
         "center",
         "scale",
         "weights",
-        "center_proj",
         "glob_mean",
         "glob_scale",
         "clf_coef",

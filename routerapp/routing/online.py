@@ -215,12 +215,16 @@ class OnlineState:
             "sd_tag_unknown",
             "eps_max",
             "eps0",
+            "eps_max_unknown",
+            "eps0_unknown",
             "cost_k0",
             "seed",
         )
         cov = d.get("tag_cov")
+        tag_var = {k: np.array(v, dtype=float) for k, v in d.get("tag_var", {}).items()}
         return cls(
-            **{k: d[k] for k in keys},
+            **{k: d[k] for k in keys if k in d},
             tag_cov=None if cov is None else np.array(cov, dtype=float),
+            tag_var=tag_var,
             tags=tags,
         )

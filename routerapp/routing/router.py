@@ -22,7 +22,7 @@ from routerapp.routing import policy as pol
 from routerapp.routing.costs import CostModel
 from routerapp.routing.data import TrainData, build_matrices
 from routerapp.routing.features import PromptFeaturizer
-from routerapp.routing.learners import Learner, fit_platt, get_learner
+from routerapp.routing.learners import Learner, fit_calibration, get_learner
 from routerapp.routing.metrics import cost_of_pass, ece
 from routerapp.routing.online import OnlineState
 from routerapp.routing.tables import (
@@ -514,19 +514,23 @@ def _fit_router(
     mode = "lambda" if prm.policy == "lambda" else "ratio"
     if folds >= 2:
         fold_of = rng.permutation(p_n) % folds
-        z_oof = np.zeros((p_n, a_n))
+        base_oof = np.zeros((p_n, a_n))
+        part_oof = np.zeros((p_n, a_n))
         se_oof = np.zeros((p_n, a_n))
         c_oof = np.zeros((p_n, a_n))
         for f in range(folds):
             tr = np.flatnonzero(fold_of != f)
             te = np.flatnonzero(fold_of == f)
             lf, cf = _fit_parts(data.subset(tr), learner, prm)
-            z_oof[te] = lf.predict_logit_raw(feats[te], [tags[i] for i in te])
-            _, se_oof[te] = lf.predict(feats[te], [tags[i] for i in te])
-            c_oof[te] = cf.predict(feats[te], [tags[i] for i in te])
+            te_tags = [tags[i] for i in te]
+            base_oof[te], part_oof[te] = lf.calibration_parts(feats[te], te_tags)
+            _, se_oof[te] = lf.predict(feats[te], te_tags)
+            c_oof[te] = cf.predict(feats[te], te_tags)
         if learner != "knn":
-            calib = fit_platt(z_oof.ravel(), data.y.ravel(), data.w.ravel())
-        p_oof = _sigmoid(calib[0] * z_oof + calib[1])
+            calib = fit_calibration(
+                base_oof.ravel(), part_oof.ravel(), data.y.ravel(), data.w.ravel()
+            )
+        p_oof = _sigmoid(base_oof + calib[0] * part_oof + calib[1])
         info["oof_ece"] = ece(p_oof, data.y, weights=data.w)
         lam_star, mode, pol_info = _choose_policy(data, p_oof, se_oof, c_oof, prm)
         info.update(pol_info)

@@ -1,0 +1,101 @@
+"""Decision latency of the router, one prompt at a time, features included.
+
+Fits a router on each suite's training split (or loads ``--model``), then times
+``Router.decide(prompt, task)`` on the test prompts one by one (wall clock, single thread), plus the
+online forms: ``decide(explore=True)`` and ``observe``. Prints p50 / p95 / p99 / max in
+milliseconds.
+
+    .venv/bin/python bench/router_latency.py --suites ../shared/suites [--only mmlu-pro-dev] [--n 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from routerapp.routing import Router, fit_router  # noqa: E402
+from routerapp.routing.router import single_threaded  # noqa: E402
+from routerapp.routing.tables import load_suite  # noqa: E402
+
+
+def _pct(xs: list[float]) -> str:
+    a = np.asarray(xs) * 1e3
+    return (
+        f"p50 {np.percentile(a, 50):.3f}  p95 {np.percentile(a, 95):.3f}  "
+        f"p99 {np.percentile(a, 99):.3f}  max {a.max():.3f} ms"
+    )
+
+
+def run(suite_dir: Path, n: int, model: Path | None) -> None:
+    """Time one suite and print its figures."""
+    suite = load_suite(suite_dir, need_test=True)
+    t0 = time.perf_counter()
+    router = (
+        Router.load(model)
+        if model
+        else fit_router(suite.train_outcomes, suite.train_prompts, suite.candidates)
+    )
+    fit_s = time.perf_counter() - t0
+    prompts = suite.test_prompts if suite.test_prompts is not None else suite.train_prompts
+    rows = prompts.sample(n=min(n, len(prompts)), random_state=0, replace=False)
+    texts = rows["prompt"].tolist()
+    tags = rows["dataset"].tolist()
+    chars = np.array([len(t) for t in texts])
+    for t, g in zip(texts[:20], tags[:20], strict=False):  # warm-up
+        router.decide(t, g)
+    static: list[float] = []
+    online: list[float] = []
+    obs: list[float] = []
+    with single_threaded():
+        for t, g in zip(texts, tags, strict=True):
+            s = time.perf_counter()
+            router.decide(t, g)
+            static.append(time.perf_counter() - s)
+        for t, g in zip(texts, tags, strict=True):
+            s = time.perf_counter()
+            d = router.decide(t, g, explore=True)
+            online.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            router.observe(t, g, d.config_id, 1.0, d.cost_usd)
+            obs.append(time.perf_counter() - s)
+    print(
+        f"== {suite_dir.name}: {len(router.config_ids)} configs, {len(texts)} prompts "
+        f"(chars p50 {int(np.median(chars))}, max {chars.max()}), "
+        + (f"fit {fit_s:.1f}s" if model is None else "loaded")
+    )
+    print(f"  decide              {_pct(static)}")
+    print(f"  decide(explore)     {_pct(online)}")
+    print(f"  observe             {_pct(obs)}")
+
+
+def main() -> int:
+    """Parse arguments and time every suite."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--suites", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "suites"
+    )
+    ap.add_argument("--only", action="append", default=None, help="suite name (repeatable)")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument(
+        "--model", type=Path, default=None, help="time a saved router instead (needs one --only)"
+    )
+    args = ap.parse_args()
+    if not args.suites.is_dir():
+        print(f"suites directory not found: {args.suites}", file=sys.stderr)
+        return 2
+    names = args.only or sorted(
+        p.name for p in args.suites.iterdir() if (p / "candidates.csv").exists()
+    )
+    for name in names:
+        run(args.suites / name, args.n, args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
