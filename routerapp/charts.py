@@ -93,6 +93,15 @@ def _log_axis(values: list[float], *, money: bool = False) -> dict[str, Any]:
     return {"type": "log", "dtick": 1, "tickformat": "$.1~g" if money else ",~g"}
 
 
+def _money(value: Any, digits: int = 3) -> str:
+    """'$0.00000355': `digits` significant digits in plain notation (never 3.55e-06)."""
+    v = float(value)
+    if v == 0 or not math.isfinite(v):
+        return "$0" if v == 0 else "∞"
+    places = max(2, digits - 1 - math.floor(math.log10(abs(v))))
+    return f"${v:,.{places}f}"
+
+
 def _gap(hi: float | None, lo: float | None) -> float:
     """hi - lo for an error bar; 0 when either end is unknown."""
     return hi - lo if hi is not None and lo is not None else 0.0
@@ -244,7 +253,7 @@ def cost_of_pass_heatmap(data: dict[str, Any]) -> Figure | None:
             elif c["cost_of_pass"] is None:
                 tr.append(f"none correct of {c['graded']}")
             else:
-                tr.append(f"${float(c['cost_of_pass']):.3g} (n={c['graded']})")
+                tr.append(f"{_money(c['cost_of_pass'])} (n={c['graded']})")
         z.append(zr)
         text.append(tr)
     trace = {
@@ -257,7 +266,7 @@ def cost_of_pass_heatmap(data: dict[str, Any]) -> Figure | None:
         "texttemplate": "%{text}" if len(tasks) * len(configs) <= 40 else "",
         "colorscale": "Viridis",
         "reversescale": True,
-        "colorbar": {"title": {"text": "USD / correct"}},
+        "colorbar": {"title": {"text": "USD / correct"}, "tickformat": "$.2~g"},
         "hovertemplate": "%{x} on %{y}: %{text}<extra></extra>",
         "hoverongaps": False,
     }
@@ -267,7 +276,7 @@ def cost_of_pass_heatmap(data: dict[str, Any]) -> Figure | None:
             x_title="configuration",
             y_title="task",
             height=max(300, 32 * len(tasks) + 220),
-            xaxis={"tickangle": -35},
+            xaxis={"tickangle": -50},
         ),
     }
 

@@ -227,11 +227,12 @@ def _journey(page: Any, base: str, data: dict[str, Any], shoot: Any, expect: Any
     page.click("[data-table=latency] summary")
     expect(page.locator("[data-table=latency] tbody tr").first).to_be_visible()
     shoot(page, "09-dashboards")
-    page.select_option("#id_configuration", data["vote"].slug)
+    page.select_option("#id_configuration", data["greedy"].slug)
     page.click("#filters-form button[type=submit]")
-    expect(page).to_have_url(re.compile(r"configuration=smollm2-135m%2Fui-vote-3"))
+    expect(page).to_have_url(re.compile(r"configuration=smollm2-135m%2Fui-greedy"))
     page.wait_for_selector("#panel-latency .chart[data-ready]", timeout=30_000)
-    expect(page.locator("#panel-tokens")).to_contain_text("ui-vote-3")
+    expect(page.locator("#panel-tokens")).to_contain_text("ui-greedy")
+    expect(page.locator("#panel-tokens")).not_to_contain_text("ui-vote-3")
     shoot(page, "10-dashboards-filtered")
 
     # --- the query log and the home page ----------------------------------------------------
