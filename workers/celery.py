@@ -38,12 +38,15 @@ def _configure(sender: Celery, **_: object) -> None:
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
         broker_dir = settings.CELERY_BROKER_DIR
         processed = broker_dir.parent / "processed"
-        for path in (broker_dir, processed):
+        # Exchange tables; kombu's default is a "control" folder in the working directory.
+        control = broker_dir.parent / "control"
+        for path in (broker_dir, processed, control):
             path.mkdir(parents=True, exist_ok=True)
         transport_options.update(
             data_folder_in=str(broker_dir),
             data_folder_out=str(broker_dir),
             processed_folder=str(processed),
+            control_folder=str(control),
             store_processed=False,
         )
     if settings.CELERY_RESULT_BACKEND.startswith("file://"):
