@@ -56,11 +56,26 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, raw: bytes) -> int:
+        """Send one request; a kept-alive connection the server has closed meanwhile (its
+        keep-alive timeout) is reopened and the request sent again, as HTTP clients do."""
+        fresh = self.writer is None
+        try:
+            return await self._request(raw)
+        except (OSError, asyncio.IncompleteReadError):
+            if fresh:
+                raise
+            self.close()
+            self.writer = None
+            return await self._request(raw)
+
+    async def _request(self, raw: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 "):
+            raise asyncio.IncompleteReadError(head, None)
         status = int(head[9:12])
         length = 0
         for line in head.split(b"\r\n"):
@@ -87,7 +102,11 @@ def raw_request(url: str, path: str, body: dict, key: str | None) -> tuple[str, 
     ]
     if key:
         headers.append(f"Authorization: Bearer {key}")
-    return u.hostname or "127.0.0.1", u.port or 80, ("\r\n".join(headers) + "\r\n\r\n").encode() + payload
+    return (
+        u.hostname or "127.0.0.1",
+        u.port or 80,
+        ("\r\n".join(headers) + "\r\n\r\n").encode() + payload,
+    )
 
 
 @dataclass
@@ -97,6 +116,7 @@ class Phase:
     errors: int = 0
     seconds: float = 0.0
     completed: int = 0  # every response, warm-up included (for CPU per request)
+    error_statuses: dict[int, int] = field(default_factory=dict)  # status (0: no answer): count
 
     @property
     def rps(self) -> float:
@@ -109,7 +129,9 @@ class Phase:
         return xs[min(len(xs) - 1, int(q / 100 * len(xs)))]
 
 
-async def closed_loop(target: tuple[str, int, bytes], concurrency: int, seconds: float, warmup: float) -> Phase:
+async def closed_loop(
+    target: tuple[str, int, bytes], concurrency: int, seconds: float, warmup: float
+) -> Phase:
     host, port, raw = target
     phase = Phase(f"c{concurrency}")
     start = time.perf_counter()
@@ -136,6 +158,7 @@ async def closed_loop(target: tuple[str, int, bytes], concurrency: int, seconds:
                         phase.latencies_ms.append((t1 - t0) * 1000)
                     else:
                         phase.errors += 1
+                        phase.error_statuses[status] = phase.error_statuses.get(status, 0) + 1
         finally:
             conn.close()
 
@@ -144,7 +167,9 @@ async def closed_loop(target: tuple[str, int, bytes], concurrency: int, seconds:
     return phase
 
 
-async def open_loop(target: tuple[str, int, bytes], rate: float, seconds: float, warmup: float) -> Phase:
+async def open_loop(
+    target: tuple[str, int, bytes], rate: float, seconds: float, warmup: float
+) -> Phase:
     host, port, raw = target
     phase = Phase(f"r{int(rate)}")
     idle: list[Conn] = []
@@ -168,6 +193,7 @@ async def open_loop(target: tuple[str, int, bytes], rate: float, seconds: float,
                 phase.latencies_ms.append((done - scheduled) * 1000)
             else:
                 phase.errors += 1
+                phase.error_statuses[status] = phase.error_statuses.get(status, 0) + 1
 
     for i in range(total):
         scheduled = start + i / rate
@@ -182,7 +208,9 @@ async def open_loop(target: tuple[str, int, bytes], rate: float, seconds: float,
     return phase
 
 
-async def run_phases(target: tuple[str, int, bytes], seconds: float, warmup: float, rates: tuple, concs: tuple) -> dict[str, Phase]:
+async def run_phases(
+    target: tuple[str, int, bytes], seconds: float, warmup: float, rates: tuple, concs: tuple
+) -> dict[str, Phase]:
     out: dict[str, Phase] = {}
     for c in concs:
         out[f"c{c}"] = await closed_loop(target, c, seconds, warmup)
@@ -196,7 +224,8 @@ async def run_phases(target: tuple[str, int, bytes], seconds: float, warmup: flo
 def report_phase(p: Phase) -> None:
     print(
         f"    {p.name:>4}: n={len(p.latencies_ms):6d} err={p.errors:3d} {p.rps:7.1f} req/s "
-        f"p50={p.pct(50):7.2f} p95={p.pct(95):7.2f} p99={p.pct(99):7.2f} ms",
+        f"p50={p.pct(50):7.2f} p95={p.pct(95):7.2f} p99={p.pct(99):7.2f} ms"
+        + (f" errors by status: {p.error_statuses}" if p.errors else ""),
         flush=True,
     )
 
@@ -314,37 +343,84 @@ def main() -> None:
     try:
         up_port = free_port()
         upstream = subprocess.Popen(
-            pinned(args.client_cpu, [py, str(REPO / "bench" / "fake_upstream.py"), "--port", str(up_port)]),
+            pinned(
+                args.client_cpu,
+                [py, str(REPO / "bench" / "fake_upstream.py"), "--port", str(up_port)],
+            ),
             stdout=subprocess.DEVNULL,
         )
         procs.append(upstream)
         wait_port(up_port, upstream)
         up_url = f"http://127.0.0.1:{up_port}/v1"
-        subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True)
-        key = subprocess.run(
-            [py, "manage.py", "shell", "-c", SETUP % {"upstream": up_url}],
-            cwd=REPO, env=env, check=True, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]
+        subprocess.run(
+            [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
+        )
+        key = (
+            subprocess.run(
+                [py, "manage.py", "shell", "-c", SETUP % {"upstream": up_url}],
+                cwd=REPO,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         gw_port = free_port()
         gunicorn = subprocess.Popen(
-            pinned(args.gateway_cpu, [
-                py, "-m", "gunicorn",
-                "bench.wsgi_without_rollup" if args.without_rollup else "routerapp.wsgi",
-                "-b", f"127.0.0.1:{gw_port}",
-                "-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads),
-                "--timeout", "300", "--backlog", "2048",
-            ]),
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pinned(
+                args.gateway_cpu,
+                [
+                    py,
+                    "-m",
+                    "gunicorn",
+                    "bench.wsgi_without_rollup" if args.without_rollup else "routerapp.wsgi",
+                    "-b",
+                    f"127.0.0.1:{gw_port}",
+                    "-w",
+                    str(args.workers),
+                    "-k",
+                    "gthread",
+                    "--threads",
+                    str(args.threads),
+                    "--timeout",
+                    "300",
+                    "--backlog",
+                    "2048",
+                ],
+            ),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         procs.append(gunicorn)
         gateway_pids = [gunicorn.pid]
         if args.mode == "celery":
             worker = subprocess.Popen(
-                pinned(args.gateway_cpu, [
-                    py, "-m", "celery", "-A", "workers", "worker", "-Q", "engine.openai_compat",
-                    "--pool=threads", "--concurrency=16", "--loglevel=WARNING", "-n", "bench@%h",
-                ]),
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pinned(
+                    args.gateway_cpu,
+                    [
+                        py,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers",
+                        "worker",
+                        "-Q",
+                        "engine.openai_compat",
+                        "--pool=threads",
+                        "--concurrency=16",
+                        "--loglevel=WARNING",
+                        "-n",
+                        "bench@%h",
+                    ],
+                ),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             procs.append(worker)
             gateway_pids.append(worker.pid)
@@ -358,20 +434,34 @@ def main() -> None:
         # Check the gateway answers a real completion before measuring anything.
         import httpx
 
-        check = httpx.post(f"http://127.0.0.1:{gw_port}/v1/chat/completions", json=BODY,
-                           headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        check = httpx.post(
+            f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            json=BODY,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
         if check.status_code != 200:
             raise SystemExit(f"gateway check failed: {check.status_code} {check.text[:500]}")
         served = check.json()["costpass"]
-        print(f"gateway on core {args.gateway_cpu} ({args.mode}, gunicorn gthread "
-              f"-w {args.workers} --threads {args.threads}); upstream + load on core "
-              f"{args.client_cpu}; served by {served['configuration']}, cost ${served['cost_usd']}")
+        print(
+            f"gateway on core {args.gateway_cpu} ({args.mode}, gunicorn gthread "
+            f"-w {args.workers} --threads {args.threads}); upstream + load on core "
+            f"{args.client_cpu}; served by {served['configuration']}, cost ${served['cost_usd']}"
+        )
         print("  direct (upstream alone):")
-        direct_ph = asyncio.run(run_phases(direct, args.duration, args.warmup, tuple(args.rates), tuple(args.concurrency)))
+        direct_ph = asyncio.run(
+            run_phases(
+                direct, args.duration, args.warmup, tuple(args.rates), tuple(args.concurrency)
+            )
+        )
         print("  gateway:")
         cpu0 = proc_cpu_seconds(gateway_pids)
         t0 = time.perf_counter()
-        gateway_ph = asyncio.run(run_phases(gateway, args.duration, args.warmup, tuple(args.rates), tuple(args.concurrency)))
+        gateway_ph = asyncio.run(
+            run_phases(
+                gateway, args.duration, args.warmup, tuple(args.rates), tuple(args.concurrency)
+            )
+        )
         wall = time.perf_counter() - t0
         cpu = proc_cpu_seconds(gateway_pids) - cpu0
         served_n = sum(p.completed for p in gateway_ph.values())
@@ -389,26 +479,47 @@ def main() -> None:
     print(f"  {'load':>5} {'p50':>8} {'p95':>8} {'p99':>8}   gateway req/s  errors")
     for name in gateway_ph:
         g, d = gateway_ph[name], direct_ph[name]
-        added[name] = {q: round(g.pct(n) - d.pct(n), 2) for q, n in (("p50", 50), ("p95", 95), ("p99", 99))}
-        print(f"  {name:>5} {added[name]['p50']:8.2f} {added[name]['p95']:8.2f} {added[name]['p99']:8.2f}"
-              f"   {g.rps:13.1f}  {g.errors}")
+        added[name] = {
+            q: round(g.pct(n) - d.pct(n), 2) for q, n in (("p50", 50), ("p95", 95), ("p99", 99))
+        }
+        print(
+            f"  {name:>5} {added[name]['p50']:8.2f} {added[name]['p95']:8.2f} {added[name]['p99']:8.2f}"
+            f"   {g.rps:13.1f}  {g.errors}"
+        )
     closed = [gateway_ph[f"c{c}"].rps for c in args.concurrency if f"c{c}" in gateway_ph]
     saturation = max(closed) if closed else float("nan")
     cpu_ms = cpu / max(1, served_n) * 1000
     print(f"\nsaturation: {saturation:.1f} req/s on one core (best closed loop)")
-    print(f"gateway CPU per request: {cpu_ms:.2f} ms (all gateway processes; {cpu:.1f} s CPU over "
-          f"{wall:.0f} s)")
+    print(
+        f"gateway CPU per request: {cpu_ms:.2f} ms (all gateway processes; {cpu:.1f} s CPU over "
+        f"{wall:.0f} s)"
+    )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({
-            "added_ms": added,
-            "saturation_rps": round(saturation, 1),
-            "gateway_cpu_ms_per_request": round(cpu_ms, 2),
-            "mode": args.mode,
-            "direct_ms": {k: {"p50": round(v.pct(50), 2), "p99": round(v.pct(99), 2)} for k, v in direct_ph.items()},
-            "gateway_ms": {k: {"p50": round(v.pct(50), 2), "p95": round(v.pct(95), 2),
-                               "p99": round(v.pct(99), 2), "rps": round(v.rps, 1), "errors": v.errors}
-                           for k, v in gateway_ph.items()},
-        }, indent=2))
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "added_ms": added,
+                    "saturation_rps": round(saturation, 1),
+                    "gateway_cpu_ms_per_request": round(cpu_ms, 2),
+                    "mode": args.mode,
+                    "direct_ms": {
+                        k: {"p50": round(v.pct(50), 2), "p99": round(v.pct(99), 2)}
+                        for k, v in direct_ph.items()
+                    },
+                    "gateway_ms": {
+                        k: {
+                            "p50": round(v.pct(50), 2),
+                            "p95": round(v.pct(95), 2),
+                            "p99": round(v.pct(99), 2),
+                            "rps": round(v.rps, 1),
+                            "errors": v.errors,
+                        }
+                        for k, v in gateway_ph.items()
+                    },
+                },
+                indent=2,
+            )
+        )
         print(f"wrote {args.json_out}")
 
 

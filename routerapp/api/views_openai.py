@@ -14,7 +14,6 @@ answer is HTTP 202 with where to poll.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -52,7 +51,7 @@ from routerapp.services.queries import (
     query_run_inline,
     query_runs_inline,
 )
-from routerapp.services.ratelimits import rate_limit_admit
+from routerapp.services.ratelimits import prompt_tokens_estimate, rate_limit_admit
 from routerapp.services.streaming import END, IDLE, TOKEN, LocalSink, query_events, query_wait
 
 log = logging.getLogger(__name__)
@@ -93,11 +92,6 @@ _SSE_EVENT = {
         "data": {"type": "string", "description": "a JSON chunk, an error object, or [DONE]"},
     },
 }
-
-
-def _prompt_tokens_estimate(text: str) -> int:
-    """About four characters a token: what the per-minute token limit admits against."""
-    return math.ceil(len(text) / 4) + 8
 
 
 def _reload(query_id: Any) -> tuple[Query, list[Sample]]:
@@ -248,7 +242,7 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponse:
     messages = data.get("messages") if kind == fmt.CHAT else None
     prompt = data.get("prompt", "") if kind == fmt.TEXT else ""
     text = " ".join(str(m.get("content") or "") for m in messages) if messages else prompt
-    rate_limit_admit(key=principal.key, prompt_tokens=_prompt_tokens_estimate(text))
+    rate_limit_admit(key=principal.key, prompt_tokens=prompt_tokens_estimate(text))
     try:
         query = query_create(
             team=principal.team,

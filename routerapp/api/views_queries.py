@@ -13,6 +13,7 @@ from routerapp.api.serializers import FeedbackInput, QueryCreateInput, QueryOut
 from routerapp.models import Query
 from routerapp.selectors.queries import query_get_for_team
 from routerapp.services.queries import query_cancel, query_create, query_feedback
+from routerapp.services.ratelimits import prompt_tokens_estimate, rate_limit_admit
 from routerapp.services.routing import RequestConstraints
 
 
@@ -48,6 +49,10 @@ class QueryListCreate(APIView):
         form = QueryCreateInput(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
+        text = data.get("prompt") or " ".join(
+            str(m.get("content") or "") for m in data.get("messages") or []
+        )
+        rate_limit_admit(key=request.user.key, prompt_tokens=prompt_tokens_estimate(text))
         query = query_create(
             team=request.user.team,
             api_key=request.user.key,

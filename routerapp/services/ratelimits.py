@@ -71,6 +71,12 @@ def _retry_after(limit: int, count: int, prev: int, fraction: float, need: int) 
     return max(1, math.ceil((target - fraction) * WINDOW_S))
 
 
+def prompt_tokens_estimate(text: str) -> int:
+    """About four characters a token: what the tokens-per-minute limit admits a request by
+    (its real tokens are charged when it finishes)."""
+    return math.ceil(len(text) / 4) + 8
+
+
 def rate_limit_admit(*, key: Any, prompt_tokens: int = 0, now: float | None = None) -> None:
     """Admit one request of ``key`` or raise RateLimited (HTTP 429 with Retry-After).
 

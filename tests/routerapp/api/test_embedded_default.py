@@ -73,8 +73,8 @@ def test_streaming_on_the_embedded_default(tmp_path: Path) -> None:
         ],
         cwd=REPO,
         env=env,
-        stdout=open(worker_log, "w"),
-        stderr=subprocess.STDOUT,  # noqa: SIM115
+        stdout=open(worker_log, "w"),  # noqa: SIM115 - open as long as the worker
+        stderr=subprocess.STDOUT,
     )
     port = free_port()
     web = subprocess.Popen(

@@ -250,3 +250,13 @@ def test_429_tokens_per_minute(setup) -> None:  # type: ignore[no-untyped-def]
         headers=auth,
     )
     assert_error(r, 429, "rate_limit_exceeded", "limit is 20 tokens per minute")
+
+
+def test_jobs_api_is_rate_limited_too(setup) -> None:  # type: ignore[no-untyped-def]
+    caller, http = setup
+    _, raw = api_key_create(team=caller.team, name="jobs-limited", rate_limit_rpm=1)
+    auth = {"Authorization": f"Bearer {raw}"}
+    assert http.post("/api/v1/queries", json={"prompt": "2+2?"}, headers=auth).status_code == 202
+    r = http.post("/api/v1/queries", json={"prompt": "2+2?"}, headers=auth)
+    assert_error(r, 429, "rate_limit_exceeded", "1 requests per minute")
+    assert "Retry-After" in r.headers
