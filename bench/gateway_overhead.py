@@ -388,6 +388,9 @@ def main() -> None:
                     "300",
                     "--backlog",
                     "2048",
+                    # As `make run`: an access log line per request (here to /dev/null).
+                    "--access-logfile",
+                    os.devnull,
                 ],
             ),
             cwd=REPO,
