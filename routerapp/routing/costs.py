@@ -151,7 +151,13 @@ class CostModel:
         base = np.where(
             known[:, None], self.alpha[:, np.maximum(didx, 0)].T, self.unk_alpha[None, :]
         )
-        return np.exp(base + phi @ self.b.T) * self.smear[None, :]
+        part = phi @ self.b.T
+        if not known.all():
+            # On a tag never seen, per-config slopes learned on other families can reorder the
+            # configurations' costs arbitrarily; keep their training cost ratios and let the
+            # prompt move all of them by one shared factor (longer prompt, dearer everywhere).
+            part[~known] = part[~known].mean(1, keepdims=True)
+        return np.exp(base + part) * self.smear[None, :]
 
     _ARRAYS = (
         "alpha",

@@ -75,8 +75,8 @@ class OnlineState:
     sd_tag_unknown: float = 0.5
     eps_max: float = 0.1
     eps0: float = 0.5
-    eps_max_unknown: float = 1.0
-    eps0_unknown: float = 3.0
+    eps_max_unknown: float = 0.3
+    eps0_unknown: float = 1.0
     cost_k0: float = 5.0
     seed: int = 0
     tag_cov: np.ndarray | None = None  # (A, A) covariance of config logits across training tags
@@ -138,7 +138,9 @@ class OnlineState:
         if known:
             return np.full(self.n_configs, f_g)
         mp = np.where(st.n_obs > 0, st.pred / np.maximum(st.n_obs, 1), mean_pred)
-        return (st.real + k0 * f_g * mp) / (st.pred + k0 * mp)
+        den = st.pred + k0 * mp
+        safe = np.where(den > 0, den, 1.0)
+        return np.where((st.n_obs > 0) & (den > 0), (st.real + k0 * f_g * mp) / safe, f_g)
 
     def exploring(self, tag: str, known: bool) -> bool:
         """Decide (randomly, bounded) whether this decision may explore; counts the decision."""

@@ -57,8 +57,8 @@ class OnlineParams(BaseModel):
     sd_tag_unknown: float = 0.5
     eps_max: float = 0.1
     eps0: float = 0.5
-    eps_max_unknown: float = 1.0
-    eps0_unknown: float = 3.0
+    eps_max_unknown: float = 0.3
+    eps0_unknown: float = 1.0
     cost_k0: float = 5.0
 
 
@@ -72,6 +72,7 @@ class RouterParams(BaseModel):
     policy: Literal["auto", "lambda", "ratio"] = "auto"
     kappa: float = 0.5
     lambda_grid: int = 41
+    explore_cost_ratio: float = 3.0
     learner_params: dict[str, Any] = Field(default_factory=dict)
     online: OnlineParams = Field(default_factory=OnlineParams)
 
@@ -200,7 +201,10 @@ class Router:
         if explore and self.online.exploring(tag, tag in self.known):
             draw = self.online.sample_offsets(tag, tag in self.known)
             p_ts = _sigmoid(z_static + draw)
-            ts = int(pol.choose(p_ts, cost, mask, use_lam))
+            # Bounded: exploring may only try configurations at most explore_cost_ratio times
+            # as dear as the greedy choice (a wasted try of a 30x dearer model never pays back).
+            cheap_enough = mask & (cost <= self.params.explore_cost_ratio * cost[best])
+            ts = int(pol.choose(p_ts, cost, cheap_enough, use_lam))
             if ts != best:
                 best, explored = ts, True
         obj = pol.objective(p_dec, cost, use_lam)
