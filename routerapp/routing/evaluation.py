@@ -19,7 +19,7 @@ import pandas as pd
 from routerapp.routing import metrics as M
 from routerapp.routing.router import Router, fit_router, single_threaded
 from routerapp.routing.tables import normalise_outcomes, normalise_prompts
-from routerapp.routing.types import TableError
+from routerapp.routing.types import Constraints, TableError
 
 
 def outcome_matrices(
@@ -129,10 +129,13 @@ def _evaluate(
     pols = res["policies"]
 
     # Router, static.
-    choice, p, pc = router.decide_many(texts, tags)
+    # Configurations without any test outcome cannot be scored: the router may not pick them.
+    scored = frozenset(c for j, c in enumerate(cids) if np.isfinite(corr_raw[:, j]).any())
+    cons = None if len(scored) == len(cids) else Constraints(allowed_config_ids=scored)
+    choice, p, pc = router.decide_many(texts, tags, constraints=cons)
     f_r = M.policy_figures(cost, corr, choice)
     pts = [(f_r.mean_cost, f_r.accuracy)]
-    for ch in router.sweep(texts, tags, sweep_points):
+    for ch in router.sweep(texts, tags, sweep_points, cons):
         f = M.policy_figures(cost, corr, ch)
         pts.append((f.mean_cost, f.accuracy))
     obs = np.isfinite(corr_raw)
@@ -151,7 +154,9 @@ def _evaluate(
         n_distinct_choices=int(len(np.unique(choice))),
     )
     if online:
-        f_on, n_explored = _online_replay(router, texts, tags, cost, corr, seed, explore=True)
+        f_on, n_explored = _online_replay(
+            router, texts, tags, cost, corr, seed, explore=True, constraints=cons
+        )
         pols["router_online"] = _row(f_on, best, oracle_cop, n_explored=n_explored)
 
     # Baselines.
@@ -172,10 +177,10 @@ def _evaluate(
             params={"folds": 0, "kappa": 0.0, "policy": "ratio"},
             unknown_configs="drop",
         )
-        kch, _, _ = kr.decide_many(texts, tags)
+        kch, _, _ = kr.decide_many(texts, tags, constraints=cons)
         f_k = M.policy_figures(cost, corr, kch)
         kpts = [(f_k.mean_cost, f_k.accuracy)]
-        for ch in kr.sweep(texts, tags, sweep_points):
+        for ch in kr.sweep(texts, tags, sweep_points, cons):
             f = M.policy_figures(cost, corr, ch)
             kpts.append((f.mean_cost, f.accuracy))
         pols["knn"] = _row(f_k, best, oracle_cop, aiq=M.aiq(kpts, lo, hi))
@@ -195,6 +200,7 @@ def _online_replay(
     seed: int,
     *,
     explore: bool = True,
+    constraints: Constraints | None = None,
 ) -> tuple[M.PolicyFigures, int]:
     """Replay prompts in a seeded order: decide, then observe the chosen outcome.
 
@@ -206,7 +212,7 @@ def _online_replay(
     choice = np.zeros(len(texts), dtype=int)
     explored = 0
     for i in order:
-        d = r.decide(texts[i], tags[i], explore=explore)
+        d = r.decide(texts[i], tags[i], constraints, explore=explore)
         j = r.index[d.config_id]
         choice[i] = j
         explored += d.explored

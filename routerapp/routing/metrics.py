@@ -19,6 +19,7 @@ NaN where a configuration has no outcome for a prompt.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +61,9 @@ def fill_missing(cost: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.
     c = cost.copy()
     r = correct.copy()
     for m in (c, r):
-        col = (
-            np.nanmean(np.where(np.isnan(m), np.nan, m), axis=0) if m.size else np.zeros(m.shape[1])
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column with no outcome at all
+            col = np.nanmean(m, axis=0) if m.size else np.zeros(m.shape[1])
         col = np.where(np.isfinite(col), col, 0.0)
         idx = np.where(np.isnan(m))
         m[idx] = col[idx[1]]

@@ -70,7 +70,7 @@ class RouterParams(BaseModel):
     dim: int = 64
     folds: int = 3
     policy: Literal["auto", "lambda", "ratio"] = "auto"
-    kappa: float = 0.5
+    kappa: float = 1.0
     lambda_grid: int = 41
     explore_cost_ratio: float = 3.0
     learner_params: dict[str, Any] = Field(default_factory=dict)
@@ -244,7 +244,7 @@ class Router:
             choice[~known] = pol.choose(pl[~known], cost[~known], mask[~known], None)
         return choice, p, cost
 
-    def sweep_lambdas(self, n_points: int, cost: np.ndarray | None = None) -> list[float]:
+    def sweep_lambdas(self, n_points: int) -> list[float]:
         """Return ``n_points`` lambdas from 'cheapest' to 'most accurate' (geometric spacing)."""
         c = np.exp(self.costs.alpha) * self.costs.smear[:, None]
         lo = float(c.min()) / 10.0  # below every cost difference: always the cheapest
@@ -253,11 +253,17 @@ class Router:
             return [self.lam_star or float(np.sqrt(lo * hi))]
         return list(np.geomspace(lo, hi, n_points))
 
-    def sweep(self, prompts: list[str], tags: list[str | None], n_points: int) -> list[np.ndarray]:
+    def sweep(
+        self,
+        prompts: list[str],
+        tags: list[str | None],
+        n_points: int,
+        constraints: Constraints | None = None,
+    ) -> list[np.ndarray]:
         """Return one choice vector per operating point (cheap to accurate)."""
         p, se, cost = self.score(prompts, tags)
         pl = pol.lcb(p, se, self.params.kappa)
-        mask = np.ones_like(p, dtype=bool)
+        mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
         return [pol.choose(pl, cost, mask, lam) for lam in self.sweep_lambdas(n_points)]
 
     # ------------------------------------------------------------------ online
