@@ -1,55 +1,76 @@
-"""costpass meta-learned router: pure Python, no Django.
+"""costpass meta-learned router: pure Python (numpy / scipy / scikit-learn), no Django.
 
 Stable API (what the Django side, the CLI and notebooks call)::
 
     from routerapp.routing import (
-        Candidate, Constraints, Decision, Router, fit_router, evaluate,
+        Candidate, Constraints, Decision, Alternative, Router, RouterParams, fit_router, evaluate,
         RouterError, TableError, UnknownConfigError, NoAllowedCandidateError, UnknownLearnerError,
     )
 
     router = fit_router(outcomes, prompts, candidates, learner="meta-logit", seed=0)
     d = router.decide(prompt_text, task="gsm8k", constraints=Constraints(max_cost_usd=0.01))
-    d.config_id, d.p_correct, d.cost_usd, d.latency_s, d.alternatives, d.explored
+    d.config_id, d.p_correct, d.cost_usd, d.latency_s, d.alternatives, d.explored, d.lam
     router.observe(prompt_text, "gsm8k", d.config_id, correct=True, cost_usd=0.0012)
-    router.save("var/routers/v3");  Router.load("var/routers/v3")
-    blob = router.to_bytes();  Router.from_bytes(blob)          # e.g. a RouterVersion BinaryField
+    router.save("var/routers/v3");  Router.load("var/routers/v3")   # router.json + arrays.npz
+    blob = router.to_bytes();  Router.from_bytes(blob)             # one zip, e.g. a BinaryField
     report = evaluate(router, test_outcomes, test_prompts, train_outcomes, train_prompts)
+    router.fit_info   # JSON-able: sizes, tags, cross-fitted CoP per policy, lambda, calibration
 
-Tables (pandas DataFrames; see ``routing.tables``):
+Tables (pandas DataFrames; schemas in ``routing.tables``):
 
-- outcomes: ``prompt_uid, dataset, config_id, correct`` (0..1) and ``cost_usd``; optional
-  ``model, strategy, input_tokens, output_tokens, latency_s``. Repeated rows for one
-  (prompt, config) are averaged (the product's query log). ``dataset`` is the caller's task tag.
-- prompts: ``prompt_uid, dataset, prompt``; text and tag may be empty.
+- outcomes: ``prompt_uid, config_id, correct`` (0..1, fractions allowed) plus ``dataset`` (the
+  caller's task tag), ``cost_usd``; optional ``model, strategy, input_tokens, output_tokens,
+  latency_s``. Repeated rows for one (prompt, config), as in the product's query log, are averaged.
+- prompts: ``prompt_uid, dataset, prompt``; text and tag may be empty; ``None`` = take the tags
+  from the outcomes and no text.
 - candidates: a DataFrame ``config_id, model[, strategy, samples, input_usd_per_mtok,
   output_usd_per_mtok, max_tokens]`` or a list of :class:`Candidate`. A candidate with no outcome
-  rows at all still gets p(correct) and cost estimates from its descriptors (its model's other
-  configurations, strategy family, sample count, price).
+  rows at all still gets p(correct) (from its model's other configurations, strategy family,
+  sample count, price; wide uncertainty) and a cost (price x expected tokens x samples).
 
-``fit_router`` raises TableError (malformed tables), UnknownConfigError (outcomes naming a config id
-that is not a candidate; pass ``unknown_configs="drop"`` to ignore them), UnknownLearnerError.
+``fit_router(outcomes, prompts, candidates, *, learner="meta-logit", seed=0, params=None,
+unknown_configs="error")`` raises TableError (malformed tables), UnknownConfigError (outcomes
+naming a config id that is not a candidate; ``unknown_configs="drop"`` ignores them),
+UnknownLearnerError. ``params``: :class:`RouterParams` or a dict (``folds``, ``kappa``,
+``policy`` "auto" / "lambda" / "ratio", ``learner_params``, ``online``...). About 8 s on 233k
+outcome rows, single-threaded BLAS.
 
-``Router.decide(prompt, task=None, constraints=None, lam=None, *, explore=False) -> Decision``:
-``lam=None`` uses the router's default rule, ``argmax p - cost / lam*`` with ``lam*`` fitted to
-minimise cost-of-pass on cross-fitted training predictions (or ``argmin cost / p`` when that was
-better there); an explicit ``lam`` moves along the cost/accuracy frontier (``math.inf`` = most
-accurate). ``Constraints(allowed_config_ids, allowed_models, max_cost_usd, max_latency_s,
-min_accuracy)``; nothing allowed -> NoAllowedCandidateError. ``explore=True`` enables bounded
-Thompson exploration (online serving). ``Decision.alternatives`` lists the allowed candidates best
-first as ``Alternative(config_id, p_correct, cost_usd, cop)`` (iterable as a 4-tuple).
+``Router.decide(prompt, task=None, constraints=None, lam=None, *, explore=False) -> Decision``.
+``lam=None`` uses the default rule: on a task tag seen in training ``argmax p - cost / lam*``
+with ``lam*`` the cost-of-pass reached on cross-fitted training predictions (the per-prompt rule
+that minimises *total* USD / correct), on an unseen tag the scale-free ``argmin cost / p``. An
+explicit ``lam`` (USD per correct answer) moves along the cost/accuracy frontier (``math.inf`` =
+most accurate). Both use a lower confidence bound on p, so configurations the router knows little
+about must look clearly better. ``Constraints(allowed_config_ids, allowed_models, max_cost_usd,
+max_latency_s, min_accuracy)``: nothing allowed -> NoAllowedCandidateError (message names the
+limits). ``explore=True`` (online serving) allows bounded Thompson exploration: at most 10% of
+decisions on a known tag, 30% on a new one, and never a configuration more than 3x dearer than the
+greedy choice; ``Decision.explored`` says when it happened. ``Decision.alternatives``: the allowed
+candidates best first as ``Alternative(config_id, p_correct, cost_usd, cop)`` (unpacks as a
+4-tuple). ``latency_s`` is None unless outcome tables recorded latency. About 0.3-0.6 ms per call.
 
-``Router.observe(prompt, task, config_id, correct, cost_usd)`` updates per-tag posterior offsets
-and cost factors; decisions for that tag move after a few observations. ``Router.decide_many`` and
-``Router.sweep`` are the batch forms used by the CLI and the evaluation.
+``Router.observe(prompt, task, config_id, correct, cost_usd)`` updates the online posterior of
+that task tag (see ``routing.online``); decisions on a new tag move after a few outcomes. Raises
+UnknownConfigError / ValueError on bad input. ``reset_online()`` forgets; the online state is saved
+with the router. A Router is not thread-safe: ``observe`` and ``decide(explore=True)`` mutate it,
+so share one per process behind a lock, or one per worker.
 
-``evaluate(...)`` returns ``{"n_prompts", "n_configs", "cost_range", "zero_router_aiq",
-"policies": {name: {accuracy, mean_cost, cop, gap_closed, ...}}}`` for ``router`` (plus ``aiq,
-ece_all, ece_chosen``), ``router_online``, ``best_single_cop``, ``best_single_acc``, ``random``,
-``knn`` (when train prompts are given), ``oracle_min_cop``, ``oracle_cheapest_correct``.
-Metric definitions: ``routing.metrics``.
+Batch forms: ``Router.decide_many(prompts, tags, lam=None, constraints=None) -> (choice, p,
+cost)`` and ``Router.sweep(prompts, tags, n_points, constraints=None)`` (CLI, evaluation).
 
+``evaluate(router, test_outcomes, test_prompts, train_outcomes, train_prompts=None, *,
+sweep_points=25, online=True, knn=True, seed=0) -> dict``: ``{"n_prompts", "n_configs",
+"cost_range", "zero_router_aiq", "policies": {name: {accuracy, mean_cost, cop, n, n_correct,
+total_cost, gap_closed, ...}}}`` for ``router`` (plus ``aiq, ece_all, ece_chosen,
+policy_mode, lambda_default``), ``router_online`` (replay with exploration), ``best_single_cop``
+and ``best_single_acc`` (chosen on train; ``config_id``), ``random`` (exact expectation),
+``knn`` (needs train prompts; ``aiq``), ``oracle_min_cop``, ``oracle_cheapest_correct``. ``cop`` is
+None when nothing is correct. Metric definitions: ``routing.metrics``.
+
+Learning sources: suite directories (``routing.tables.load_suite``), raw outcome tables and
+strategy simulations (``routing.simulation``), the product's log exported to the outcome schema.
 Learners are plugins: ``@register_learner("slug")`` in ``routing.learners``; ``meta-logit``
-(default) and ``knn`` (baseline).
+(default) and ``knn`` (baseline). CLI: ``costpass-router`` (``routing.cli``).
 """
 
 from routerapp.routing.evaluation import evaluate
