@@ -119,7 +119,7 @@ class CostModel:
                 else (chars[rows].mean() / 4 + 20 if rows.any() else 100.0)
             )
             out_tok[d] = np.nanmedian(ot) if np.isfinite(ot).any() else 256.0
-        known = ~np.isnan(np.where(np.isfinite(data.cost) & (data.w > 0), data.cost, np.nan)).all(0)
+        known = np.asarray((np.isfinite(data.cost) & (data.w > 0)).any(axis=0), dtype=bool)
         for j, c in enumerate(candidates):
             k = c.n_samples
             if c.input_usd_per_mtok is not None or c.output_usd_per_mtok is not None:

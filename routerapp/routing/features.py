@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -116,7 +117,7 @@ class TextEncoder:
         self.seed = seed
         self.vocab: dict[str, int] = {}
         self.idf = np.zeros(0, dtype=np.float64)
-        self.rows = np.zeros((0, dim), dtype=np.float64)  # idf-weighted SVD rows per token
+        self.rows = np.zeros((0, dim), dtype=np.float32)  # idf-weighted SVD rows per token
 
     @property
     def out_dim(self) -> int:
@@ -147,7 +148,8 @@ class TextEncoder:
         svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=5, random_state=self.seed)
         svd.fit(x)
         # Fold the IDF into the projection rows so encoding is sum(tf_weight * rows[token]) / norm.
-        self.rows = np.ascontiguousarray((svd.components_.T * self.idf[:, None]).astype(np.float64))
+        # float32 halves the saved model (a RouterVersion blob); sums are done in float64.
+        self.rows = np.ascontiguousarray((svd.components_.T * self.idf[:, None]).astype(np.float32))
         return self
 
     def _weights(self, text: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -200,7 +202,7 @@ class TextEncoder:
                 out[i] = self.encode_one(t)
         return out
 
-    def state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Return (json-able metadata, arrays) for saving."""
         tokens = [""] * len(self.vocab)
         for t, i in self.vocab.items():
@@ -215,13 +217,13 @@ class TextEncoder:
         return meta, {"enc_idf": self.idf, "enc_rows": self.rows}
 
     @classmethod
-    def from_state(cls, meta: dict[str, object], arrays: dict[str, np.ndarray]) -> TextEncoder:
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> TextEncoder:
         """Rebuild an encoder saved with ``state``."""
-        enc = cls(int(meta["dim"]), int(meta["max_vocab"]), int(meta["min_df"]), int(meta["seed"]))  # type: ignore[arg-type]
-        tokens = list(meta["tokens"])  # type: ignore[arg-type]
+        enc = cls(int(meta["dim"]), int(meta["max_vocab"]), int(meta["min_df"]), int(meta["seed"]))
+        tokens = [str(t) for t in meta["tokens"]]
         enc.vocab = {t: i for i, t in enumerate(tokens)}
         enc.idf = np.asarray(arrays["enc_idf"], dtype=np.float64)
-        enc.rows = np.ascontiguousarray(arrays["enc_rows"], dtype=np.float64)
+        enc.rows = np.ascontiguousarray(arrays["enc_rows"], dtype=np.float32)
         return enc
 
 
@@ -260,12 +262,12 @@ class PromptFeaturizer:
             out[i] = self.transform_one(t)
         return out
 
-    def state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Return (json-able metadata, arrays) for saving."""
         return self.encoder.state()
 
     @classmethod
-    def from_state(cls, meta: dict[str, object], arrays: dict[str, np.ndarray]) -> PromptFeaturizer:
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> PromptFeaturizer:
         """Rebuild a featurizer saved with ``state``."""
         f = cls()
         f.encoder = TextEncoder.from_state(meta, arrays)

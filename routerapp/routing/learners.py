@@ -438,7 +438,10 @@ class MetaLogitLearner(Learner):
         idx = np.flatnonzero(ok)
         if len(idx) > prm.ood_sample:
             idx = rng.choice(idx, prm.ood_sample, replace=False)
-        self.ood_bank = e[idx] / norms[idx, None] if len(idx) else np.zeros((0, self.emb_dim))
+        bank = e[idx] / norms[idx, None] if len(idx) else np.zeros((0, self.emb_dim))
+        self.ood_bank = bank.astype(
+            np.float32
+        )  # only a nearest-neighbour similarity: float32 is plenty
         if len(self.ood_bank) >= 10:
             sims = self.ood_bank @ self.ood_bank.T
             np.fill_diagonal(sims, -1.0)

@@ -11,6 +11,7 @@ import json
 import math
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,7 +164,7 @@ class Router:
         return p, se, cost
 
     def score(
-        self, prompts: list[str], tags: list[str | None]
+        self, prompts: list[str], tags: Sequence[str | None]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return (p, se, cost), each (n, A), including online corrections."""
         tg = [t or "" for t in tags]
@@ -226,7 +227,7 @@ class Router:
     def decide_many(
         self,
         prompts: list[str],
-        tags: list[str | None],
+        tags: Sequence[str | None],
         lam: float | None = None,
         constraints: Constraints | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,7 +257,7 @@ class Router:
     def sweep(
         self,
         prompts: list[str],
-        tags: list[str | None],
+        tags: Sequence[str | None],
         n_points: int,
         constraints: Constraints | None = None,
     ) -> list[np.ndarray]:
@@ -337,14 +338,14 @@ class Router:
         d.mkdir(parents=True, exist_ok=True)
         manifest, arrays = self._manifest_and_arrays()
         with open(d / _ARRAYS, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
         (d / _MANIFEST).write_text(json.dumps(manifest))
 
     def to_bytes(self) -> bytes:
         """Return the router as one zip archive (same two files as ``save``)."""
         manifest, arrays = self._manifest_and_arrays()
         arr = io.BytesIO()
-        np.savez_compressed(arr, **arrays)
+        np.savez_compressed(arr, **arrays)  # type: ignore[arg-type]
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
             zf.writestr(_MANIFEST, json.dumps(manifest))
