@@ -21,6 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 from django.http import HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
@@ -236,7 +237,7 @@ def _cancel_quietly(query: Query) -> None:
         log.info("query %s not cancelled after the client left", query.pk)
 
 
-def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponse:
+def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBase:
     require_scope(request.user, "query")
     principal = request.user
     messages = data.get("messages") if kind == fmt.CHAT else None
@@ -317,7 +318,7 @@ class ChatCompletions(APIView):
         description=_EXT_DESCRIPTION,
         tags=["openai"],
     )
-    def post(self, request: Request) -> HttpResponse:
+    def post(self, request: Request) -> HttpResponseBase:
         form = ChatCompletionInput(data=request.data)
         form.is_valid(raise_exception=True)
         return _serve(request, form.validated_data, fmt.CHAT)
@@ -339,7 +340,7 @@ class Completions(APIView):
         description=_EXT_DESCRIPTION,
         tags=["openai"],
     )
-    def post(self, request: Request) -> HttpResponse:
+    def post(self, request: Request) -> HttpResponseBase:
         form = CompletionInput(data=request.data)
         form.is_valid(raise_exception=True)
         return _serve(request, form.validated_data, fmt.TEXT)

@@ -23,7 +23,7 @@ def budget_status(policy: BudgetPolicy, now: Any = None) -> dict[str, Any]:
     return {
         "id": policy.pk,
         "name": policy.name,
-        "api_key": policy.api_key.prefix if policy.api_key_id else None,
+        "api_key": policy.api_key.prefix if policy.api_key is not None else None,
         "period": policy.period,
         "mode": policy.mode,
         "enabled": policy.enabled,
@@ -43,11 +43,10 @@ def budgets_for_team(*, team: Team) -> list[BudgetPolicy]:
 
 def budget_get_for_team(*, team: Team, policy_id: str) -> BudgetPolicy:
     """Return the team's policy; raise NotFound for another team's or an unknown id."""
+    pk = _as_id(policy_id)
     policy = (
-        BudgetPolicy.objects.filter(team=team, pk=_as_id(policy_id))
-        .select_related("api_key")
-        .first()
-        if _as_id(policy_id)
+        BudgetPolicy.objects.filter(team=team, pk=pk).select_related("api_key").first()
+        if pk is not None
         else None
     )
     if policy is None:

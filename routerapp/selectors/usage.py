@@ -116,7 +116,7 @@ def usage_for_team(
                 entry["name"] = row["api_key__name"]
             entry.update(_shape(row))
             groups.append(entry)
-        groups.sort(key=lambda g: Decimal(g["cost_usd"]), reverse=True)
+        groups.sort(key=lambda g: Decimal(str(g["cost_usd"])), reverse=True)
         body["groups"] = groups
     return body
 

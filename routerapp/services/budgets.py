@@ -137,7 +137,7 @@ def _reserve_fast(policy: BudgetPolicy, now: dt.datetime, amount: Decimal) -> in
         f'UPDATE "{table}" SET "reserved_usd" = "reserved_usd" + %s, "updated_at" = %s '
         'WHERE "policy_id" = %s AND "period_start" = %s'
     )
-    params: list[object] = [amount, now, policy.pk, period_start(policy.period, now)]
+    params: list[Any] = [amount, now, policy.pk, period_start(policy.period, now)]
     if policy.is_hard:
         sql += ' AND "spent_usd" <= %s - %s - "reserved_usd"'
         params += [policy.limit_usd, amount]

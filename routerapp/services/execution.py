@@ -227,13 +227,14 @@ def _finish(query: Query) -> None:
         transaction.on_commit(lambda: benchmark_run_refresh(run_id=run_id))
     # Last, once the row is committed and the hooks above have run: tell whoever waits for or
     # streams this query, and charge its tokens to its key's per-minute window.
-    end = {
-        "query_id": query.pk,
-        "status": query.status,
-        "api_key_id": query.api_key_id,
-        "tokens": query.prompt_tokens + query.completion_tokens,
-    }
-    transaction.on_commit(lambda: query_finished_notify(**end), robust=True)
+    query_pk, status, key_id = query.pk, str(query.status), query.api_key_id
+    tokens = query.prompt_tokens + query.completion_tokens
+    transaction.on_commit(
+        lambda: query_finished_notify(
+            query_id=query_pk, status=status, api_key_id=key_id, tokens=tokens
+        ),
+        robust=True,
+    )
 
 
 def _bill_written_samples(query: Query) -> None:

@@ -244,6 +244,7 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
             return _current_status(query), None
         query.status, query.started_at = Query.Status.RUNNING, now
     configuration = query.configuration
+    assert configuration is not None  # every routed query has one
     try:
         engine = get_engine(configuration.endpoint.engine, configuration.endpoint.engine_params)
         strategy = get_strategy(configuration.strategy.strategy)
@@ -300,6 +301,7 @@ def _inline_complete(query: Query, result: Any) -> tuple[str, list[Sample]]:
     from routerapp.services.pricing import endpoint_prices
     from workers.ledger import cost_of_tokens, cost_usd
 
+    assert query.configuration is not None
     prices = endpoint_prices(query.configuration.endpoint)
     samples = []
     for c in result.candidates:
@@ -392,6 +394,7 @@ def query_enqueue(*, query: Query) -> None:
     """
     from workers.tasks import query_execute
 
+    assert query.configuration is not None
     endpoint = query.configuration.endpoint
     queue = queue_for_engine(endpoint.engine, endpoint.queue)
     try:
