@@ -189,6 +189,9 @@ SYNC_WAIT_S = env_float("COSTPASS_SYNC_WAIT_S", 120.0, minimum=0.0)
 # routing, budget and ledger, no queue hop); false sends every query through Celery.
 INLINE_REMOTE_SINGLE = env_bool("COSTPASS_INLINE_REMOTE_SINGLE", True)
 LLAMA_THREADS = env_int("COSTPASS_LLAMA_THREADS", 1, minimum=1)
+# Dashboards' rollup refresh: at most one per group per this many seconds, off the request
+# path (0: refresh synchronously when a query finishes).
+ROLLUP_DEBOUNCE_S = env_float("COSTPASS_ROLLUP_DEBOUNCE_S", 2.0, minimum=0.0)
 # Unfinished queries one benchmark run keeps in the engine queues (the rest wait their turn).
 BENCHMARK_IN_FLIGHT = env_int("COSTPASS_BENCHMARK_IN_FLIGHT", 2, minimum=1)
 # Bounded exploration of the active router when it serves (learning online from grades).

@@ -47,3 +47,11 @@ def router_version_fit(version_id: int) -> None:
     from routerapp.services.routers import router_version_fit as fit
 
     fit(version_id=version_id)
+
+
+@app.task(name="costpass.rollup_refresh", acks_late=True, soft_time_limit=120, time_limit=180)
+def rollup_refresh(group: dict) -> None:
+    """Recompute one dashboard rollup group from the log (scheduled, debounced)."""
+    from routerapp.services.rollups import rollup_refresh_pending
+
+    rollup_refresh_pending(group=group)

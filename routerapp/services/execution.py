@@ -214,12 +214,11 @@ def _finish(query: Query) -> None:
     if query.graded_correct is not None and query.graded_at is None:
         query.graded_at = query.finished_at
     budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
-    # The dashboards' daily rollup: recomputed for this query's group once it is committed;
-    # robust, because a rollup failure must not fail a query that has finished.
-    from routerapp.services.rollups import rollup_refresh_for_query
+    # The dashboards' daily rollup: its group is refreshed (debounced, off the request path)
+    # once this is committed; robust, because a rollup failure must not fail a finished query.
+    from routerapp.services.rollups import rollup_schedule
 
-    query_id = query.pk
-    transaction.on_commit(lambda: rollup_refresh_for_query(query_id=query_id), robust=True)
+    transaction.on_commit(lambda: rollup_schedule(query=query), robust=True)
     if query.benchmark_run_id is not None:
         from routerapp.services.benchmarks import benchmark_run_refresh
 

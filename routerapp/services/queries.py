@@ -455,7 +455,7 @@ def query_feedback(
     locked.graded_at = timezone.now()
     locked.save(update_fields=["feedback_correct", "feedback_score", "graded_correct", "graded_at"])
     # A grade changes the dashboards' cost-of-pass: recompute the query's daily rollup row.
-    from routerapp.services.rollups import rollup_refresh_for_query
+    from routerapp.services.rollups import rollup_schedule
 
-    transaction.on_commit(lambda: rollup_refresh_for_query(query_id=locked.pk), robust=True)
+    transaction.on_commit(lambda: rollup_schedule(query=locked), robust=True)
     return locked

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import hashlib
 import logging
 import math
 from collections.abc import Iterable
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Count, F, Func, IntegerField, Q, QuerySet, Sum, Value
 
@@ -351,6 +354,68 @@ def rollup_refresh_for_query(*, query_id: Any) -> QueryDailyRollup | None:
         task=q["task"],
         api_key_id=q["api_key_id"],
         kind=query_kind(source=q["source"], router_version_id=q["router_version_id"]),
+    )
+
+
+def _group_of(query: Query) -> dict[str, Any]:
+    return {
+        "day": query.created_at.astimezone(dt.UTC).date().isoformat(),
+        "team_id": query.team_id,
+        "configuration_id": query.configuration_id,
+        "task": query.task,
+        "api_key_id": query.api_key_id,
+        "kind": query_kind(source=query.source, router_version_id=query.router_version_id),
+    }
+
+
+def _pending_key(group: dict[str, Any]) -> str:
+    parts = (group["day"], group["team_id"], group["configuration_id"], group["task"],
+             group["api_key_id"], group["kind"])
+    return "rollup-pending:" + hashlib.sha1(repr(parts).encode()).hexdigest()
+
+
+def rollup_schedule(*, query: Query) -> None:
+    """Schedule the refresh of a query's rollup group (call after its change is committed).
+
+    Refreshes are debounced per group: the first change in a window enqueues one refresh on
+    the default queue, `ROLLUP_DEBOUNCE_S` later; later changes in the window ride on it. So
+    a request never pays for re-reading its group's day, and a busy group costs one refresh
+    per window however many queries finish in it. With `ROLLUP_DEBOUNCE_S = 0` the refresh
+    runs here, synchronously.
+    """
+    group = _group_of(query)
+    delay = settings.ROLLUP_DEBOUNCE_S
+    if delay <= 0:
+        rollup_refresh_pending(group=group)
+        return
+    key = _pending_key(group)
+    # The marker outlives the countdown so a slow worker does not let duplicates pile up, and
+    # expires so a lost task cannot silence a group for good.
+    if not cache.add(key, 1, timeout=max(60, int(delay * 10))):
+        return
+    try:
+        from workers.queues import Queue
+        from workers.tasks import rollup_refresh
+
+        rollup_refresh.apply_async(kwargs={"group": group}, countdown=delay,
+                                   queue=Queue.DEFAULT.value)
+    except Exception:  # no broker: refresh now rather than leave the group stale
+        log.warning("could not enqueue a rollup refresh; refreshing inline", exc_info=True)
+        cache.delete(key)
+        rollup_refresh_pending(group=group)
+
+
+def rollup_refresh_pending(*, group: dict[str, Any]) -> QueryDailyRollup | None:
+    """Refresh a scheduled group. The marker is cleared first, so a change committed while
+    this refresh reads the log schedules another refresh instead of being lost."""
+    cache.delete(_pending_key(group))
+    return rollup_refresh_group(
+        day=dt.date.fromisoformat(group["day"]),
+        team_id=group["team_id"],
+        configuration_id=group["configuration_id"],
+        task=group["task"],
+        api_key_id=group["api_key_id"],
+        kind=group["kind"],
     )
 
 

@@ -115,9 +115,11 @@ def test_a_group_that_empties_loses_its_row() -> None:
     assert not QueryDailyConfigRollup.objects.exists()
 
 
-def test_query_finish_refreshes_the_rollup(django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
-    """execution._finish (via query_fail here) schedules the refresh after commit."""
+def test_query_finish_refreshes_the_rollup(django_capture_on_commit_callbacks, settings) -> None:  # type: ignore[no-untyped-def]
+    """execution._finish (via query_fail here) refreshes after commit (synchronous mode)."""
     from routerapp.services.execution import query_fail
+
+    settings.ROLLUP_DEBOUNCE_S = 0
 
     q = Query.objects.create(
         team=TeamFactory(name="hook"),
@@ -131,6 +133,31 @@ def test_query_finish_refreshes_the_rollup(django_capture_on_commit_callbacks) -
     row = QueryDailyRollup.objects.get(team=q.team)
     assert (row.queries, row.failed, row.task, row.kind) == (1, 1, "t", "direct")
     assert row.latency_n == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.worker
+def test_refreshes_are_debounced_through_the_worker(celery_worker_process, settings) -> None:  # type: ignore[no-untyped-def]
+    """With a debounce window, finishing queries only schedules one refresh per group on the
+    default queue (nothing is re-read in the finishing process); the worker then brings the
+    row up to date with every query of the window."""
+    from django.core.cache import cache
+
+    from routerapp.services.execution import query_fail
+    from tests.conftest import wait_for
+
+    settings.ROLLUP_DEBOUNCE_S = 1.0
+    cache.clear()
+    team = TeamFactory(name="debounce")
+    config = ConfigurationFactory()
+    queries = [Query.objects.create(team=team, prompt="x", configuration=config,
+                                    status="running", task="t") for _ in range(3)]
+    for q in queries:
+        query_fail(query_id=str(q.pk), error="boom")
+    assert not QueryDailyRollup.objects.filter(team=team).exists()  # not refreshed inline
+    row = wait_for(lambda: QueryDailyRollup.objects.filter(team=team, queries=3).first(),
+                   timeout=60)
+    assert row.failed == 3
 
 
 def test_latency_buckets_and_quantiles() -> None:
