@@ -58,9 +58,18 @@ def main() -> None:
         )
         key = (
             subprocess.run(
-                [py, "manage.py", "shell", "-c",
-                 SETUP % {"upstream": f"http://127.0.0.1:{up_port}/v1"}],
-                cwd=REPO, env=env, check=True, capture_output=True, text=True,
+                [
+                    py,
+                    "manage.py",
+                    "shell",
+                    "-c",
+                    SETUP % {"upstream": f"http://127.0.0.1:{up_port}/v1"},
+                ],
+                cwd=REPO,
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
             )
             .stdout.strip()
             .splitlines()[-1]
@@ -69,26 +78,53 @@ def main() -> None:
         log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-gunicorn-{port}.log", "w")  # noqa: SIM115
         procs.append(
             subprocess.Popen(
-                [py, "-m", "gunicorn", "routerapp.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
-                 "-k", "gthread", "--threads", "16", "--timeout", "120"],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    py,
+                    "-m",
+                    "gunicorn",
+                    "routerapp.wsgi",
+                    "-b",
+                    f"127.0.0.1:{port}",
+                    "-w",
+                    "2",
+                    "-k",
+                    "gthread",
+                    "--threads",
+                    "16",
+                    "--timeout",
+                    "120",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         )
         wait_port(port, procs[-1])
         command = [
             str(Path(py).parent / "schemathesis"),
-            "--config-file", str(REPO / "bench" / "schemathesis.toml"),
-            "run", f"http://127.0.0.1:{port}/api/schema/",
-            "-H", f"Authorization: Bearer {key}",
-            "--checks", args.checks,
-            "--max-time", str(args.max_time),
-            "--workers", args.workers,
-            "--request-timeout", "30",
-            "--suppress-health-check", "all",
+            "--config-file",
+            str(REPO / "bench" / "schemathesis.toml"),
+            "run",
+            f"http://127.0.0.1:{port}/api/schema/",
+            "-H",
+            f"Authorization: Bearer {key}",
+            "--checks",
+            args.checks,
+            "--max-time",
+            str(args.max_time),
+            "--workers",
+            args.workers,
+            "--request-timeout",
+            "30",
+            "--suppress-health-check",
+            "all",
             *(["--report", "junit", "--report-dir", args.report_dir] if args.report_dir else []),
             *args.extra,
         ]
-        shown = " ".join(c if "Bearer" not in c else "'Authorization: Bearer $KEY'" for c in command)
+        shown = " ".join(
+            c if "Bearer" not in c else "'Authorization: Bearer $KEY'" for c in command
+        )
         print(f"$ {shown}", flush=True)
         result = subprocess.run(command, cwd=REPO, env=env)
         log.flush()

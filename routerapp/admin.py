@@ -74,7 +74,7 @@ class ModelEndpointForm(forms.ModelForm):
         ]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         engine, params = data.get("engine"), data.get("engine_params")
         if engine and params is not None:
             from workers.engines import validate_engine_params
@@ -118,7 +118,7 @@ class StrategyConfigForm(forms.ModelForm):
         fields = ["name", "strategy", "params", "description"]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         slug, params = data.get("strategy"), data.get("params")
         if slug:
             from pydantic import ValidationError
@@ -183,10 +183,12 @@ class ApiKeyAdmin(AuditedAdmin):
     actions = ["revoke_keys"]
     audited_fields = ["name", "scopes", "expires_at", "rate_limit_rpm", "rate_limit_tpm"]
 
-    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: Any | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
         if obj is None:
             kwargs["form"] = ApiKeyAddForm
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change, **kwargs)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return self.readonly_fields if obj is not None else []
@@ -253,7 +255,7 @@ class SampleInline(admin.TabularInline):
     model = m.Sample
     extra = 0
     can_delete = False
-    fields = [
+    _columns: list[Any] = [
         "index",
         "extracted_answer",
         "score",
@@ -264,7 +266,8 @@ class SampleInline(admin.TabularInline):
         "chosen",
         "cost_usd",
     ]
-    readonly_fields = fields
+    fields = _columns
+    readonly_fields = _columns
 
 
 @admin.register(m.Query)

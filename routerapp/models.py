@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-USD = {"max_digits": 24, "decimal_places": 12}
-PRICE = {"max_digits": 18, "decimal_places": 6}
+
+def usd_field(**options: Any) -> models.DecimalField:
+    """An amount in USD: 12 decimal places hold tokens x (USD per million tokens) exactly."""
+    return models.DecimalField(max_digits=24, decimal_places=12, **options)
+
+
+def price_field(**options: Any) -> models.DecimalField:
+    """A price in USD per million tokens (or per GPU-hour), to the micro-dollar."""
+    return models.DecimalField(max_digits=18, decimal_places=6, **options)
+
+
 ZERO = Decimal("0")
 
 
@@ -102,9 +112,9 @@ class ModelEndpoint(models.Model):
     display_name = models.CharField(max_length=200, blank=True)
     engine = models.CharField(max_length=32, choices=Engine.choices)
     engine_params = models.JSONField(default=dict, blank=True)
-    input_usd_per_mtok = models.DecimalField(**PRICE, default=ZERO)
-    output_usd_per_mtok = models.DecimalField(**PRICE, default=ZERO)
-    gpu_usd_per_hour = models.DecimalField(**PRICE, null=True, blank=True)
+    input_usd_per_mtok = price_field(default=ZERO)
+    output_usd_per_mtok = price_field(default=ZERO)
+    gpu_usd_per_hour = price_field(null=True, blank=True)
     queue = models.CharField(
         max_length=64, blank=True, help_text="Celery queue of the worker pool; empty = by engine"
     )
@@ -201,7 +211,7 @@ class BudgetPolicy(models.Model):
     )
     name = models.CharField(max_length=100)
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
-    limit_usd = models.DecimalField(**USD)
+    limit_usd = usd_field()
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.HARD_REJECT)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -227,8 +237,8 @@ class BudgetUsage(models.Model):
 
     policy = models.ForeignKey(BudgetPolicy, on_delete=models.CASCADE, related_name="usage")
     period_start = models.DateField()
-    reserved_usd = models.DecimalField(**USD, default=ZERO)
-    spent_usd = models.DecimalField(**USD, default=ZERO)
+    reserved_usd = usd_field(default=ZERO)
+    spent_usd = usd_field(default=ZERO)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -299,7 +309,9 @@ class BenchmarkRun(models.Model):
     name = models.CharField(max_length=100)
     labelled_set = models.CharField(max_length=16, choices=LabelledSet.choices)
     items = models.JSONField(default=list, blank=True, help_text="[{prompt, gold, answer_kind}]")
-    configurations = models.ManyToManyField("Configuration", related_name="benchmark_runs")
+    configurations: models.ManyToManyField = models.ManyToManyField(
+        "Configuration", related_name="benchmark_runs"
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     planned = models.PositiveIntegerField(default=0, help_text="items x configurations")
     done = models.PositiveIntegerField(default=0)
@@ -370,7 +382,7 @@ class Query(models.Model):
         RouterVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="queries"
     )
     predicted_p_correct = models.FloatField(null=True, blank=True)
-    predicted_cost_usd = models.DecimalField(**USD, null=True, blank=True)
+    predicted_cost_usd = usd_field(null=True, blank=True)
     decision = models.JSONField(default=dict, blank=True, help_text="Alternatives weighed")
     # The result and its ledger.
     answer = models.TextField(blank=True)
@@ -382,8 +394,8 @@ class Query(models.Model):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     engine_requests = models.PositiveIntegerField(default=0)
     scorer_calls = models.PositiveIntegerField(default=0)
-    cost_usd = models.DecimalField(**USD, default=ZERO)
-    reserved_usd = models.DecimalField(**USD, default=ZERO)
+    cost_usd = usd_field(default=ZERO)
+    reserved_usd = usd_field(default=ZERO)
     budget_windows = models.JSONField(
         default=list, blank=True, help_text="BudgetUsage ids this query's reservation is held in"
     )
@@ -449,7 +461,7 @@ class Sample(models.Model):
     chosen = models.BooleanField(default=False)
     seed = models.BigIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
-    cost_usd = models.DecimalField(**USD, default=ZERO)
+    cost_usd = usd_field(default=ZERO)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -506,7 +518,7 @@ class RollupFigures(models.Model):
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     cancelled = models.PositiveIntegerField(default=0)
-    cost_usd = models.DecimalField(**USD, default=ZERO)
+    cost_usd = usd_field(default=ZERO)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     samples = models.PositiveBigIntegerField(default=0)
@@ -514,8 +526,8 @@ class RollupFigures(models.Model):
     # moments give the confidence interval of cost-of-pass (a ratio estimator) without the log.
     graded = models.PositiveIntegerField(default=0)
     correct = models.PositiveIntegerField(default=0)
-    graded_cost_usd = models.DecimalField(**USD, default=ZERO)
-    correct_cost_usd = models.DecimalField(**USD, default=ZERO, help_text="Cost of correct ones")
+    graded_cost_usd = usd_field(default=ZERO)
+    correct_cost_usd = usd_field(default=ZERO, help_text="Cost of correct ones")
     graded_cost_sq = models.FloatField(default=0.0, help_text="Sum of squared USD, graded")
     latency_n = models.PositiveIntegerField(default=0)
     latency_sum_ms = models.PositiveBigIntegerField(default=0)

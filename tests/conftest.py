@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -39,7 +40,6 @@ def celery_worker_process(
 
     Tests that use it must be `transaction=True` so the worker sees committed rows.
     """
-    from django.conf import settings
     from django.db import connection
 
     from workers.celery import app
@@ -47,17 +47,24 @@ def celery_worker_process(
     # A queue left over from an interrupted run must not feed this worker stale ids.
     with app.connection_for_write() as conn:
         for queue in ("default", "engine.llama_cpp", "engine.openai_compat", "training"):
-            try:
+            with contextlib.suppress(Exception):  # the queue may not exist yet
                 conn.default_channel.queue_purge(queue)
-            except Exception:  # the queue may not exist yet
-                pass
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     log = open(log_path, "w")  # noqa: SIM115 (closed at teardown)
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "workers", "worker",
-            "-Q", "default,engine.llama_cpp,engine.openai_compat,training",
-            "--pool=solo", "--loglevel=INFO", "-n", f"test-{os.getpid()}@%h",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            "default,engine.llama_cpp,engine.openai_compat,training",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-n",
+            f"test-{os.getpid()}@%h",
         ],
         cwd=REPO,
         env=_worker_env(connection.settings_dict["NAME"]),
@@ -83,7 +90,6 @@ def celery_worker_process(
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
-    _ = settings  # settings were read above; keep the import for clarity
 
 
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.25):  # type: ignore[no-untyped-def]

@@ -23,8 +23,10 @@ def test_query_runs_on_the_real_model_and_is_priced(live_server, celery_worker_p
     _, raw = api_key_create(team=team, name="e2e")
     auth = {"Authorization": f"Bearer {raw}"}
     with httpx.Client(base_url=live_server.url, headers=auth, timeout=30) as client:
-        r = client.post("/api/v1/queries",
-                        json={"prompt": "What is 3 + 4? Answer with a number.", "task": "arith"})
+        r = client.post(
+            "/api/v1/queries",
+            json={"prompt": "What is 3 + 4? Answer with a number.", "task": "arith"},
+        )
         assert r.status_code == 202, r.text
         query_id = r.json()["id"]
 

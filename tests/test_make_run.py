@@ -25,17 +25,27 @@ def _free_port() -> int:
 
 
 def _embedded_env(var_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL",
-                        "DJANGO_SETTINGS_MODULE"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "CELERY_RESULT_BACKEND",
+            "REDIS_URL",
+            "DJANGO_SETTINGS_MODULE",
+        }
+    }
     env["COSTPASS_VAR_DIR"] = str(var_dir)
     env["COSTPASS_LLAMA_THREADS"] = "1"
     return env
 
 
 def _curl(*args: str) -> dict:
-    out = subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, check=True,
-                         timeout=60)
+    out = subprocess.run(
+        ["curl", "-sS", *args], capture_output=True, text=True, check=True, timeout=60
+    )
     return json.loads(out.stdout)
 
 
@@ -44,8 +54,14 @@ def test_make_run_serves_admin_and_api_on_the_embedded_default(tmp_path: Path) -
     env = _embedded_env(tmp_path / "var")
     log_path = tmp_path / "make-run.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["make", "run", f"PORT={port}"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -58,19 +74,38 @@ def test_make_run_serves_admin_and_api_on_the_embedded_default(tmp_path: Path) -
         else:
             pytest.fail("make run did not start:\n" + log_path.read_text()[-4000:])
         # The admin answers (login page) and health is green on SQLite + filesystem broker.
-        admin = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                                f"{base}/admin/login/"], capture_output=True, text=True)
+        admin = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/admin/login/"],
+            capture_output=True,
+            text=True,
+        )
         assert admin.stdout == "200"
         assert _curl(f"{base}/healthz") == {"status": "ok", "database": "ok", "broker": "ok"}
         # The README's flow: create a key, post a query, poll it.
-        key = subprocess.run(
-            [str(REPO / ".venv/bin/python"), "manage.py", "create_api_key", "--team", "demo"],
-            cwd=REPO, env=env, capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        key = (
+            subprocess.run(
+                [str(REPO / ".venv/bin/python"), "manage.py", "create_api_key", "--team", "demo"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         auth = f"Authorization: Bearer {key}"
-        created = _curl("-X", "POST", f"{base}/api/v1/queries", "-H", auth,
-                        "-H", "Content-Type: application/json",
-                        "-d", '{"prompt": "What is 2 + 2?", "task": "arithmetic"}')
+        created = _curl(
+            "-X",
+            "POST",
+            f"{base}/api/v1/queries",
+            "-H",
+            auth,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"prompt": "What is 2 + 2?", "task": "arithmetic"}',
+        )
         assert created["status"] == "queued", created
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

@@ -40,7 +40,8 @@ def shadow_comparison(*, version: RouterVersion, limit: int = 50_000) -> dict[st
     )
     n = len(rows)
     agree = 0
-    graded = {"agree": [0, 0, Decimal(0)], "disagree": [0, 0, Decimal(0)]}
+    counts = {"agree": [0, 0], "disagree": [0, 0]}  # graded, correct
+    spent = {"agree": Decimal(0), "disagree": Decimal(0)}
     predicted_cost = 0.0
     for decision, served, correct, cost in rows:
         shadow = decision.get("shadow") or {}
@@ -48,16 +49,18 @@ def shadow_comparison(*, version: RouterVersion, limit: int = 50_000) -> dict[st
         agree += same
         predicted_cost += float(shadow.get("cost_usd") or 0.0)
         if correct is not None:
-            bucket = graded["agree" if same else "disagree"]
-            bucket[0] += 1
-            bucket[1] += int(correct)
-            bucket[2] += cost
+            side = "agree" if same else "disagree"
+            counts[side][0] += 1
+            counts[side][1] += int(correct)
+            spent[side] += cost
     return {
         "n": n,
         "agree_rate": agree / n if n else None,
         "shadow_mean_predicted_cost_usd": predicted_cost / n if n else None,
-        "served_when_agreeing": _summary(*graded["agree"]),
-        "served_when_disagreeing": _summary(*graded["disagree"]),
+        "served_when_agreeing": _summary(counts["agree"][0], counts["agree"][1], spent["agree"]),
+        "served_when_disagreeing": _summary(
+            counts["disagree"][0], counts["disagree"][1], spent["disagree"]
+        ),
     }
 
 

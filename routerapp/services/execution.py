@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from routerapp.models import ModelEndpoint, Query, Sample
+from routerapp.models import Configuration, ModelEndpoint, Query, Sample
 from routerapp.services.budgets import budget_settle
 from routerapp.services.pricing import endpoint_prices
 from routerapp.services.streaming import EventSink, query_events_publisher, query_finished_notify
@@ -45,13 +45,20 @@ def _candidate_get(candidate: Any, name: str, default: Any = None) -> Any:
     return getattr(candidate, name, default)
 
 
+def configuration_of(query: Query) -> Configuration:
+    """Return the configuration a routed query runs on (every dispatched query has one)."""
+    if query.configuration is None:
+        raise ValueError(f"query {query.pk} was never routed to a configuration")
+    return query.configuration
+
+
 class _Run:
     """Callbacks the strategy calls while it runs one query."""
 
     def __init__(self, query: Query, offset: int, events: EventSink | None = None):
         self.query = query
         self.offset = offset
-        self.prices = endpoint_prices(query.configuration.endpoint)
+        self.prices = endpoint_prices(configuration_of(query).endpoint)
         # Token deltas and finished samples go to whoever streams this query (API, playground).
         self.events = events if events is not None else query_events_publisher(query.pk)
         self._next_poll = 0.0
@@ -128,9 +135,9 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
         query_finish_cancelled(query=query)
         return Query.Status.CANCELLED
     offset = Sample.objects.filter(query=query).count()
-    run = _Run(query, offset, events)
-    configuration = query.configuration
     try:
+        run = _Run(query, offset, events)
+        configuration = configuration_of(query)
         engine = get_engine(configuration.endpoint.engine, configuration.endpoint.engine_params)
         strategy = get_strategy(configuration.strategy.strategy)
         params = strategy.validate_params(configuration.strategy.params)
@@ -165,10 +172,11 @@ def _check_prompt_length(engine: Any, query: Query) -> None:
     if count is None:
         return
     tokens = count(messages=query.messages or [{"role": "user", "content": query.prompt}])
-    limit = query.configuration.max_prompt_tokens
+    configuration = configuration_of(query)
+    limit = configuration.max_prompt_tokens
     if tokens > limit:
         raise PromptTooLong(
-            f"the prompt has {tokens} tokens; configuration {query.configuration.slug} "
+            f"the prompt has {tokens} tokens; configuration {configuration.slug} "
             f"accepts at most {limit}"
         )
 

@@ -369,8 +369,14 @@ def _group_of(query: Query) -> dict[str, Any]:
 
 
 def _pending_key(group: dict[str, Any]) -> str:
-    parts = (group["day"], group["team_id"], group["configuration_id"], group["task"],
-             group["api_key_id"], group["kind"])
+    parts = (
+        group["day"],
+        group["team_id"],
+        group["configuration_id"],
+        group["task"],
+        group["api_key_id"],
+        group["kind"],
+    )
     return "rollup-pending:" + hashlib.sha1(repr(parts).encode()).hexdigest()
 
 
@@ -397,8 +403,9 @@ def rollup_schedule(*, query: Query) -> None:
         from workers.queues import Queue
         from workers.tasks import rollup_refresh
 
-        rollup_refresh.apply_async(kwargs={"group": group}, countdown=delay,
-                                   queue=Queue.DEFAULT.value)
+        rollup_refresh.apply_async(
+            kwargs={"group": group}, countdown=delay, queue=Queue.DEFAULT.value
+        )
     except Exception:  # no broker: refresh now rather than leave the group stale
         log.warning("could not enqueue a rollup refresh; refreshing inline", exc_info=True)
         cache.delete(key)

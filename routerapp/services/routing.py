@@ -123,6 +123,8 @@ class LiveRouter:
         from routerapp.routing import Router
 
         self.version_id = version.pk
+        if version.artifact is None:
+            raise LookupError(f"router version {version.pk} has no stored model")
         self.router = Router.from_bytes(bytes(version.artifact))
         self.config_ids = set(self.router.config_ids)
         self.since = version.trained_at or timezone.now()

@@ -24,8 +24,11 @@ def test_bootstrap_is_idempotent(settings, tmp_path) -> None:  # type: ignore[no
     out = StringIO()
     call_command("bootstrap", stdout=out)
     assert "nothing to do" in out.getvalue()
-    assert counts == (Team.objects.count(), ModelEndpoint.objects.count(),
-                      Configuration.objects.count())
+    assert counts == (
+        Team.objects.count(),
+        ModelEndpoint.objects.count(),
+        Configuration.objects.count(),
+    )
     endpoint = ModelEndpoint.objects.get(name="smollm2-135m")
     assert endpoint.engine == "llama_cpp" and endpoint.input_usd_per_mtok > 0
 

@@ -37,7 +37,8 @@ class Command(BaseCommand):
                 source=source,
                 suite_dir=opts["suite"],
                 name=opts["name"],
-                activate=opts["activate"], enqueue=opts["background"],
+                activate=opts["activate"],
+                enqueue=opts["background"],
             )
         except ServiceError as exc:
             raise CommandError(exc.message) from exc

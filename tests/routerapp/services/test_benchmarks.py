@@ -22,13 +22,14 @@ def _file(name: str, data: bytes) -> BytesIO:
 
 
 def test_csv_and_jsonl_are_read() -> None:
-    items = parse_labelled_file(_file("set.csv", b"prompt,gold\n\"What is 2+2?\",4\nHi?,hello\n"))
+    items = parse_labelled_file(_file("set.csv", b'prompt,gold\n"What is 2+2?",4\nHi?,hello\n'))
     assert items == [
         {"prompt": "What is 2+2?", "gold": "4", "answer_kind": "", "task": ""},
         {"prompt": "Hi?", "gold": "hello", "answer_kind": "", "task": ""},
     ]
-    items = parse_labelled_file(_file("set.jsonl", b'{"prompt": "1+1?", "gold": 2, '
-                                                   b'"answer_kind": "math", "task": "t"}\n\n'))
+    items = parse_labelled_file(
+        _file("set.jsonl", b'{"prompt": "1+1?", "gold": 2, "answer_kind": "math", "task": "t"}\n\n')
+    )
     assert items == [{"prompt": "1+1?", "gold": "2", "answer_kind": "math", "task": "t"}]
 
 
@@ -72,11 +73,16 @@ def test_bad_runs_write_nothing() -> None:
 def test_small_run_reaches_100_percent_with_results(celery_worker_process) -> None:  # type: ignore[no-untyped-def]
     team = TeamFactory(name="bench")
     greedy = ConfigurationFactory()
-    vote = ConfigurationFactory(strategy=StrategyConfigFactory(
-        name="short-1-of-3", strategy="short_m_at_k",
-        params={"k": 3, "m": 1, "temperature": 0.7, "max_tokens": 24}))
-    run = benchmark_run_create(team=team, name="small", configurations=[greedy, vote],
-                               generated={"n": 2, "seed": 1})
+    vote = ConfigurationFactory(
+        strategy=StrategyConfigFactory(
+            name="short-1-of-3",
+            strategy="short_m_at_k",
+            params={"k": 3, "m": 1, "temperature": 0.7, "max_tokens": 24},
+        )
+    )
+    run = benchmark_run_create(
+        team=team, name="small", configurations=[greedy, vote], generated={"n": 2, "seed": 1}
+    )
     assert run.planned == 4
 
     def finished() -> BenchmarkRun | None:

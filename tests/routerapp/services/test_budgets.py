@@ -52,8 +52,9 @@ def test_key_budget_applies_only_to_its_key_and_soft_budget_flags() -> None:
     key_a, _ = api_key_create(team=team, name="a")
     key_b, _ = api_key_create(team=team, name="b")
     BudgetPolicyFactory(team=team, api_key=key_a, name="key-a", limit_usd=Decimal("0.10"))
-    BudgetPolicyFactory(team=team, name="team-soft", limit_usd=Decimal("0.15"),
-                        mode=BudgetPolicy.Mode.SOFT)
+    BudgetPolicyFactory(
+        team=team, name="team-soft", limit_usd=Decimal("0.15"), mode=BudgetPolicy.Mode.SOFT
+    )
     with pytest.raises(BudgetExceeded, match="key-a"):
         budget_reserve(team=team, api_key=key_a, amount=Decimal("0.20"))
     # Key b is not under key a's budget; the soft team budget only flags.

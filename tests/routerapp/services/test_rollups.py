@@ -150,13 +150,18 @@ def test_refreshes_are_debounced_through_the_worker(celery_worker_process, setti
     cache.clear()
     team = TeamFactory(name="debounce")
     config = ConfigurationFactory()
-    queries = [Query.objects.create(team=team, prompt="x", configuration=config,
-                                    status="running", task="t") for _ in range(3)]
+    queries = [
+        Query.objects.create(
+            team=team, prompt="x", configuration=config, status="running", task="t"
+        )
+        for _ in range(3)
+    ]
     for q in queries:
         query_fail(query_id=str(q.pk), error="boom")
     assert not QueryDailyRollup.objects.filter(team=team).exists()  # not refreshed inline
-    row = wait_for(lambda: QueryDailyRollup.objects.filter(team=team, queries=3).first(),
-                   timeout=60)
+    row = wait_for(
+        lambda: QueryDailyRollup.objects.filter(team=team, queries=3).first(), timeout=60
+    )
     assert row.failed == 3
 
 

@@ -30,8 +30,13 @@ def _log(n_prompts: int = 40, seed: int = 0) -> None:
     rng = random.Random(seed)
     team = Team.objects.get(name="demo")
     configs = {c.strategy.name: c for c in Configuration.objects.select_related("strategy")}
-    cost = {"greedy": "0.00001", "sampled": "0.00001", "majority-5": "0.00002",
-            "short-1-of-5": "0.00003", "best-of-4": "0.00004"}
+    cost = {
+        "greedy": "0.00001",
+        "sampled": "0.00001",
+        "majority-5": "0.00002",
+        "short-1-of-5": "0.00003",
+        "best-of-4": "0.00004",
+    }
     now = timezone.now() - dt.timedelta(hours=1)
     for i in range(n_prompts):
         task = "easy" if i % 2 else "hard"
@@ -42,9 +47,16 @@ def _log(n_prompts: int = 40, seed: int = 0) -> None:
             else:
                 correct = rng.random() < (0.8 if name == "majority-5" else 0.03)
             Query.objects.create(
-                team=team, prompt=prompt, task=task, configuration=config,
-                status=Query.Status.DONE, graded_correct=correct, graded_at=now,
-                cost_usd=Decimal(cost[name]), prompt_tokens=20, completion_tokens=30,
+                team=team,
+                prompt=prompt,
+                task=task,
+                configuration=config,
+                status=Query.Status.DONE,
+                graded_correct=correct,
+                graded_at=now,
+                cost_usd=Decimal(cost[name]),
+                prompt_tokens=20,
+                completion_tokens=30,
             )
 
 
@@ -82,18 +94,29 @@ def test_train_activate_and_route_by_task(installed) -> None:  # type: ignore[no
     assert {"router", "best_single_cop", "oracle_min_cop", "random"} <= set(policies)
     assert version.trained_on["prompts"] == 40
     svc.router_version_activate(version=version)
-    hard = decide(prompt="hard problem 99: what is 99 + 99?", task="hard",
-                  constraints=RequestConstraints(), prompt_tokens=30)
-    easy = decide(prompt="easy problem 98: what is 98 + 98?", task="easy",
-                  constraints=RequestConstraints(), prompt_tokens=30)
+    hard = decide(
+        prompt="hard problem 99: what is 99 + 99?",
+        task="hard",
+        constraints=RequestConstraints(),
+        prompt_tokens=30,
+    )
+    easy = decide(
+        prompt="easy problem 98: what is 98 + 98?",
+        task="easy",
+        constraints=RequestConstraints(),
+        prompt_tokens=30,
+    )
     assert hard.router_version == version and hard.p_correct is not None
     assert hard.configuration.strategy.name == "majority-5"
     assert easy.configuration.strategy.name == "greedy"  # as accurate there, and cheaper
     assert len(hard.alternatives) == 5
     # A budget that only covers single samples moves the choice.
-    capped = decide(prompt="hard problem 99", task="hard",
-                    constraints=RequestConstraints(max_cost_usd=Decimal("0.00003")),
-                    prompt_tokens=30)
+    capped = decide(
+        prompt="hard problem 99",
+        task="hard",
+        constraints=RequestConstraints(max_cost_usd=Decimal("0.00003")),
+        prompt_tokens=30,
+    )
     assert capped.configuration.strategy.strategy == "single"
 
 
@@ -103,18 +126,21 @@ def test_online_grades_move_the_live_router(installed, monkeypatch) -> None:  # 
     monkeypatch.setattr(LiveRouter, "LAG_S", 0.0)
     _log()
     version = svc.router_version_fit(
-        version_id=svc.router_version_train(source="log", enqueue=False).pk)
+        version_id=svc.router_version_train(source="log", enqueue=False).pk
+    )
     svc.router_version_activate(version=version)
     RouterVersion.objects.filter(pk=version.pk).update(
-        trained_at=timezone.now() - dt.timedelta(minutes=30))
+        trained_at=timezone.now() - dt.timedelta(minutes=30)
+    )
     version.refresh_from_db()
     team = Team.objects.get(name="demo")
     majority = Configuration.objects.get(strategy__name="majority-5")
     greedy = Configuration.objects.get(strategy__name="greedy")
 
     def choice() -> str:
-        return decide(prompt="novel problem", task="novel", constraints=RequestConstraints(),
-                      prompt_tokens=30).configuration.strategy.name
+        return decide(
+            prompt="novel problem", task="novel", constraints=RequestConstraints(), prompt_tokens=30
+        ).configuration.strategy.name
 
     live_router(version).router.reset_online()
     before = choice()
@@ -122,10 +148,16 @@ def test_online_grades_move_the_live_router(installed, monkeypatch) -> None:  # 
     graded = timezone.now()
     for i in range(30):
         for config, ok in ((majority, False), (greedy, True)):
-            Query.objects.create(team=team, prompt=f"novel {i}", task="novel",
-                                 configuration=config, status=Query.Status.DONE,
-                                 graded_correct=ok, graded_at=graded,
-                                 cost_usd=Decimal("0.00002"))
+            Query.objects.create(
+                team=team,
+                prompt=f"novel {i}",
+                task="novel",
+                configuration=config,
+                status=Query.Status.DONE,
+                graded_correct=ok,
+                graded_at=graded,
+                cost_usd=Decimal("0.00002"),
+            )
     live = live_router(version)
     live._next_sync = 0.0
     assert live.sync() == 60
@@ -135,16 +167,15 @@ def test_online_grades_move_the_live_router(installed, monkeypatch) -> None:  # 
 
 def test_shadow_decides_without_serving(installed) -> None:  # type: ignore[no-untyped-def]
     _log()
-    v1 = svc.router_version_fit(version_id=svc.router_version_train(source="log",
-                                                                     enqueue=False).pk)
-    v2 = svc.router_version_fit(version_id=svc.router_version_train(source="log",
-                                                                     enqueue=False).pk)
+    v1 = svc.router_version_fit(version_id=svc.router_version_train(source="log", enqueue=False).pk)
+    v2 = svc.router_version_fit(version_id=svc.router_version_train(source="log", enqueue=False).pk)
     svc.router_version_activate(version=v1)
     with pytest.raises(Conflict):
         svc.router_version_set_shadow(version=v1, shadow=True)
     svc.router_version_set_shadow(version=v2, shadow=True)
-    d = decide(prompt="hard problem 1", task="hard", constraints=RequestConstraints(),
-               prompt_tokens=30)
+    d = decide(
+        prompt="hard problem 1", task="hard", constraints=RequestConstraints(), prompt_tokens=30
+    )
     assert d.router_version == v1
     assert d.shadow is not None and d.shadow["router_version"] == v2.pk
     assert d.as_json()["shadow"]["configuration"]
@@ -181,10 +212,19 @@ def test_shadow_comparison_counts_agreement(installed) -> None:  # type: ignore[
     version = RouterVersion.objects.create(name="s", learner="meta-logit", is_shadow=True)
     for shadow_choice, correct in [(greedy.slug, True), (greedy.slug, False), ("other", True)]:
         Query.objects.create(
-            team=team, prompt="p", configuration=greedy, status=Query.Status.DONE,
-            graded_correct=correct, cost_usd=Decimal("0.001"),
-            decision={"shadow": {"router_version": version.pk, "configuration": shadow_choice,
-                                 "cost_usd": 0.002}},
+            team=team,
+            prompt="p",
+            configuration=greedy,
+            status=Query.Status.DONE,
+            graded_correct=correct,
+            cost_usd=Decimal("0.001"),
+            decision={
+                "shadow": {
+                    "router_version": version.pk,
+                    "configuration": shadow_choice,
+                    "cost_usd": 0.002,
+                }
+            },
         )
     report = shadow_comparison(version=version)
     assert report["n"] == 3 and report["agree_rate"] == pytest.approx(2 / 3)
