@@ -9,14 +9,14 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from routerapp.models import Configuration, ModelEndpoint, Query, Sample
 from routerapp.services.budgets import budget_settle
 from routerapp.services.pricing import endpoint_prices
 from routerapp.services.streaming import EventSink, query_events_publisher, query_finished_notify
-from workers.ledger import cost_of_tokens, cost_usd
+from workers.ledger import Prices, cost_of_tokens, cost_usd
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,71 @@ def engines_preload(*, queues: list[str] | None) -> None:
             log.exception("could not preload the engine of endpoint %s", endpoint.name)
 
 
-def _candidate_get(candidate: Any, name: str, default: Any = None) -> Any:
-    return getattr(candidate, name, default)
-
-
 def configuration_of(query: Query) -> Configuration:
     """Return the configuration a routed query runs on (every dispatched query has one)."""
     if query.configuration is None:
         raise ValueError(f"query {query.pk} was never routed to a configuration")
     return query.configuration
+
+
+class CancelPoll:
+    """`should_cancel` for a running query: re-reads its cancel flag at most every
+    CANCEL_POLL_S, cheap enough to call between tokens, quick enough to stop a sample."""
+
+    def __init__(self, query_id: Any):
+        self.query_id = query_id
+        self._next_poll = 0.0
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now >= self._next_poll:
+            self._next_poll = now + CANCEL_POLL_S
+            self._cancelled = Query.objects.filter(pk=self.query_id, cancel_requested=True).exists()
+        return self._cancelled
+
+
+def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
+    """Return the Sample columns of one strategy candidate, priced with workers.ledger."""
+    prompt_tokens = int(candidate.prompt_tokens)
+    completion_tokens = int(candidate.completion_tokens)
+    latency = candidate.latency_s
+    return {
+        "text": candidate.text or "",
+        "extracted_answer": (candidate.extracted_answer or "")[:500],
+        "score": candidate.score,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "finish_reason": candidate.finish_reason or "",
+        "aborted": bool(candidate.aborted),
+        "chosen": bool(candidate.chosen),
+        "seed": candidate.seed,
+        "latency_ms": None if latency is None else int(latency * 1000),
+        "cost_usd": cost_of_tokens(prompt_tokens, completion_tokens, prices),
+    }
+
+
+def apply_result(query: Query, result: Any, prices: Prices) -> None:
+    """Copy a strategy result onto the query (not saved): the ledger's totals priced in one
+    place, the answer and vote, the final status, and the grade when the query has a gold."""
+    from workers.grading import grade
+
+    ledger = result.ledger
+    query.prompt_tokens = int(ledger.prompt_tokens)
+    query.completion_tokens = int(ledger.completion_tokens)
+    query.engine_requests = int(ledger.engine_requests)
+    query.scorer_calls = int(ledger.scorer_calls)
+    query.cost_usd = cost_usd(ledger, prices)
+    query.samples_done = len(result.candidates)
+    query.answer = result.answer or ""
+    query.extracted_answer = (result.extracted_answer or "")[:500]
+    query.votes = result.votes
+    cancelled = bool(result.cancelled)
+    query.status = Query.Status.CANCELLED if cancelled else Query.Status.DONE
+    if query.gold and not cancelled:
+        query.graded_correct = bool(
+            grade(query.answer, query.gold, answer_kind=query.answer_kind or None)
+        )
 
 
 class _Run:
@@ -61,15 +117,7 @@ class _Run:
         self.prices = endpoint_prices(configuration_of(query).endpoint)
         # Token deltas and finished samples go to whoever streams this query (API, playground).
         self.events = events if events is not None else query_events_publisher(query.pk)
-        self._next_poll = 0.0
-        self._cancelled = False
-
-    def should_cancel(self) -> bool:
-        now = time.monotonic()
-        if not self._cancelled and now >= self._next_poll:
-            self._next_poll = now + CANCEL_POLL_S
-            self._cancelled = Query.objects.filter(pk=self.query.pk, cancel_requested=True).exists()
-        return self._cancelled
+        self.should_cancel = CancelPoll(query.pk)
 
     def on_event(self, event: Any) -> None:
         candidate = getattr(event, "candidate", None)
@@ -83,22 +131,7 @@ class _Run:
 
     def save_candidate(self, candidate: Any) -> None:
         """Write one finished (or aborted) sample and bump the query's running totals."""
-        prompt_tokens = int(_candidate_get(candidate, "prompt_tokens", 0))
-        completion_tokens = int(_candidate_get(candidate, "completion_tokens", 0))
-        latency = _candidate_get(candidate, "latency_s")
-        defaults = {
-            "text": _candidate_get(candidate, "text", "") or "",
-            "extracted_answer": (_candidate_get(candidate, "extracted_answer") or "")[:500],
-            "score": _candidate_get(candidate, "score"),
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "finish_reason": _candidate_get(candidate, "finish_reason", "") or "",
-            "aborted": bool(_candidate_get(candidate, "aborted", False)),
-            "chosen": bool(_candidate_get(candidate, "chosen", False)),
-            "seed": _candidate_get(candidate, "seed"),
-            "latency_ms": None if latency is None else int(latency * 1000),
-            "cost_usd": cost_of_tokens(prompt_tokens, completion_tokens, self.prices),
-        }
+        defaults = sample_fields(candidate, self.prices)
         index = self.offset + int(candidate.index)
         with transaction.atomic():
             _, created = Sample.objects.update_or_create(
@@ -183,33 +216,21 @@ def _check_prompt_length(engine: Any, query: Query) -> None:
 
 def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
     """Store a strategy's result, price its ledger, grade it and settle the budget."""
-    from workers.grading import grade
-
     for candidate in result.candidates:
         run.save_candidate(candidate)
-    ledger = result.ledger
     with transaction.atomic():
         locked = Query.objects.select_for_update().get(pk=query.pk)
         if locked.is_finished:
             return locked.status
+        apply_result(locked, result, run.prices)
+        # Samples written by an earlier, interrupted run of this query were generated: billed.
         earlier = Sample.objects.filter(query=locked, index__lt=offset).aggregate(
-            p=Sum("prompt_tokens"), c=Sum("completion_tokens"), usd=Sum("cost_usd")
+            n=Count("id"), p=Sum("prompt_tokens"), c=Sum("completion_tokens"), usd=Sum("cost_usd")
         )
-        locked.prompt_tokens = int(ledger.prompt_tokens) + (earlier["p"] or 0)
-        locked.completion_tokens = int(ledger.completion_tokens) + (earlier["c"] or 0)
-        locked.engine_requests = int(getattr(ledger, "engine_requests", 0))
-        locked.scorer_calls = int(getattr(ledger, "scorer_calls", 0))
-        locked.cost_usd = cost_usd(ledger, run.prices) + (earlier["usd"] or Decimal(0))
-        locked.samples_done = Sample.objects.filter(query=locked).count()
-        locked.answer = result.answer or ""
-        locked.extracted_answer = (result.extracted_answer or "")[:500]
-        locked.votes = result.votes
-        cancelled = bool(getattr(result, "cancelled", False))
-        locked.status = Query.Status.CANCELLED if cancelled else Query.Status.DONE
-        if locked.gold and not cancelled:
-            locked.graded_correct = bool(
-                grade(locked.answer, locked.gold, answer_kind=locked.answer_kind or None)
-            )
+        locked.prompt_tokens += earlier["p"] or 0
+        locked.completion_tokens += earlier["c"] or 0
+        locked.cost_usd += earlier["usd"] or Decimal(0)
+        locked.samples_done += earlier["n"]
         _finish(locked)
         locked.save()
     return locked.status

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from django.conf import settings
@@ -256,7 +255,7 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
             params=params,
             answer_kind=query.answer_kind or None,
             on_event=None if events is None else _InlineEvents(events).on_event,
-            should_cancel=None if events is None else _CancelPoll(query.pk),
+            should_cancel=None if events is None else execution.CancelPoll(query.pk),
         )
     except Exception as exc:  # the endpoint failed: the query fails, billed what was written
         log.warning("inline query %s failed: %s", query.pk, exc)
@@ -289,7 +288,6 @@ _FINAL_FIELDS = (
     "extracted_answer",
     "votes",
     "graded_correct",
-    "graded_at",
     "finished_at",
     "latency_ms",
 )
@@ -299,48 +297,14 @@ def _inline_complete(query: Query, result: Any) -> tuple[str, list[Sample]]:
     """Write an inline query's samples and ledger and settle its budget, in one transaction."""
     from routerapp.services import execution
     from routerapp.services.pricing import endpoint_prices
-    from workers.ledger import cost_of_tokens, cost_usd
 
     assert query.configuration is not None
     prices = endpoint_prices(query.configuration.endpoint)
-    samples = []
-    for c in result.candidates:
-        prompt_tokens, completion_tokens = int(c.prompt_tokens), int(c.completion_tokens)
-        samples.append(
-            Sample(
-                query=query,
-                index=int(c.index),
-                text=c.text or "",
-                extracted_answer=(c.extracted_answer or "")[:500],
-                score=c.score,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                finish_reason=c.finish_reason or "",
-                aborted=bool(c.aborted),
-                chosen=bool(c.chosen),
-                seed=c.seed,
-                latency_ms=None if c.latency_s is None else int(c.latency_s * 1000),
-                cost_usd=cost_of_tokens(prompt_tokens, completion_tokens, prices),
-            )
-        )
-    ledger = result.ledger
-    query.prompt_tokens = int(ledger.prompt_tokens)
-    query.completion_tokens = int(ledger.completion_tokens)
-    query.engine_requests = int(ledger.engine_requests)
-    query.scorer_calls = int(ledger.scorer_calls)
-    query.cost_usd = cost_usd(ledger, prices)
-    query.samples_done = len(samples)
-    query.answer = result.answer or ""
-    query.extracted_answer = (result.extracted_answer or "")[:500]
-    query.votes = result.votes
-    cancelled = bool(result.cancelled)
-    query.status = Query.Status.CANCELLED if cancelled else Query.Status.DONE
-    if query.gold and not cancelled:
-        from workers.grading import grade
-
-        query.graded_correct = bool(
-            grade(query.answer, query.gold, answer_kind=query.answer_kind or None)
-        )
+    samples = [
+        Sample(query=query, index=int(c.index), **execution.sample_fields(c, prices))
+        for c in result.candidates
+    ]
+    execution.apply_result(query, result, prices)
     with transaction.atomic():
         execution._finish(query)  # settle the reservation, register the end hooks
         updated = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING).update(
@@ -366,24 +330,6 @@ class _InlineEvents:
         text = getattr(event, "text", None)
         if text and isinstance(text, str):
             self.sink.token(int(getattr(event, "index", 0)), text)
-
-
-class _CancelPoll:
-    """should_cancel for an inline query: re-reads its cancel flag at most every 0.25 s."""
-
-    EVERY_S = 0.25
-
-    def __init__(self, query_id: Any):
-        self.query_id = query_id
-        self.next_check = 0.0
-        self.cancelled = False
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if not self.cancelled and now >= self.next_check:
-            self.next_check = now + self.EVERY_S
-            self.cancelled = Query.objects.filter(pk=self.query_id, cancel_requested=True).exists()
-        return self.cancelled
 
 
 def query_enqueue(*, query: Query) -> None:
