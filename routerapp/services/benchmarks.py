@@ -4,9 +4,12 @@ they leave behind are outcome data the router learns from."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
+import random
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -136,6 +139,48 @@ def generated_items(*, n: int, seed: int = 0, difficulty: str | None = None) -> 
     ]
 
 
+def shared_labelled_path() -> Path:
+    """Where the labelled sets of the data folder are read from (never copied)."""
+    return Path(settings.SHARED_DATA_DIR) / "data" / "dev_labeled_sets.parquet"
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_counts(path: str, mtime: float) -> tuple[tuple[str, int], ...]:
+    import pandas as pd
+
+    counts = pd.read_parquet(path, columns=["dataset"])["dataset"].value_counts()
+    return tuple(sorted((str(k), int(v)) for k, v in counts.items()))
+
+
+def shared_labelled_sets() -> list[tuple[str, int]]:
+    """Return (dataset, items) of the data folder's labelled sets; [] when it is absent."""
+    path = shared_labelled_path()
+    if not path.is_file():
+        return []
+    return list(_shared_counts(str(path), path.stat().st_mtime))
+
+
+def shared_items(*, dataset: str, n: int, seed: int = 0) -> list[dict]:
+    """Return `n` items of one dataset of the data folder's labelled sets, drawn with `seed`."""
+    from workers.grading.labelled import load_labelled_set
+
+    known = dict(shared_labelled_sets())
+    if dataset not in known:
+        raise InvalidInput(
+            f"no labelled set {dataset!r} in {shared_labelled_path()}"
+            + (f"; known: {', '.join(sorted(known))}" if known else " (the file is absent)"),
+            param="dataset",
+        )
+    if not 1 <= n <= MAX_ITEMS:
+        raise InvalidInput(f"n must be between 1 and {MAX_ITEMS}", param="n")
+    items = load_labelled_set(shared_labelled_path(), dataset=dataset)
+    picked = random.Random(seed).sample(items, min(n, len(items)))
+    return [
+        {"prompt": it.prompt, "gold": it.gold, "answer_kind": it.answer_kind, "task": dataset[:64]}
+        for it in picked
+    ]
+
+
 @transaction.atomic
 def benchmark_run_create(
     *,
@@ -144,6 +189,7 @@ def benchmark_run_create(
     configurations: list[Configuration],
     items: list[dict] | None = None,
     generated: dict[str, Any] | None = None,
+    shared: dict[str, Any] | None = None,
     user: Any = None,
     purpose: str = "",
 ) -> BenchmarkRun:
@@ -158,9 +204,19 @@ def benchmark_run_create(
         raise InvalidInput(
             f"disabled configurations: {', '.join(disabled)}", param="configurations"
         )
-    if (items is None) == (generated is None):
-        raise InvalidInput("give either items or a generated set", param="labelled_set")
-    if generated is not None:
+    if sum(x is not None for x in (items, generated, shared)) != 1:
+        raise InvalidInput(
+            "give exactly one of items, a generated set or a shared labelled set",
+            param="labelled_set",
+        )
+    if shared is not None:
+        items = shared_items(
+            dataset=str(shared.get("dataset") or ""),
+            n=int(shared.get("n", 20)),
+            seed=int(shared.get("seed", 0)),
+        )
+        labelled_set = BenchmarkRun.LabelledSet.SHARED
+    elif generated is not None:
         items = generated_items(
             n=int(generated.get("n", 20)),
             seed=int(generated.get("seed", 0)),

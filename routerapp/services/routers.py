@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -34,6 +35,19 @@ SUITE_FILES = (
     "test_outcomes.parquet",
     "test_prompts.parquet",
 )
+
+
+def suites_dir() -> Path:
+    """Where routing suites are read from (the data folder's suites/, never copied)."""
+    return Path(settings.SHARED_DATA_DIR) / "suites"
+
+
+def shared_suites() -> list[str]:
+    """Return the names of the complete suites in the data folder ([] when it is absent)."""
+    root = suites_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if all((p / f).is_file() for f in SUITE_FILES))
 
 
 def prompt_uid(prompt: str, task: str) -> str:

@@ -28,6 +28,7 @@ FIELD_OF_PARAM = {
     "n": "n",
     "difficulty": "n",
     "labelled_set": "labelled_set",
+    "dataset": "dataset",
 }
 ACTIVE = (BenchmarkRun.Status.QUEUED, BenchmarkRun.Status.RUNNING)
 
@@ -63,6 +64,12 @@ def _create(request: HttpRequest, data: dict[str, Any]) -> BenchmarkRun:
     kwargs: dict[str, Any] = {}
     if data["labelled_set"] == "upload":
         kwargs["items"] = parse_labelled_file(data["file"])
+    elif data["labelled_set"] == "shared":
+        kwargs["shared"] = {
+            "dataset": data["dataset"],
+            "n": data["n"],
+            "seed": data.get("seed") or 0,
+        }
     else:
         kwargs["generated"] = {"n": data["n"], "seed": data.get("seed") or 0}
     return benchmark_run_create(

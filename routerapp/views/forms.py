@@ -165,6 +165,7 @@ class BenchmarkForm(forms.Form):
         min_value=1, max_value=200, initial=10, required=False, label="Number of problems"
     )
     seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0, required=False)
+    dataset = forms.ChoiceField(required=False, label="Labelled set")
     file = forms.FileField(
         required=False,
         label="Labelled file",
@@ -176,22 +177,46 @@ class BenchmarkForm(forms.Form):
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from routerapp.services.benchmarks import shared_labelled_sets
+
         super().__init__(*args, **kwargs)
         _choices(self, "configurations", _configuration_choices("")[1:])
+        shared = shared_labelled_sets()
+        if shared:
+            _choices(
+                self, "labelled_set", [*self.SETS, ("shared", "Labelled set from the data folder")]
+            )
+            _choices(self, "dataset", [(name, f"{name} ({count} items)") for name, count in shared])
+        else:
+            del self.fields["dataset"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if data.get("labelled_set") == "upload" and not data.get("file"):
             self.add_error("file", "Choose a CSV or JSONL file to upload.")
-        if data.get("labelled_set") == "generated" and not data.get("n"):
+        if data.get("labelled_set") in ("generated", "shared") and not data.get("n"):
             self.add_error("n", "How many problems? (1 to 200)")
+        if data.get("labelled_set") == "shared" and not data.get("dataset"):
+            self.add_error("dataset", "Pick a labelled set.")
         return data
 
 
 class RouterTrainForm(forms.Form):
+    source = forms.ChoiceField(label="Learn from", required=False)
     name = forms.CharField(
         max_length=100, required=False, help_text="Optional; a name is generated otherwise."
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from routerapp.services.routers import shared_suites
+
+        super().__init__(*args, **kwargs)
+        _choices(
+            self,
+            "source",
+            [("log", "The query log (graded queries)")]
+            + [(f"suite:{name}", f"Suite {name} (evaluation only)") for name in shared_suites()],
+        )
 
 
 __all__ = ["BenchmarkForm", "FilterForm", "PlaygroundForm", "RouterTrainForm"]

@@ -120,15 +120,20 @@ def routers_live(request: HttpRequest) -> HttpResponse:
 @require_POST
 @team_view
 def router_train(request: HttpRequest) -> HttpResponse:
-    from routerapp.services.routers import router_version_train
+    from routerapp.services.routers import router_version_train, suites_dir
 
     form = RouterTrainForm(request.POST)
     if not can_manage(request):
         form.add_error(None, "Only a team admin can train router versions.")
     elif form.is_valid():
         try:
+            source = form.cleaned_data.get("source") or "log"
+            suite = source.removeprefix("suite:") if source.startswith("suite:") else None
             version = router_version_train(
-                source="log", name=form.cleaned_data.get("name") or None, created_by=request.user
+                source="suite" if suite else "log",
+                suite_dir=str(suites_dir() / suite) if suite else None,
+                name=form.cleaned_data.get("name") or None,
+                created_by=request.user,
             )
         except ServiceError as exc:
             add_service_error(form, exc)

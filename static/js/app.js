@@ -31,9 +31,9 @@
       document.querySelectorAll(".custom-dates").forEach(function (el) { el.hidden = !custom; });
     }
     if (evt.target && evt.target.name === "labelled_set") {
-      var upload = evt.target.value === "upload";
+      var chosen = evt.target.value;
       document.querySelectorAll("[data-set]").forEach(function (el) {
-        el.hidden = (el.dataset.set === "upload") !== upload;
+        el.hidden = el.dataset.set.split(" ").indexOf(chosen) < 0;
       });
     }
   });

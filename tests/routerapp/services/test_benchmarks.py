@@ -59,7 +59,7 @@ def test_bad_runs_write_nothing() -> None:
         ({"name": "", "configurations": [config], "generated": {"n": 2}}, "name"),
         ({"name": "r", "configurations": [], "generated": {"n": 2}}, "configuration"),
         ({"name": "r", "configurations": [config], "generated": {"n": 0}}, "between 1 and"),
-        ({"name": "r", "configurations": [config]}, "either items or a generated set"),
+        ({"name": "r", "configurations": [config]}, "exactly one of items, a generated set"),
         ({"name": "r", "configurations": [config], "items": [{"prompt": "x"}]}, "gold"),
     ]:
         with pytest.raises(InvalidInput, match=message):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -24,6 +25,7 @@ from tests.factories import (
 
 pytestmark = pytest.mark.django_db
 
+SHARED = Path(__file__).resolve().parents[4] / "shared"
 PAGES = ["/", "/playground/", "/queries/", "/dashboards/", "/benchmarks/", "/routers/"]
 
 
@@ -338,3 +340,46 @@ def test_cost_of_pass_with_nothing_correct_says_so(member, configs) -> None:  # 
     assert "<table" in html and "fig-cost-of-pass" not in html
     mix = client.get("/dashboards/panel/decisions").content.decode()
     assert '"dtick": 1' in mix  # a handful of queries a day: whole-number ticks
+
+
+@pytest.mark.skipif(
+    not (SHARED / "suites" / "game24-strategies").is_dir(),
+    reason="shared suites absent",
+)
+def test_training_from_a_suite_of_the_data_folder(member, configs, settings) -> None:  # type: ignore[no-untyped-def]
+    from routerapp.services.routers import router_version_fit
+
+    settings.SHARED_DATA_DIR = str(SHARED)
+    m, admin = member
+    TeamMembership.objects.filter(pk=m.pk).update(role="admin")
+    page = admin.get("/routers/").content.decode()
+    assert 'value="suite:game24-strategies"' in page
+    r = admin.post("/routers/train", {"source": "suite:game24-strategies", "name": "g24"})
+    assert r.status_code == 302
+    version = RouterVersion.objects.get(name="g24")
+    version = router_version_fit(version_id=version.pk)
+    assert version.status == "ready" and version.trained_on["suite"] == "game24-strategies"
+    r = admin.post("/routers/train", {"source": "suite:../../etc"})
+    assert r.status_code == 400 and RouterVersion.objects.count() == 1
+
+
+@pytest.mark.skipif(
+    not (SHARED / "data" / "dev_labeled_sets.parquet").is_file(),
+    reason="shared labelled sets absent",
+)
+def test_benchmark_from_a_labelled_set_of_the_data_folder(member, configs, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.SHARED_DATA_DIR = str(SHARED)
+    _, admin = member
+    config = configs[0]
+    page = admin.get("/benchmarks/").content.decode()
+    assert "gsm8k_test" in page
+    r = admin.post("/benchmarks/", {"name": "gsm", "labelled_set": "shared",
+                                    "dataset": "gsm8k_test", "n": 3, "seed": 1,
+                                    "configurations": [config.slug]})
+    assert r.status_code == 302, r.content.decode()[:2000]
+    run = BenchmarkRun.objects.get(name="gsm")
+    assert run.labelled_set == "shared" and run.items_count == 3 and run.planned == 3
+    assert all(item["task"] == "gsm8k_test" and item["gold"] for item in run.items)
+    r = admin.post("/benchmarks/", {"name": "x", "labelled_set": "shared", "dataset": "",
+                                    "n": 3, "configurations": [config.slug]})
+    assert r.status_code == 400 and "Pick a labelled set" in r.content.decode()
