@@ -129,7 +129,10 @@ def test_valid_query_is_accepted_with_202(setup) -> None:  # type: ignore[no-unt
     assert r.status_code == 202, r.text
     body = r.json()
     query = Query.objects.get(pk=body["id"])
-    assert query.team == team and query.task == "arith" and query.status == "queued"
+    assert body["status"] == "queued"
+    # A worker started by another test may already have picked it up.
+    assert query.team == team and query.task == "arith"
+    assert query.status in ("queued", "running", "done")
     assert r.headers["Location"] == f"/api/v1/queries/{query.pk}"
     assert body["configuration"] == "smollm2-135m/greedy-short"
     assert body["progress"] == {"samples_done": 0, "samples_planned": 1}
