@@ -48,6 +48,8 @@ run: install
 	$(BIN)/celery -A workers worker -n cpu@%h -Q engine.llama_cpp --pool=solo --loglevel=INFO & \
 	$(BIN)/celery -A workers worker -n io@%h -Q default,engine.openai_compat,training \
 	  --pool=threads --concurrency=4 --loglevel=INFO & \
+	$(BIN)/celery -A workers beat --loglevel=WARNING \
+	  --schedule "$${COSTPASS_VAR_DIR:-var}/celerybeat-schedule" & \
 	$(BIN)/gunicorn routerapp.wsgi -b $(HOST):$(PORT) -w 2 -k gthread --threads 16 \
 	  --timeout 300 --access-logfile - & \
 	wait

@@ -178,6 +178,16 @@ if QUERY_HARD_TIME_LIMIT_S <= QUERY_SOFT_TIME_LIMIT_S:
 TRAINING_SOFT_TIME_LIMIT_S = env_int("COSTPASS_TRAINING_SOFT_TIME_LIMIT_S", 3600, minimum=1)
 TRAINING_HARD_TIME_LIMIT_S = env_int("COSTPASS_TRAINING_HARD_TIME_LIMIT_S", 3700, minimum=2)
 CELERY_VISIBILITY_TIMEOUT_S = max(QUERY_HARD_TIME_LIMIT_S, TRAINING_HARD_TIME_LIMIT_S) + 300
+# A query still "running" this long after its hard time limit lost its process: it is failed,
+# billed for the samples it wrote, and its reservation released (task queries_reap, beat).
+REAP_GRACE_S = env_int("COSTPASS_REAP_GRACE_S", 300, minimum=0)
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-queries": {
+        "task": "costpass.queries_reap",
+        "schedule": 300.0,
+        "options": {"queue": "default"},
+    },
+}
 
 # --- product limits -----------------------------------------------------------------------------
 MAX_PROMPT_CHARS = env_int("COSTPASS_MAX_PROMPT_CHARS", 32_000, minimum=1)

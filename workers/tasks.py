@@ -55,3 +55,11 @@ def rollup_refresh(group: dict) -> None:
     from routerapp.services.rollups import rollup_refresh_pending
 
     rollup_refresh_pending(group=group)
+
+
+@app.task(name="costpass.queries_reap", soft_time_limit=120, time_limit=180)
+def queries_reap() -> int:
+    """Fail and settle queries whose process died mid-run (scheduled by Celery beat)."""
+    from routerapp.services.execution import queries_reap_stale
+
+    return queries_reap_stale()

@@ -3,11 +3,13 @@ written as it finishes, the ledger priced, the budget settled, all in one place.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Sum
 from django.utils import timezone
@@ -298,3 +300,30 @@ def query_finish_cancelled(*, query: Query) -> None:
         locked.status = Query.Status.CANCELLED
         _finish(locked)
         locked.save()
+
+
+def queries_reap_stale(*, now: Any = None) -> int:
+    """Fail the queries that have been running longer than any worker may run one (their worker
+    or web process died without a redelivery): bill the samples they wrote and release the rest
+    of their reservation. Return how many were reaped. Run periodically (Celery beat)."""
+    now = now or timezone.now()
+    limit = dt.timedelta(seconds=settings.QUERY_HARD_TIME_LIMIT_S + settings.REAP_GRACE_S)
+    stale = Query.objects.filter(status=Query.Status.RUNNING, started_at__lt=now - limit)
+    reaped = 0
+    for query_id in stale.values_list("pk", flat=True)[:1000]:
+        with transaction.atomic():
+            locked = Query.objects.select_for_update().get(pk=query_id)
+            if locked.status != Query.Status.RUNNING:
+                continue
+            _bill_written_samples(locked)
+            locked.status = Query.Status.FAILED
+            locked.error = (
+                "the process running this query stopped without finishing it; the samples it "
+                "had written are billed"
+            )
+            _finish(locked)
+            locked.save()
+            reaped += 1
+    if reaped:
+        log.warning("reaped %d stale running queries", reaped)
+    return reaped
