@@ -26,14 +26,29 @@ def test_stale_running_query_is_failed_billed_and_settled(settings) -> None:
         seconds=settings.QUERY_HARD_TIME_LIMIT_S + settings.REAP_GRACE_S + 60
     )
     stale = Query.objects.create(
-        team=team, prompt="p", configuration=config, status=Query.Status.RUNNING,
-        started_at=long_ago, reserved_usd=reservation.amount,
+        team=team,
+        prompt="p",
+        configuration=config,
+        status=Query.Status.RUNNING,
+        started_at=long_ago,
+        reserved_usd=reservation.amount,
         budget_windows=reservation.usage_ids,
     )
-    Sample.objects.create(query=stale, index=0, prompt_tokens=10, completion_tokens=5,
-                          aborted=True, cost_usd=Decimal("0.000001"))
-    fresh = Query.objects.create(team=team, prompt="p", configuration=config,
-                                 status=Query.Status.RUNNING, started_at=timezone.now())
+    Sample.objects.create(
+        query=stale,
+        index=0,
+        prompt_tokens=10,
+        completion_tokens=5,
+        aborted=True,
+        cost_usd=Decimal("0.000001"),
+    )
+    fresh = Query.objects.create(
+        team=team,
+        prompt="p",
+        configuration=config,
+        status=Query.Status.RUNNING,
+        started_at=timezone.now(),
+    )
     assert queries_reap_stale() == 1
     stale.refresh_from_db()
     fresh.refresh_from_db()

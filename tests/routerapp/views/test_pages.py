@@ -373,13 +373,29 @@ def test_benchmark_from_a_labelled_set_of_the_data_folder(member, configs, setti
     config = configs[0]
     page = admin.get("/benchmarks/").content.decode()
     assert "gsm8k_test" in page
-    r = admin.post("/benchmarks/", {"name": "gsm", "labelled_set": "shared",
-                                    "dataset": "gsm8k_test", "n": 3, "seed": 1,
-                                    "configurations": [config.slug]})
+    r = admin.post(
+        "/benchmarks/",
+        {
+            "name": "gsm",
+            "labelled_set": "shared",
+            "dataset": "gsm8k_test",
+            "n": 3,
+            "seed": 1,
+            "configurations": [config.slug],
+        },
+    )
     assert r.status_code == 302, r.content.decode()[:2000]
     run = BenchmarkRun.objects.get(name="gsm")
     assert run.labelled_set == "shared" and run.items_count == 3 and run.planned == 3
     assert all(item["task"] == "gsm8k_test" and item["gold"] for item in run.items)
-    r = admin.post("/benchmarks/", {"name": "x", "labelled_set": "shared", "dataset": "",
-                                    "n": 3, "configurations": [config.slug]})
+    r = admin.post(
+        "/benchmarks/",
+        {
+            "name": "x",
+            "labelled_set": "shared",
+            "dataset": "",
+            "n": 3,
+            "configurations": [config.slug],
+        },
+    )
     assert r.status_code == 400 and "Pick a labelled set" in r.content.decode()
