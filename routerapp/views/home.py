@@ -5,8 +5,9 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from routerapp.models import BenchmarkRun, Configuration, Query, RouterVersion
+from routerapp.models import BenchmarkRun, Configuration, RouterVersion
 from routerapp.selectors.dashboards import DashboardFilters, dashboard_summary
+from routerapp.selectors.queries import queries_in_flight, queries_recent
 from routerapp.views.common import team_view
 
 
@@ -17,24 +18,8 @@ def home(request: HttpRequest) -> HttpResponse:
     context = {
         "summary": dashboard_summary(team=team, filters=filters),
         "filters": filters,
-        "recent": list(
-            Query.objects.filter(team=team)
-            .select_related("configuration")
-            .only(
-                "id",
-                "prompt",
-                "status",
-                "created_at",
-                "cost_usd",
-                "source",
-                "configuration__slug",
-                "graded_correct",
-            )
-            .order_by("-created_at")[:8]
-        ),
-        "running": Query.objects.filter(
-            team=team, status__in=[Query.Status.QUEUED, Query.Status.RUNNING]
-        ).count(),
+        "recent": queries_recent(team=team, limit=8),
+        "running": queries_in_flight(team=team),
         "active_router": RouterVersion.objects.filter(is_active=True).defer("artifact").first(),
         "training": RouterVersion.objects.filter(status=RouterVersion.Status.TRAINING)
         .defer("artifact")

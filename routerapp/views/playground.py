@@ -8,12 +8,18 @@ from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_http_methods, require_POST
 from pydantic import ValidationError
 
 from routerapp.errors import NotFound, ServiceError
 from routerapp.models import Query
-from routerapp.selectors.queries import query_get_for_team, query_samples
+from routerapp.selectors.queries import (
+    queries_recent,
+    query_get_for_team,
+    query_log_page,
+    query_samples,
+)
 from routerapp.views.common import add_service_error, is_htmx, team_view
 from routerapp.views.forms import PlaygroundForm
 
@@ -28,25 +34,6 @@ FIELD_OF_PARAM = {
     "max_latency_s": "max_latency_s",
     "strategy": "configuration",
 }
-
-
-def _recent(team: Any, user: Any) -> list[Query]:
-    """The user's own latest playground queries in this team (the user index keeps it quick
-    however big the team's log is)."""
-    return list(
-        Query.objects.filter(team=team, user_id=user.pk, source=Query.Source.UI)
-        .select_related("configuration")
-        .only(
-            "id",
-            "prompt",
-            "status",
-            "created_at",
-            "cost_usd",
-            "configuration__slug",
-            "graded_correct",
-        )
-        .order_by("-created_at")[:RECENT]
-    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -71,7 +58,13 @@ def playground(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "ui/playground.html",
-        {"form": form, "recent": _recent(team, request.user), "nav": "playground"},
+        {
+            "form": form,
+            "recent": queries_recent(
+                team=team, user=request.user, source=Query.Source.UI, limit=RECENT
+            ),
+            "nav": "playground",
+        },
         status=status,
     )
 
@@ -206,28 +199,17 @@ def query_feedback_view(request: HttpRequest, query_id: str) -> HttpResponse:
 def query_log(request: HttpRequest) -> HttpResponse:
     """The team's latest queries from every source, newest first, 50 a page (keyset paging)."""
     team = request.team  # type: ignore[attr-defined]
-    qs = (
-        Query.objects.filter(team=team)
-        .select_related("configuration", "api_key")
-        .defer("messages", "decision", "answer", "votes", "constraints", "gold", "error")
-        .order_by("-created_at")
-    )
-    before = request.GET.get("before")
-    if before:
-        from django.utils.dateparse import parse_datetime
-
-        when = parse_datetime(before)
-        if when is not None:
-            qs = qs.filter(created_at__lt=when)
-    page = list(qs[:51])
-    more = len(page) > 50
-    page = page[:50]
+    try:
+        before = parse_datetime(request.GET.get("before") or "")
+    except ValueError:  # well-formed but impossible (month 13): show the first page
+        before = None
+    page, next_before = query_log_page(team=team, before=before)
     return render(
         request,
         "ui/query_log.html",
         {
             "queries": page,
-            "next_before": page[-1].created_at.isoformat() if more else None,
+            "next_before": next_before.isoformat() if next_before else None,
             "nav": "log",
         },
     )

@@ -399,3 +399,22 @@ def test_benchmark_from_a_labelled_set_of_the_data_folder(member, configs, setti
         },
     )
     assert r.status_code == 400 and "Pick a labelled set" in r.content.decode()
+
+
+def test_query_log_pages_by_cursor_and_ignores_bad_cursors(member, configs) -> None:  # type: ignore[no-untyped-def]
+    m, client = member
+    for i in range(55):
+        Query.objects.create(team=m.team, prompt=f"q{i}", configuration=configs[0])
+    first = client.get("/queries/")
+    assert first.status_code == 200
+    cursor = re.search(r"before=([^\"&]+)", first.content.decode())
+    assert cursor is not None
+    second = client.get(f"/queries/?before={cursor.group(1)}")
+    assert second.status_code == 200
+
+    def shown(response) -> set[int]:  # type: ignore[no-untyped-def]
+        return {int(n) for n in re.findall(r">q(\d+)</a>", response.content.decode())}
+
+    assert shown(first) == set(range(5, 55)) and shown(second) == set(range(5))
+    for bad in ("not-a-date", "2026-13-45T00:00:00"):
+        assert client.get(f"/queries/?before={bad}").status_code == 200
