@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 
 @dataclass
@@ -64,11 +65,11 @@ class TagState:
         )
 
 
-@dataclass
-class OnlineState:
-    """All tags' online state plus the exploration random generator."""
+class OnlineParams(BaseModel):
+    """Online adaptation settings (see routing.online)."""
 
-    n_configs: int
+    model_config = ConfigDict(extra="forbid")
+
     sd_known: float = 0.0
     sd_tag: float = 0.1
     sd_unknown: float = 0.6
@@ -78,6 +79,14 @@ class OnlineState:
     eps_max_unknown: float = 0.3
     eps0_unknown: float = 1.0
     cost_k0: float = 5.0
+
+
+@dataclass
+class OnlineState:
+    """All tags' online state plus the exploration random generator."""
+
+    n_configs: int
+    params: OnlineParams = field(default_factory=lambda: OnlineParams())
     seed: int = 0
     tag_cov: np.ndarray | None = None  # (A, A) covariance of config logits across training tags
     tag_var: dict[str, np.ndarray] = field(default_factory=dict)  # posterior var of each known tag
@@ -95,8 +104,8 @@ class OnlineState:
             # training are simply more data, weighed against how much training already had.
             var = self.tag_var.get(tag)
             diag = np.zeros(a) if var is None or len(var) != a else np.asarray(var, dtype=float)
-            return np.diag(diag + self.sd_known**2) + self.sd_tag**2 * ones
-        base = self.sd_unknown**2 * np.eye(a) + self.sd_tag_unknown**2 * ones
+            return np.diag(diag + self.params.sd_known**2) + self.params.sd_tag**2 * ones
+        base = self.params.sd_unknown**2 * np.eye(a) + self.params.sd_tag_unknown**2 * ones
         if self.tag_cov is not None and self.tag_cov.shape == (a, a):
             base = base + self.tag_cov
         return base
@@ -131,7 +140,7 @@ class OnlineState:
         st = self.tags.get(tag)
         if st is None or st.n_obs.sum() == 0:
             return None
-        k0 = self.cost_k0
+        k0 = self.params.cost_k0
         tot_n = st.n_obs.sum()
         mean_pred = st.pred.sum() / tot_n
         f_g = (st.real.sum() + k0 * mean_pred) / (st.pred.sum() + k0 * mean_pred)
@@ -147,7 +156,9 @@ class OnlineState:
         st = self._get(tag, known)
         st.n_dec += 1
         cap, eps0 = (
-            (self.eps_max, self.eps0) if known else (self.eps_max_unknown, self.eps0_unknown)
+            (self.params.eps_max, self.params.eps0)
+            if known
+            else (self.params.eps_max_unknown, self.params.eps0_unknown)
         )
         eps = min(cap, eps0 / math.sqrt(1.0 + st.n_dec))
         return bool(self.rng.random() < eps)
@@ -190,15 +201,7 @@ class OnlineState:
         """Return a JSON-friendly dict (the random generator restarts from ``seed``)."""
         return {
             "n_configs": self.n_configs,
-            "sd_known": self.sd_known,
-            "sd_tag": self.sd_tag,
-            "sd_unknown": self.sd_unknown,
-            "sd_tag_unknown": self.sd_tag_unknown,
-            "eps_max": self.eps_max,
-            "eps0": self.eps0,
-            "eps_max_unknown": self.eps_max_unknown,
-            "eps0_unknown": self.eps0_unknown,
-            "cost_k0": self.cost_k0,
+            "params": self.params.model_dump(),
             "seed": self.seed,
             "tag_cov": None if self.tag_cov is None else self.tag_cov.tolist(),
             "tag_var": {k: np.asarray(v).tolist() for k, v in self.tag_var.items()},
@@ -209,23 +212,14 @@ class OnlineState:
     def from_json(cls, d: dict[str, Any]) -> OnlineState:
         """Inverse of ``to_json``."""
         tags = {k: TagState.from_json(v) for k, v in d.get("tags", {}).items()}
-        keys = (
-            "n_configs",
-            "sd_known",
-            "sd_tag",
-            "sd_unknown",
-            "sd_tag_unknown",
-            "eps_max",
-            "eps0",
-            "eps_max_unknown",
-            "eps0_unknown",
-            "cost_k0",
-            "seed",
-        )
+        # Older models stored the settings flat, beside n_configs.
+        params = d.get("params") or {k: d[k] for k in OnlineParams.model_fields if k in d}
         cov = d.get("tag_cov")
         tag_var = {k: np.array(v, dtype=float) for k, v in d.get("tag_var", {}).items()}
         return cls(
-            **{k: d[k] for k in keys if k in d},
+            n_configs=d["n_configs"],
+            params=OnlineParams(**params),
+            seed=d.get("seed", 0),
             tag_cov=None if cov is None else np.array(cov, dtype=float),
             tag_var=tag_var,
             tags=tags,

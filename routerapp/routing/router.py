@@ -25,7 +25,7 @@ from routerapp.routing.data import TrainData, build_matrices
 from routerapp.routing.features import PromptFeaturizer
 from routerapp.routing.learners import Learner, fit_calibration, get_learner
 from routerapp.routing.metrics import cost_of_pass, ece
-from routerapp.routing.online import OnlineState
+from routerapp.routing.online import OnlineParams, OnlineState
 from routerapp.routing.tables import (
     check_config_ids,
     coerce_candidates,
@@ -45,22 +45,6 @@ from routerapp.routing.types import (
 FORMAT_VERSION = 1
 _MANIFEST = "router.json"
 _ARRAYS = "arrays.npz"
-
-
-class OnlineParams(BaseModel):
-    """Online adaptation settings (see routing.online)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sd_known: float = 0.0
-    sd_tag: float = 0.1
-    sd_unknown: float = 0.6
-    sd_tag_unknown: float = 0.5
-    eps_max: float = 0.1
-    eps0: float = 0.5
-    eps_max_unknown: float = 0.3
-    eps0_unknown: float = 1.0
-    cost_k0: float = 5.0
 
 
 class RouterParams(BaseModel):
@@ -118,9 +102,7 @@ class Router:
         self.policy_mode = policy_mode
         self.seed = seed
         self.fit_info = fit_info or {}
-        self.online = online or OnlineState(
-            len(candidates), seed=seed, **params.online.model_dump()
-        )
+        self.online = online or OnlineState(len(candidates), params=params.online, seed=seed)
         self._latency = np.asarray(costs.latency, dtype=float)
 
     # ------------------------------------------------------------------ scoring
@@ -296,9 +278,7 @@ class Router:
 
     def reset_online(self) -> None:
         """Forget everything learned online."""
-        self.online = OnlineState(
-            len(self.candidates), seed=self.seed, **self.params.online.model_dump()
-        )
+        self.online = OnlineState(len(self.candidates), params=self.params.online, seed=self.seed)
 
     # ------------------------------------------------------------------ persistence
     def _manifest_and_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routerapp.routing.online import OnlineState
+from routerapp.routing.online import OnlineParams, OnlineState
 
 
 def test_an_outcome_moves_correlated_configurations_through_the_tag_covariance():
     # Configs 0 and 1 moved together across training tags, config 2 moved the other way.
     cov = np.array([[1.0, 0.9, -0.5], [0.9, 1.0, -0.5], [-0.5, -0.5, 1.0]])
-    st = OnlineState(3, tag_cov=cov, sd_unknown=0.1, sd_tag_unknown=0.0)
+    st = OnlineState(3, params=OnlineParams(sd_unknown=0.1, sd_tag_unknown=0.0), tag_cov=cov)
     for _ in range(5):
         st.update("new", False, 0, 0.0, 0.0, None, 1e-5)
     mu = st.offsets("new")
@@ -22,7 +22,7 @@ def test_an_outcome_moves_correlated_configurations_through_the_tag_covariance()
 
 def test_known_tags_start_from_the_training_posterior_and_move_little():
     var = np.array([0.01, 0.01])
-    st = OnlineState(2, tag_var={"easy": var}, sd_known=0.0, sd_tag=0.0)
+    st = OnlineState(2, params=OnlineParams(sd_known=0.0, sd_tag=0.0), tag_var={"easy": var})
     st.update("easy", True, 0, 0.0, 0.0, None, 1e-5)
     small = st.offsets("easy")[0]
     st2 = OnlineState(2, tag_cov=np.eye(2))
@@ -32,7 +32,7 @@ def test_known_tags_start_from_the_training_posterior_and_move_little():
 
 
 def test_laplace_update_matches_the_closed_form():
-    st = OnlineState(1, sd_unknown=1.0, sd_tag_unknown=0.0)
+    st = OnlineState(1, params=OnlineParams(sd_unknown=1.0, sd_tag_unknown=0.0))
     st.update("t", False, 0, 0.0, 1.0, None, 1.0)
     # p = 0.5, v = 0.25, P = 1: mu = 1 * 0.5 / 1.25 = 0.4, P = 1 - 0.25 / 1.25 = 0.8
     assert st.offsets("t")[0] == pytest.approx(0.4)
@@ -40,7 +40,7 @@ def test_laplace_update_matches_the_closed_form():
 
 
 def test_cost_factor_is_shared_on_known_tags_and_per_config_on_new_ones():
-    st = OnlineState(2, cost_k0=0.0)
+    st = OnlineState(2, params=OnlineParams(cost_k0=0.0))
     for _ in range(10):
         st.update("k", True, 0, 0.0, 1.0, 2.0, 1.0)
         st.update("n", False, 0, 0.0, 1.0, 2.0, 1.0)
@@ -50,7 +50,7 @@ def test_cost_factor_is_shared_on_known_tags_and_per_config_on_new_ones():
 
 
 def test_exploration_rate_is_capped():
-    st = OnlineState(3, eps_max=0.1, eps0=100.0, seed=1)
+    st = OnlineState(3, params=OnlineParams(eps_max=0.1, eps0=100.0), seed=1)
     n = sum(st.exploring("k", True) for _ in range(2000))
     assert 120 < n < 280  # ~10%
 
