@@ -43,11 +43,7 @@ class CostModel:
         lc = np.where(ok, np.log(np.maximum(np.where(ok, data.cost, 1.0), _FLOOR)), 0.0)
         k = data.feats.shape[1]
         # Feature space: centred within task, scaled globally.
-        self.center = np.zeros((d_n, k))
-        for d in range(d_n):
-            rows = data.d_idx == d
-            if rows.any():
-                self.center[d] = data.feats[rows].mean(0)
+        self.center = data.task_centres(d_n)
         self.glob_center = data.feats.mean(0) if len(data.feats) else np.zeros(k)
         cen = data.feats - self.center[data.d_idx]
         self.scale = np.maximum(cen.std(0), 1e-6) if len(cen) else np.ones(k)

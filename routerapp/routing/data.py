@@ -38,6 +38,16 @@ class TrainData:
         """Return P."""
         return len(self.prompt_uids)
 
+    def task_centres(self, n_datasets: int) -> np.ndarray:
+        """Return the (D, K) mean prompt features of each task (zeros for a task without rows):
+        features are centred within their task so a text model learns differences inside it."""
+        centres = np.zeros((n_datasets, self.feats.shape[1]))
+        for d in range(n_datasets):
+            rows = self.d_idx == d
+            if rows.any():
+                centres[d] = self.feats[rows].mean(0)
+        return centres
+
     def subset(self, rows: np.ndarray) -> TrainData:
         """Return the data restricted to prompt rows ``rows`` (datasets list kept as is)."""
         rows = np.asarray(rows)

@@ -381,11 +381,7 @@ class MetaLogitLearner(Learner):
         self.tag_cov = (dev * dw[None, :]) @ dev.T  # (A, A) covariance across tags
         # Prompt level.
         k = data.feats.shape[1]
-        self.center = np.zeros((d_n, k))
-        for d in range(d_n):
-            rows = data.d_idx == d
-            if rows.any():
-                self.center[d] = data.feats[rows].mean(0)
+        self.center = data.task_centres(d_n)
         cen = data.feats - self.center[data.d_idx]
         self.scale = np.maximum(cen.std(0), 1e-6) if len(cen) else np.ones(k)
         self.weights = np.zeros((a_n, k))
