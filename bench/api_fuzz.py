@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_overhead import REPO, SETUP, bench_database, free_port, wait_port  # noqa: E402
+from gateway_overhead import REPO, bench_database, free_port, setup_upstream, wait_port  # noqa: E402
 
 
 def main() -> None:
@@ -56,24 +56,7 @@ def main() -> None:
         subprocess.run(
             [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
         )
-        key = (
-            subprocess.run(
-                [
-                    py,
-                    "manage.py",
-                    "shell",
-                    "-c",
-                    SETUP % {"upstream": f"http://127.0.0.1:{up_port}/v1"},
-                ],
-                cwd=REPO,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        key = setup_upstream(py, env, f"http://127.0.0.1:{up_port}/v1")
         port = free_port()
         log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-gunicorn-{port}.log", "w")  # noqa: SIM115
         procs.append(

@@ -290,6 +290,19 @@ print(raw)
 """
 
 
+def setup_upstream(py: str, env: dict[str, str], upstream_url: str) -> str:
+    """Register the upstream as the only configuration (SETUP); return the new API key."""
+    out = subprocess.run(
+        [py, "manage.py", "shell", "-c", SETUP % {"upstream": upstream_url}],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
 def proc_cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of these processes and their children so far."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -355,18 +368,7 @@ def main() -> None:
         subprocess.run(
             [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
         )
-        key = (
-            subprocess.run(
-                [py, "manage.py", "shell", "-c", SETUP % {"upstream": up_url}],
-                cwd=REPO,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        key = setup_upstream(py, env, up_url)
         gw_port = free_port()
         gunicorn = subprocess.Popen(
             pinned(
