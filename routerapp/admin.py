@@ -70,6 +70,12 @@ class ModelEndpointForm(forms.ModelForm):
             "gpu_usd_per_hour",
             "queue",
             "descriptors",
+            "supports_json_mode",
+            "supports_json_schema",
+            "supports_tools",
+            "supports_logprobs",
+            "supports_images",
+            "supports_audio",
             "enabled",
         ]
 
@@ -99,7 +105,7 @@ class ModelEndpointAdmin(AuditedAdmin):
         "updated_at",
     ]
     list_editable = ["input_usd_per_mtok", "output_usd_per_mtok", "enabled"]
-    list_filter = ["engine", "enabled"]
+    list_filter = ["engine", "enabled", "supports_tools", "supports_json_schema"]
     search_fields = ["name", "display_name"]
     audited_fields = [
         "engine",
@@ -108,6 +114,12 @@ class ModelEndpointAdmin(AuditedAdmin):
         "output_usd_per_mtok",
         "gpu_usd_per_hour",
         "queue",
+        "supports_json_mode",
+        "supports_json_schema",
+        "supports_tools",
+        "supports_logprobs",
+        "supports_images",
+        "supports_audio",
         "enabled",
     ]
 

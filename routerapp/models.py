@@ -123,6 +123,20 @@ class ModelEndpoint(models.Model):
         blank=True,
         help_text="Facts for the router: parameters, family, known accuracy",
     )
+    # What the endpoint can honour of an OpenAI request: the router sends a request using one
+    # of these only to endpoints that have it (services.request_fields), never drops it.
+    supports_json_mode = models.BooleanField(
+        default=False, help_text="Honours response_format json_object"
+    )
+    supports_json_schema = models.BooleanField(
+        default=False, help_text="Honours response_format json_schema (structured output)"
+    )
+    supports_tools = models.BooleanField(default=False, help_text="Honours tools / tool_choice")
+    supports_logprobs = models.BooleanField(
+        default=True, help_text="Returns token log-probs (logprobs / top_logprobs)"
+    )
+    supports_images = models.BooleanField(default=False, help_text="Accepts image content parts")
+    supports_audio = models.BooleanField(default=False, help_text="Accepts audio content parts")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -372,6 +386,15 @@ class Query(models.Model):
     task = models.CharField(max_length=64, blank=True, help_text="Caller's task tag")
     answer_kind = models.CharField(max_length=16, blank=True)
     gold = models.TextField(blank=True, help_text="Reference answer (benchmark runs)")
+    end_user = models.CharField(
+        max_length=256, blank=True, help_text="The caller's end user (OpenAI's `user` field)"
+    )
+    request_options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="OpenAI request fields the query honours (sampling, n, response_format, "
+        "tools, logprobs)",
+    )
     constraints = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     # The decision.
@@ -428,6 +451,7 @@ class Query(models.Model):
             models.Index(fields=["team", "configuration", "created_at"], name="query_team_config"),
             models.Index(fields=["team", "task", "created_at"], name="query_team_task"),
             models.Index(fields=["team", "api_key", "created_at"], name="query_team_key"),
+            models.Index(fields=["team", "end_user", "created_at"], name="query_team_end_user"),
             models.Index(fields=["status", "created_at"], name="query_status_created"),
             models.Index(fields=["graded_at"], name="query_graded_at"),
         ]
@@ -462,6 +486,10 @@ class Sample(models.Model):
     seed = models.BigIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     cost_usd = usd_field(default=ZERO)
+    tool_calls = models.JSONField(null=True, blank=True, help_text="OpenAI tool calls, if any")
+    logprobs = models.JSONField(
+        null=True, blank=True, help_text="OpenAI logprobs content, kept when the request asked"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

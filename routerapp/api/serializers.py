@@ -297,7 +297,7 @@ class UsageQueryInput(serializers.Serializer):
         choices=["day", "week", "month", "all"], default="month", help_text="UTC calendar window"
     )
     group_by = serializers.ChoiceField(
-        choices=["model", "strategy", "configuration", "key", "task"], required=False
+        choices=["model", "strategy", "configuration", "key", "task", "user"], required=False
     )
     start = serializers.DateTimeField(required=False, help_text="Overrides the period's start")
     end = serializers.DateTimeField(required=False, help_text="Overrides the period's end")

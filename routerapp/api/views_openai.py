@@ -251,6 +251,7 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBas
             prompt=prompt,
             messages=messages,
             task=data.get("task", ""),
+            end_user=data.get("user") or "",
             constraints=constraints_from(data),
             source=Query.Source.CHAT,
             defer_dispatch=True,

@@ -167,7 +167,7 @@ class Usage(APIView):
         parameters=[
             OpenApiParameter("period", str, enum=["day", "week", "month", "all"]),
             OpenApiParameter(
-                "group_by", str, enum=["model", "strategy", "configuration", "key", "task"]
+                "group_by", str, enum=["model", "strategy", "configuration", "key", "task", "user"]
             ),
             OpenApiParameter("start", OpenApiTypes.DATETIME, description="Overrides the start"),
             OpenApiParameter("end", OpenApiTypes.DATETIME, description="Overrides the end"),

@@ -1,5 +1,5 @@
 """Spend and usage of a team over a period, grouped by model, strategy, key, task or
-configuration (the usage endpoint). Every figure is aggregated from the query log."""
+configuration or end user (the usage endpoint). Every figure is aggregated from the query log."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ GROUP_BY = {
     "configuration": ("configuration__slug",),
     "key": ("api_key__prefix", "api_key__name"),
     "task": ("task",),
+    # OpenAI's `user` field: the caller's own end user ("" when the request named none).
+    "user": ("end_user",),
 }
 ZERO = Decimal("0")
 
@@ -111,7 +113,9 @@ def usage_for_team(
         groups = []
         for row in rows.annotate(**_annotations()):
             key = row[fields[0]]
-            entry = {"key": key if key is not None else ("" if group_by == "task" else None)}
+            entry = {
+                "key": key if key is not None else ("" if group_by in ("task", "user") else None)
+            }
             if group_by == "key":
                 entry["name"] = row["api_key__name"]
             entry.update(_shape(row))

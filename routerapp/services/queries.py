@@ -26,6 +26,7 @@ from workers.strategies import get_strategy
 log = logging.getLogger(__name__)
 
 MAX_TASK_CHARS = 64
+MAX_END_USER_CHARS = 256
 VALID_ROLES = {"system", "user", "assistant", "developer", "tool"}
 
 
@@ -89,6 +90,7 @@ def query_create(
     downgrade_on_budget: bool | None = None,
     benchmark_run: Any = None,
     defer_dispatch: bool = False,
+    end_user: str = "",
 ) -> Query:
     """Validate a request, route it, reserve its worst-case cost under the covering budgets,
     store it and enqueue it once the transaction commits. Raise a ServiceError (nothing written)
@@ -115,6 +117,9 @@ def query_create(
     task = (task or "").strip()
     if len(task) > MAX_TASK_CHARS:
         raise InvalidInput(f"task must be at most {MAX_TASK_CHARS} characters", param="task")
+    end_user = (end_user or "").strip()
+    if len(end_user) > MAX_END_USER_CHARS:
+        raise InvalidInput(f"user must be at most {MAX_END_USER_CHARS} characters", param="user")
 
     text = prompt_text(prompt, messages)
     tokens_bound = prompt_token_bound(prompt, messages)
@@ -149,6 +154,7 @@ def query_create(
         prompt=prompt,
         messages=messages,
         task=task,
+        end_user=end_user,
         gold=gold,
         answer_kind=answer_kind,
         constraints=constraints.as_json(),

@@ -230,6 +230,16 @@ def test_usage_groups_and_bad_parameters(teams) -> None:  # type: ignore[no-unty
     assert sum(Decimal(g["cost_usd"]) for g in by_task["groups"]) == Decimal(
         by_task["totals"]["cost_usd"]
     )
+    # OpenAI's `user` field is stored on the query and groups the usage ("" = none given).
+    _chat(http, alpha, user="alice")
+    _chat(http, alpha, user="alice")
+    _chat(http, alpha, user="bob")
+    by_user = http.get(
+        "/api/v1/usage", params={"group_by": "user", "period": "all"}, headers=alpha.auth
+    ).json()
+    counts = {g["key"]: g["queries"] for g in by_user["groups"]}
+    assert counts == {"alice": 2, "bob": 1, "": 2}
+    assert Query.objects.filter(end_user="alice").count() == 2
     r = http.get("/api/v1/usage", params={"period": "year"}, headers=alpha.auth)
     assert r.status_code == 400 and r.json()["error"]["param"] == "period"
     r = http.get("/api/v1/usage", params={"group_by": "colour"}, headers=alpha.auth)
