@@ -6,6 +6,13 @@ reply, at once. Plain asyncio over HTTP/1.1 keep-alive, so a single core serves 
 requests a second and never is the bottleneck of a measurement.
 
     python bench/fake_upstream.py --port 18001 [--token-delay-ms 0] [--reply "The answer is 4."]
+        [--prompt-cache] [--reasoning-tokens N]
+
+``--prompt-cache``: a prompt seen before is served from a prompt cache, reported as
+``usage.prompt_tokens_details.cached_tokens`` (all its tokens). ``--reasoning-tokens N``: the
+model "thinks" N hidden tokens before it answers, as reasoning models do: they count in
+``completion_tokens`` (and against ``max_tokens``) and are reported as
+``usage.completion_tokens_details.reasoning_tokens``, with no text.
 
 Prints "listening on http://127.0.0.1:PORT/v1" once ready.
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import time
 
@@ -36,11 +44,39 @@ def _prompt_tokens(body: dict) -> int:
 
 
 class Upstream:
-    def __init__(self, reply: str, token_delay_s: float, echo_path: bool = False):
+    def __init__(
+        self,
+        reply: str,
+        token_delay_s: float,
+        echo_path: bool = False,
+        prompt_cache: bool = False,
+        reasoning_tokens: int = 0,
+    ):
         self.reply = reply
         self.tokens = _tokens(reply)
         self.delay = token_delay_s
         self.requests = 0
+        self.prompt_cache = prompt_cache
+        self.reasoning_tokens = reasoning_tokens
+        self.seen_prompts: set[str] = set()
+
+    def usage(self, body: dict, reasoning: int, visible: int) -> dict:
+        prompt = _prompt_tokens(body)
+        usage: dict = {
+            "prompt_tokens": prompt,
+            "completion_tokens": reasoning + visible,
+            "total_tokens": prompt + reasoning + visible,
+        }
+        if self.prompt_cache:
+            key = hashlib.sha256(
+                json.dumps([body.get("messages"), body.get("prompt")], sort_keys=True).encode()
+            ).hexdigest()
+            cached = prompt if key in self.seen_prompts else 0
+            self.seen_prompts.add(key)
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+        if self.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        return usage
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -92,13 +128,10 @@ class Upstream:
             return
         chat = path.endswith("/chat/completions")
         max_tokens = int(body.get("max_tokens") or 10_000)
-        tokens = self.tokens[:max_tokens]
+        reasoning = min(self.reasoning_tokens, max_tokens)
+        tokens = self.tokens[: max_tokens - reasoning]
         finish = "stop" if len(tokens) == len(self.tokens) else "length"
-        usage = {
-            "prompt_tokens": _prompt_tokens(body),
-            "completion_tokens": len(tokens),
-            "total_tokens": _prompt_tokens(body) + len(tokens),
-        }
+        usage = self.usage(body, reasoning, len(tokens))
         created = int(time.time())
         if not body.get("stream"):
             text = "".join(tokens)
@@ -182,8 +215,10 @@ class Upstream:
         await writer.drain()
 
 
-async def serve(port: int, reply: str, token_delay_s: float) -> None:
-    upstream = Upstream(reply, token_delay_s)
+async def serve(
+    port: int, reply: str, token_delay_s: float, prompt_cache: bool = False, reasoning: int = 0
+) -> None:
+    upstream = Upstream(reply, token_delay_s, prompt_cache=prompt_cache, reasoning_tokens=reasoning)
     server = await asyncio.start_server(upstream.handle, "127.0.0.1", port, backlog=1024)
     print(f"listening on http://127.0.0.1:{port}/v1", flush=True)
     async with server:
@@ -195,6 +230,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18001)
     parser.add_argument("--reply", default=REPLY)
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
+    parser.add_argument("--prompt-cache", action="store_true")
+    parser.add_argument("--reasoning-tokens", type=int, default=0)
     args = parser.parse_args()
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -202,7 +239,15 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(args.port, args.reply, args.token_delay_ms / 1000))
+    asyncio.run(
+        serve(
+            args.port,
+            args.reply,
+            args.token_delay_ms / 1000,
+            prompt_cache=args.prompt_cache,
+            reasoning=args.reasoning_tokens,
+        )
+    )
 
 
 if __name__ == "__main__":

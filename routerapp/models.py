@@ -115,6 +115,28 @@ class ModelEndpoint(models.Model):
     input_usd_per_mtok = price_field(default=ZERO)
     output_usd_per_mtok = price_field(default=ZERO)
     gpu_usd_per_hour = price_field(null=True, blank=True)
+    cached_input_usd_per_mtok = price_field(
+        null=True,
+        blank=True,
+        help_text="Prompt tokens read from the provider's cache; empty = input",
+    )
+    reasoning_usd_per_mtok = price_field(
+        null=True, blank=True, help_text="Completion tokens reported as reasoning; empty = output"
+    )
+    context_window = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Most prompt tokens the model accepts (catalogue)"
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Most completion tokens per request (catalogue)"
+    )
+    price_key = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Name in an imported price catalogue; empty = engine_params.model, then name",
+    )
+    price_source = models.CharField(
+        max_length=300, blank=True, help_text="Where the current prices come from"
+    )
     queue = models.CharField(
         max_length=64, blank=True, help_text="Celery queue of the worker pool; empty = by engine"
     )
@@ -151,6 +173,13 @@ class ModelEndpoint(models.Model):
             models.CheckConstraint(
                 condition=Q(gpu_usd_per_hour__isnull=True) | Q(gpu_usd_per_hour__gte=0),
                 name="endpoint_gpu_price_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    Q(cached_input_usd_per_mtok__isnull=True) | Q(cached_input_usd_per_mtok__gte=0)
+                )
+                & (Q(reasoning_usd_per_mtok__isnull=True) | Q(reasoning_usd_per_mtok__gte=0)),
+                name="endpoint_token_kind_prices_non_negative",
             ),
         ]
 
@@ -415,9 +444,18 @@ class Query(models.Model):
     samples_done = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
+    cached_prompt_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Part of prompt_tokens the provider served from its cache"
+    )
+    reasoning_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Part of completion_tokens the provider reported as reasoning"
+    )
     engine_requests = models.PositiveIntegerField(default=0)
     scorer_calls = models.PositiveIntegerField(default=0)
     cost_usd = usd_field(default=ZERO)
+    billed_prices = models.JSONField(
+        default=dict, blank=True, help_text="The endpoint's prices this query was billed at"
+    )
     reserved_usd = usd_field(default=ZERO)
     budget_windows = models.JSONField(
         default=list, blank=True, help_text="BudgetUsage ids this query's reservation is held in"
@@ -480,6 +518,8 @@ class Sample(models.Model):
     score = models.FloatField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    cached_prompt_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
     finish_reason = models.CharField(max_length=16, blank=True)
     aborted = models.BooleanField(default=False)
     chosen = models.BooleanField(default=False)

@@ -24,11 +24,14 @@ def poll_url(query: Query) -> str:
     return f"/api/v1/queries/{query.pk}"
 
 
-def usage(query: Query) -> dict[str, int]:
+def usage(query: Query) -> dict[str, Any]:
     return {
         "prompt_tokens": query.prompt_tokens,
         "completion_tokens": query.completion_tokens,
         "total_tokens": query.prompt_tokens + query.completion_tokens,
+        # OpenAI's breakdowns: parts of the counts above, billed at their own prices.
+        "prompt_tokens_details": {"cached_tokens": query.cached_prompt_tokens},
+        "completion_tokens_details": {"reasoning_tokens": query.reasoning_tokens},
     }
 
 
@@ -58,6 +61,7 @@ def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
         else str(query.predicted_cost_usd),
         "reserved_usd": str(query.reserved_usd),
         "cost_usd": str(query.cost_usd),
+        "billed_prices": query.billed_prices or None,
         "latency_ms": query.latency_ms,
         "engine_requests": query.engine_requests,
         "scorer_calls": query.scorer_calls,
@@ -76,6 +80,8 @@ def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
                 "score": s.score,
                 "prompt_tokens": s.prompt_tokens,
                 "completion_tokens": s.completion_tokens,
+                "cached_prompt_tokens": s.cached_prompt_tokens,
+                "reasoning_tokens": s.reasoning_tokens,
                 "finish_reason": s.finish_reason,
                 "aborted": s.aborted,
                 "chosen": s.chosen,

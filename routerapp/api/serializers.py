@@ -140,6 +140,8 @@ class SampleOut(serializers.ModelSerializer):
             "score",
             "prompt_tokens",
             "completion_tokens",
+            "cached_prompt_tokens",
+            "reasoning_tokens",
             "finish_reason",
             "aborted",
             "chosen",
@@ -202,9 +204,12 @@ class QueryOut(serializers.ModelSerializer):
             "prompt_tokens": obj.prompt_tokens,
             "completion_tokens": obj.completion_tokens,
             "total_tokens": obj.prompt_tokens + obj.completion_tokens,
+            "cached_prompt_tokens": obj.cached_prompt_tokens,
+            "reasoning_tokens": obj.reasoning_tokens,
             "engine_requests": obj.engine_requests,
             "scorer_calls": obj.scorer_calls,
             "cost_usd": str(obj.cost_usd),
+            "billed_prices": obj.billed_prices or None,
         }
 
     def get_samples(self, obj: Query) -> list[dict[str, Any]]:

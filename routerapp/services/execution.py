@@ -71,6 +71,8 @@ def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
     """Return the Sample columns of one strategy candidate, priced with workers.ledger."""
     prompt_tokens = int(candidate.prompt_tokens)
     completion_tokens = int(candidate.completion_tokens)
+    cached = int(getattr(candidate, "cached_prompt_tokens", 0) or 0)
+    reasoning = int(getattr(candidate, "reasoning_tokens", 0) or 0)
     latency = candidate.latency_s
     return {
         "text": candidate.text or "",
@@ -78,12 +80,20 @@ def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
         "score": candidate.score,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
+        "cached_prompt_tokens": cached,
+        "reasoning_tokens": reasoning,
         "finish_reason": candidate.finish_reason or "",
         "aborted": bool(candidate.aborted),
         "chosen": bool(candidate.chosen),
         "seed": candidate.seed,
         "latency_ms": None if latency is None else int(latency * 1000),
-        "cost_usd": cost_of_tokens(prompt_tokens, completion_tokens, prices),
+        "cost_usd": cost_of_tokens(
+            prompt_tokens,
+            completion_tokens,
+            prices,
+            cached_prompt_tokens=cached,
+            reasoning_tokens=reasoning,
+        ),
     }
 
 
@@ -95,9 +105,13 @@ def apply_result(query: Query, result: Any, prices: Prices) -> None:
     ledger = result.ledger
     query.prompt_tokens = int(ledger.prompt_tokens)
     query.completion_tokens = int(ledger.completion_tokens)
+    query.cached_prompt_tokens = int(ledger.cached_prompt_tokens)
+    query.reasoning_tokens = int(ledger.reasoning_tokens)
     query.engine_requests = int(ledger.engine_requests)
     query.scorer_calls = int(ledger.scorer_calls)
     query.cost_usd = cost_usd(ledger, prices)
+    # The prices are kept with the bill: a later price change never rewrites this query.
+    query.billed_prices = prices.to_dict()
     query.samples_done = len(result.candidates)
     query.answer = result.answer or ""
     query.extracted_answer = (result.extracted_answer or "")[:500]
@@ -227,10 +241,17 @@ def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
         apply_result(locked, result, run.prices)
         # Samples written by an earlier, interrupted run of this query were generated: billed.
         earlier = Sample.objects.filter(query=locked, index__lt=offset).aggregate(
-            n=Count("id"), p=Sum("prompt_tokens"), c=Sum("completion_tokens"), usd=Sum("cost_usd")
+            n=Count("id"),
+            p=Sum("prompt_tokens"),
+            c=Sum("completion_tokens"),
+            cached=Sum("cached_prompt_tokens"),
+            reasoning=Sum("reasoning_tokens"),
+            usd=Sum("cost_usd"),
         )
         locked.prompt_tokens += earlier["p"] or 0
         locked.completion_tokens += earlier["c"] or 0
+        locked.cached_prompt_tokens += earlier["cached"] or 0
+        locked.reasoning_tokens += earlier["reasoning"] or 0
         locked.cost_usd += earlier["usd"] or Decimal(0)
         locked.samples_done += earlier["n"]
         _finish(locked)
@@ -269,10 +290,16 @@ def _finish(query: Query) -> None:
 
 def _bill_written_samples(query: Query) -> None:
     totals = Sample.objects.filter(query=query).aggregate(
-        p=Sum("prompt_tokens"), c=Sum("completion_tokens"), usd=Sum("cost_usd")
+        p=Sum("prompt_tokens"),
+        c=Sum("completion_tokens"),
+        cached=Sum("cached_prompt_tokens"),
+        reasoning=Sum("reasoning_tokens"),
+        usd=Sum("cost_usd"),
     )
     query.prompt_tokens = totals["p"] or 0
     query.completion_tokens = totals["c"] or 0
+    query.cached_prompt_tokens = totals["cached"] or 0
+    query.reasoning_tokens = totals["reasoning"] or 0
     query.cost_usd = totals["usd"] or Decimal(0)
     query.samples_done = Sample.objects.filter(query=query).count()
 

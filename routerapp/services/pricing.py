@@ -18,6 +18,8 @@ def endpoint_prices(endpoint: ModelEndpoint) -> Prices:
         input_usd_per_mtok=endpoint.input_usd_per_mtok,
         output_usd_per_mtok=endpoint.output_usd_per_mtok,
         gpu_usd_per_hour=endpoint.gpu_usd_per_hour,
+        cached_input_usd_per_mtok=endpoint.cached_input_usd_per_mtok,
+        reasoning_usd_per_mtok=endpoint.reasoning_usd_per_mtok,
     )
 
 
@@ -53,8 +55,10 @@ def worst_case_cost(configuration: Configuration, prompt_tokens: int) -> Decimal
     """Return the most a query on this configuration can cost: what a budget reserves.
 
     The worker refuses a prompt longer than the configuration's max_prompt_tokens before
-    generating anything, so that limit caps the prompt part of the bound.
+    generating anything, so that limit caps the prompt part of the bound. How many tokens the
+    provider will report as cached or as reasoning is unknown before the run, so each token
+    is priced at the dearest price its kind can have.
     """
     prompt_tokens = min(prompt_tokens, configuration.max_prompt_tokens)
     p_tokens, c_tokens = worst_case_tokens(configuration, prompt_tokens)
-    return cost_of_tokens(p_tokens, c_tokens, endpoint_prices(configuration.endpoint))
+    return cost_of_tokens(p_tokens, c_tokens, endpoint_prices(configuration.endpoint).upper_bound())

@@ -113,6 +113,9 @@ class SampleOutput:
     processes its prompt once for several samples bills it on the first sample of the
     request and 0 on the others; one HTTP request per sample bills each.
     ``latency_s`` is measured from the start of the engine request to this sample's end.
+    ``cached_prompt_tokens`` (part of ``prompt_tokens``) and ``reasoning_tokens`` (part of
+    ``completion_tokens``) are what the server reported in ``usage.prompt_tokens_details`` /
+    ``completion_tokens_details`` (0 when it did not): they have their own prices.
     """
 
     index: int
@@ -126,6 +129,8 @@ class SampleOutput:
     top_logprobs: list[tuple[float, ...]] = field(default_factory=list)
     latency_s: float = 0.0
     count_method: str = "exact"
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def aborted(self) -> bool:

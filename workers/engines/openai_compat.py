@@ -442,6 +442,7 @@ class _HttpStream(GenerationStream):
             completion, c_method = len(lps), "logprobs"
         else:
             completion, c_method = eng.count_text_tokens(text)
+        cached, reasoning = usage_details(usage, prompt_tokens, completion)
         return SampleOutput(
             index=slot.index,
             text=text,
@@ -453,6 +454,8 @@ class _HttpStream(GenerationStream):
             top_logprobs=tops,
             latency_s=self.timer.elapsed(),
             count_method=worst_count_method(p_method, c_method),
+            cached_prompt_tokens=cached,
+            reasoning_tokens=reasoning,
         )
 
     def _usage_or_count(self, reported: Any) -> tuple[int, str]:
@@ -531,6 +534,8 @@ class _HttpStream(GenerationStream):
             completion, c_method = len(lps), "logprobs"
         else:
             completion, c_method = chunks, "chunks"
+        # An aborted stream's usage (when one came) no longer describes what was counted.
+        cached, reasoning = usage_details(usage if not aborted else {}, prompt_tokens, completion)
         return SampleOutput(
             index=slot.index,
             text=text,
@@ -542,6 +547,8 @@ class _HttpStream(GenerationStream):
             top_logprobs=tops,
             latency_s=self.timer.elapsed(),
             count_method=worst_count_method(p_method, c_method),
+            cached_prompt_tokens=cached,
+            reasoning_tokens=reasoning,
         )
 
     def _run_n(self) -> None:
@@ -589,11 +596,37 @@ class _HttpStream(GenerationStream):
                 outs[-1].completion_tokens = max(
                     0, int(total) - sum(o.completion_tokens for o in outs[:-1])
                 )
+            # The request's cached prompt tokens go with the sample that bills the prompt; its
+            # reasoning tokens are spread over the choices, none beyond a choice's own count.
+            cached, reasoning = usage_details(
+                usage, outs[0].prompt_tokens, sum(o.completion_tokens for o in outs)
+            )
+            outs[0].cached_prompt_tokens = cached
+            for out in reversed(outs):
+                out.reasoning_tokens = min(reasoning, out.completion_tokens)
+                reasoning -= out.reasoning_tokens
             self._q.put(("done_all", 0, outs))
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, which re-raises
             self._q.put(("error", 0, exc))
             for s in self.slots[1:]:
                 self._q.put(("done", s.index, self._aborted_unsent(s)))
+
+
+def usage_details(usage: dict[str, Any], prompt_tokens: int, completion: int) -> tuple[int, int]:
+    """Return (cached prompt tokens, reasoning tokens) from an OpenAI ``usage`` object.
+
+    ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``
+    are parts of the prompt and completion counts; a server reporting more than the whole is
+    capped at the whole (the part can never be billed twice).
+    """
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    try:
+        cached = int(prompt_details.get("cached_tokens") or 0)
+        reasoning = int(completion_details.get("reasoning_tokens") or 0)
+    except (TypeError, ValueError, AttributeError):
+        return 0, 0
+    return max(0, min(cached, prompt_tokens)), max(0, min(reasoning, completion))
 
 
 def _finish(reason: Any) -> FinishReason:

@@ -87,6 +87,8 @@ class Candidate:
     confidence: float | None = None
     count_method: str = "exact"
     phase: str = "main"
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
     token_logprobs: list[float] = field(default_factory=list, repr=False)
     top_logprobs: list[tuple[float, ...]] = field(default_factory=list, repr=False)
 
@@ -99,6 +101,8 @@ class Candidate:
             "score": self.score,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "finish_reason": self.finish_reason,
             "aborted": self.aborted,
             "seed": self.seed,
@@ -279,6 +283,8 @@ class RunContext:
         self.ledger.aborted_completion_tokens += sum(
             s.completion_tokens for s in result.samples if s.aborted
         )
+        self.ledger.cached_prompt_tokens += sum(s.cached_prompt_tokens for s in result.samples)
+        self.ledger.reasoning_tokens += sum(s.reasoning_tokens for s in result.samples)
         self._methods.append(result.count_method)
         # Keep candidates in sample order whatever order they finished in.
         new.sort(key=lambda c: c.index)
@@ -303,6 +309,8 @@ class RunContext:
             confidence=mean_confidence(sample.top_logprobs),
             count_method=sample.count_method,
             phase=phase,
+            cached_prompt_tokens=sample.cached_prompt_tokens,
+            reasoning_tokens=sample.reasoning_tokens,
             token_logprobs=sample.token_logprobs,
             top_logprobs=sample.top_logprobs,
         )

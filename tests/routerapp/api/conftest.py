@@ -46,7 +46,9 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60
     raise RuntimeError(f"nothing listening on {port}: {log.read_text()[-3000:]}")
 
 
-def start_upstream(tmp: Path, token_delay_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
+def start_upstream(
+    tmp: Path, token_delay_ms: float = 0.0, extra_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = tmp / f"upstream-{port}.log"
     proc = subprocess.Popen(
@@ -59,6 +61,7 @@ def start_upstream(tmp: Path, token_delay_ms: float = 0.0) -> tuple[subprocess.P
             FAKE_REPLY,
             "--token-delay-ms",
             str(token_delay_ms),
+            *extra_args,
         ],
         stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
