@@ -18,6 +18,11 @@ seed (``n_draws`` independent draws, averaged), and the strategy is applied to t
   order of length; the m shortest are kept and voted (ties to the shortest); every other
   sample is billed only up to the m-th shortest length (it was aborted then).
 - ``first_finish@k``: short-m@k with m = 1.
+- ``adaptive_consistency@k``: the drawn samples are taken in draw order, ``window`` at a
+  time, and the strategy's own stopping rule
+  (:func:`workers.strategies.adaptive_consistency.stop_decision`) decides after each window;
+  only the samples taken are billed and voted. Its first samples are the same draws as
+  ``majority_vote@k``'s under the same rng, so the two are paired.
 
 Cost: each drawn sample bills its input once (one request per sample) and its output
 tokens up to where it was stopped. With ``cost_usd_est`` present, a sample's input cost is
@@ -34,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-STRATEGIES = ("majority_vote", "best_of_n", "short_m_at_k", "first_finish")
+STRATEGIES = ("majority_vote", "best_of_n", "short_m_at_k", "first_finish", "adaptive_consistency")
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,28 @@ class SimConfig:
     k: int
     m: int = 1
     scorer: str = "auto"
+    #: adaptive_consistency: stopping rule, its posterior threshold, window and first stop.
+    rule: str = "beta"
+    threshold: float = 0.95
+    window: int = 2
+    min_samples: int = 2
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.k < 1 or self.m < 1 or self.m > self.k:
             raise ValueError("need 1 <= m <= k")
+        if self.strategy == "adaptive_consistency":
+            # The strategy's own params validate the stopping rule's settings.
+            from workers.strategies.adaptive_consistency import AdaptiveConsistencyParams
+
+            AdaptiveConsistencyParams(
+                k=self.k,
+                window=min(self.window, self.k),
+                min_samples=min(self.min_samples, self.k),
+                rule=self.rule,  # type: ignore[arg-type]
+                threshold=self.threshold,
+            )
 
     @property
     def name(self) -> str:
@@ -58,6 +79,9 @@ class SimConfig:
             return f"short_m_at_k@{self.k}:m{self.m}"
         if self.strategy == "best_of_n" and self.scorer != "auto":
             return f"best_of_n@{self.k}:{self.scorer}"
+        if self.strategy == "adaptive_consistency":
+            bar = "" if self.rule == "esc" else f"{self.threshold:g}"
+            return f"adaptive_consistency@{self.k}:{self.rule}{bar}w{self.window}"
         return f"{self.strategy}@{self.k}"
 
 
@@ -129,6 +153,11 @@ def simulate_prompt(
     order = list(range(k))
     if config.strategy == "majority_vote":
         pick = _vote(order, local_preds, lengths)
+    elif config.strategy == "adaptive_consistency":
+        taken = _adaptive_prefix(config, local_preds)
+        billed = lengths[:taken]
+        pick = _vote(order[:taken], local_preds, lengths)
+        k = taken
     elif config.strategy == "best_of_n":
         scorer = config.scorer
         if scorer == "auto":
@@ -157,8 +186,29 @@ def simulate_prompt(
     out_total = float(sum(billed))
     cost = out_total * out_price_per_token
     if in_cost is not None:
-        cost += float(sum(in_cost[i] for i in drawn))
+        cost += float(sum(in_cost[i] for i in drawn[:k]))  # the samples started
     return {"correct": ok, "output_tokens": out_total, "samples": float(k), "cost_usd": cost}
+
+
+def _adaptive_prefix(config: SimConfig, preds: Sequence[str | None]) -> int:
+    """Return how many of the drawn samples (in draw order) adaptive consistency takes."""
+    from workers.strategies.adaptive_consistency import stop_decision
+
+    k = len(preds)
+    taken = 0
+    while taken < k:
+        taken = min(k, taken + config.window)
+        decision = stop_decision(
+            preds[:taken],
+            k=k,
+            rule=config.rule,
+            threshold=config.threshold,
+            window=config.window,
+            min_samples=config.min_samples,
+        )
+        if decision.stop:
+            break
+    return taken
 
 
 def simulate(

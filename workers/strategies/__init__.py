@@ -1,10 +1,17 @@
 """Test-time scaling strategies, registered by stable slug.
 
 ``single``, ``best_of_n``, ``majority_vote``, ``weighted_vote``, ``short_m_at_k``,
-``first_finish``, ``confidence_early_stop``. Look one up with :func:`get_strategy`.
+``first_finish``, ``confidence_early_stop``, and the adaptive ones: ``adaptive_consistency``
+(stop sampling once the vote is decided). Look one up with :func:`get_strategy`.
 """
 
-from workers.strategies import best_of_n, early_stop, majority_vote, single  # noqa: F401 - registers
+from workers.strategies import (  # noqa: F401 - registers
+    adaptive_consistency,
+    best_of_n,
+    early_stop,
+    majority_vote,
+    single,
+)
 from workers.strategies.base import (
     STRATEGIES,
     Candidate,

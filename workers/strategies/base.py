@@ -89,6 +89,9 @@ class Candidate:
     phase: str = "main"
     cached_prompt_tokens: int = 0
     reasoning_tokens: int = 0
+    #: The endpoint that generated it when a strategy runs several (cascades); None: the
+    #: configuration's own endpoint.
+    endpoint: str | None = None
     token_logprobs: list[float] = field(default_factory=list, repr=False)
     top_logprobs: list[tuple[float, ...]] = field(default_factory=list, repr=False)
 
@@ -113,6 +116,7 @@ class Candidate:
             "confidence": self.confidence,
             "count_method": self.count_method,
             "phase": self.phase,
+            "endpoint": self.endpoint,
         }
 
 
@@ -134,6 +138,12 @@ class StrategyResult:
     cancelled: bool = False
     answer_kind: str = "math"
     params: dict[str, Any] = field(default_factory=dict)
+    #: What the strategy decided along the way, JSON-serialisable, for the playground:
+    #: stopping decisions with their posterior, search trees, cascade stages.
+    trace: dict[str, Any] = field(default_factory=dict)
+    #: Per-endpoint ledgers when the run used several endpoints (cascades), keyed by
+    #: endpoint name; their sum is ``ledger``. Empty: everything ran on one endpoint.
+    stage_ledgers: dict[str, Ledger] = field(default_factory=dict)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -153,6 +163,8 @@ class StrategyResult:
             "cancelled": self.cancelled,
             "answer_kind": self.answer_kind,
             "params": self.params,
+            "trace": self.trace,
+            "stage_ledgers": {k: v.to_dict() for k, v in self.stage_ledgers.items()},
         }
 
 
@@ -213,6 +225,9 @@ class RunContext:
         answer_kind: str,
         on_event: OnEvent | None,
         should_cancel: ShouldCancel | None,
+        *,
+        index_offset: int = 0,
+        endpoint: str | None = None,
     ) -> None:
         self.engine = engine
         self.prompt = prompt
@@ -224,6 +239,12 @@ class RunContext:
         self.cancelled = False
         self.t0 = time.perf_counter()
         self._methods: list[str] = []
+        #: Strategy-specific record of its decisions (see :attr:`StrategyResult.trace`).
+        self.trace: dict[str, Any] = {}
+        self.stage_ledgers: dict[str, Ledger] = {}
+        #: Candidate indices start here (a stage of a cascade continues its parent's).
+        self.index_offset = index_offset
+        self.endpoint = endpoint
 
     def emit(self, event: StrategyEvent) -> None:
         if self.on_event is not None:
@@ -247,7 +268,7 @@ class RunContext:
         Token events are requested when the watcher needs them, when the caller streams
         (``on_event``) or may cancel (``should_cancel`` is polled between tokens).
         """
-        offset = len(self.candidates)
+        offset = self.index_offset + len(self.candidates)
         if self.check_cancel():
             return []
         want_tokens = (
@@ -311,6 +332,7 @@ class RunContext:
             phase=phase,
             cached_prompt_tokens=sample.cached_prompt_tokens,
             reasoning_tokens=sample.reasoning_tokens,
+            endpoint=self.endpoint,
             token_logprobs=sample.token_logprobs,
             top_logprobs=sample.top_logprobs,
         )
@@ -352,6 +374,8 @@ class RunContext:
             cancelled=self.cancelled,
             answer_kind=self.answer_kind,
             params=params.model_dump(),
+            trace=self.trace,
+            stage_ledgers=self.stage_ledgers,
         )
 
 

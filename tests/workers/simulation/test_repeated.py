@@ -87,3 +87,35 @@ def test_on_the_shared_game24_samples():
         means.loc["first_finish@5", "output_tokens"] < means.loc["majority_vote@5", "output_tokens"]
     )
     assert means.loc["majority_vote@5", "cost_usd"] > 4 * means.loc["majority_vote@1", "cost_usd"]
+
+
+def test_adaptive_consistency_stops_on_a_settled_vote_and_bills_only_what_it_took():
+    # p2: ten samples, all "x" (correct): the Beta rule stops after 4 (posterior 0.97).
+    rows = [{"prompt_id": "p2", "sample_idx": i, "pred": "x", "correct": 1,
+             "output_tokens_est": 10 + i, "cost_usd_est": 1e-6 * (100 + 2 * (10 + i))}
+            for i in range(10)]  # fmt: skip
+    cfgs = [
+        SimConfig("majority_vote", 10),
+        SimConfig("adaptive_consistency", 10, rule="beta", threshold=0.95, window=2),
+        SimConfig("adaptive_consistency", 10, rule="esc", window=3, min_samples=3),
+    ]
+    out = simulate(pd.DataFrame(rows), cfgs, output_usd_per_mtok=2).set_index("config")
+    maj = out.loc["majority_vote@10"]
+    beta = out.loc["adaptive_consistency@10:beta0.95w2"]
+    esc = out.loc["adaptive_consistency@10:escw3"]
+    assert maj["samples"] == 10 and beta["samples"] == 4 and esc["samples"] == 3
+    assert beta["correct"] == maj["correct"] == esc["correct"] == 1.0
+    # Input billed once per sample taken (100 tokens at 1 USD/Mtok), output as generated.
+    assert beta["cost_usd"] == pytest.approx(4 * 100e-6 + beta["output_tokens"] * 2e-6)
+    assert beta["output_tokens"] < maj["output_tokens"]
+
+
+def test_adaptive_consistency_draws_to_the_cap_on_a_split_vote():
+    out = simulate(
+        table(), [SimConfig("adaptive_consistency", 5, threshold=0.99, window=1)],
+        output_usd_per_mtok=2,
+    )  # fmt: skip
+    assert out.iloc[0]["samples"] == 5  # a 3:2 split is never 99% settled
+    assert out.iloc[0]["correct"] == 1.0
+    with pytest.raises(ValueError):
+        SimConfig("adaptive_consistency", 5, rule="esc", window=1)
