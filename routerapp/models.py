@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
 
 
 def usd_field(**options: Any) -> models.DecimalField:
@@ -452,6 +452,21 @@ class Query(models.Model):
     )
     engine_requests = models.PositiveIntegerField(default=0)
     scorer_calls = models.PositiveIntegerField(default=0)
+    # Database defaults too, so that bulk loads naming older columns only (COPY) still work.
+    scorer_prompt_tokens = models.PositiveBigIntegerField(
+        default=0, db_default=0, help_text="Part of prompt_tokens read by scorer / verifier calls"
+    )
+    scorer_completion_tokens = models.PositiveBigIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Part of completion_tokens written by scorer / verifier calls",
+    )
+    trace = models.JSONField(
+        default=dict,
+        db_default=Value({}, output_field=models.JSONField()),
+        blank=True,
+        help_text="What the strategy decided as it ran: stopping rule, search tree, cascade stages",
+    )
     cost_usd = usd_field(default=ZERO)
     billed_prices = models.JSONField(
         default=dict, blank=True, help_text="The endpoint's prices this query was billed at"

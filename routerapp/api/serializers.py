@@ -180,6 +180,7 @@ class QueryOut(serializers.ModelSerializer):
             "answer",
             "extracted_answer",
             "votes",
+            "trace",
             "progress",
             "ledger",
             "cost_usd",
@@ -208,6 +209,8 @@ class QueryOut(serializers.ModelSerializer):
             "reasoning_tokens": obj.reasoning_tokens,
             "engine_requests": obj.engine_requests,
             "scorer_calls": obj.scorer_calls,
+            "scorer_prompt_tokens": obj.scorer_prompt_tokens,
+            "scorer_completion_tokens": obj.scorer_completion_tokens,
             "cost_usd": str(obj.cost_usd),
             "billed_prices": obj.billed_prices or None,
         }

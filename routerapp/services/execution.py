@@ -109,6 +109,9 @@ def apply_result(query: Query, result: Any, prices: Prices) -> None:
     query.reasoning_tokens = int(ledger.reasoning_tokens)
     query.engine_requests = int(ledger.engine_requests)
     query.scorer_calls = int(ledger.scorer_calls)
+    query.scorer_prompt_tokens = int(ledger.scorer_prompt_tokens)
+    query.scorer_completion_tokens = int(ledger.scorer_completion_tokens)
+    query.trace = dict(getattr(result, "trace", None) or {})
     query.cost_usd = cost_usd(ledger, prices)
     # The prices are kept with the bill: a later price change never rewrites this query.
     query.billed_prices = prices.to_dict()

@@ -132,7 +132,39 @@ def _live_context(query: Query) -> dict[str, Any]:
         "planned": planned,
         "progress": (len(samples) / planned) if planned else (1.0 if query.is_finished else 0.0),
         "aborted": sum(1 for s in samples if s.aborted),
+        "trace": _trace_context(query.trace if isinstance(query.trace, dict) else {}),
     }
+
+
+#: Why an adaptive strategy stopped sampling, in words (see workers.strategies).
+STOP_REASONS = {
+    "posterior": "the posterior that the leading answer stays ahead reached the threshold",
+    "decided": "the leader's margin exceeded the samples left: no later sample could change it",
+    "window_unanimous": "every sample of the last window gave the same answer (ESC)",
+    "cap": "the cap of k samples was reached",
+    "cancelled": "the query was cancelled",
+}
+
+
+def _trace_context(trace: dict[str, Any]) -> dict[str, Any] | None:
+    """What the strategy decided as it ran, ready for ui/_strategy_trace.html."""
+    if not trace.get("kind"):
+        return None
+    out = dict(trace)
+    if trace["kind"] == "stopping":
+        out["reason_text"] = STOP_REASONS.get(str(trace.get("reason")), str(trace.get("reason")))
+        out["rows"] = [
+            {
+                **d,
+                # Most votes first (a JSON column does not keep the order answers were seen in).
+                "counts_text": ", ".join(
+                    f"{a}: {n}"
+                    for a, n in sorted((d.get("counts") or {}).items(), key=lambda an: -an[1])
+                ),
+            }
+            for d in trace.get("decisions") or []
+        ]
+    return out
 
 
 @team_view

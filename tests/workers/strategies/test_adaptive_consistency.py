@@ -106,7 +106,9 @@ def test_stops_early_on_a_settled_vote_with_the_samples_of_majority_vote(llama_e
     maj = get_strategy("majority_vote").run(
         llama_engine, messages=MSG, params={**common, "n": 8}, answer_kind="math"
     )
-    assert [c.text for c in ada.candidates] == [c.text for c in maj.candidates[: len(ada.candidates)]]
+    assert [c.text for c in ada.candidates] == [
+        c.text for c in maj.candidates[: len(ada.candidates)]
+    ]
     assert ada.extracted_answer == maj.extracted_answer
     assert ada.ledger.completion_tokens < maj.ledger.completion_tokens
 
