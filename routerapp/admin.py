@@ -50,11 +50,32 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+class AllowlistFormMixin:
+    """Validates the `allowed_models` JSON of a team or a key."""
+
+    def clean_allowed_models(self) -> list[str]:
+        from routerapp.errors import InvalidInput
+        from routerapp.selectors.access import allowlist_validate
+
+        try:
+            return allowlist_validate(self.cleaned_data.get("allowed_models"))  # type: ignore[attr-defined]
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+
+class TeamForm(AllowlistFormMixin, forms.ModelForm):
+    class Meta:
+        model = m.Team
+        fields = ["name", "allowed_models"]
+
+
 @admin.register(m.Team)
-class TeamAdmin(admin.ModelAdmin):
-    list_display = ["name", "created_at"]
+class TeamAdmin(AuditedAdmin):
+    form = TeamForm
+    list_display = ["name", "allowed_models", "created_at"]
     search_fields = ["name"]
     inlines = [MembershipInline]
+    audited_fields = ["name", "allowed_models"]
 
 
 class ModelEndpointForm(forms.ModelForm):
@@ -182,14 +203,37 @@ class ConfigurationAdmin(AuditedAdmin):
     audited_fields = ["endpoint", "strategy", "max_prompt_tokens", "enabled"]
 
 
-class ApiKeyAddForm(forms.ModelForm):
+class ApiKeyAddForm(AllowlistFormMixin, forms.ModelForm):
     class Meta:
         model = m.ApiKey
-        fields = ["team", "name", "scopes", "expires_at", "rate_limit_rpm", "rate_limit_tpm"]
+        fields = [
+            "team",
+            "name",
+            "scopes",
+            "expires_at",
+            "rate_limit_rpm",
+            "rate_limit_tpm",
+            "allowed_models",
+        ]
+
+
+class ApiKeyForm(AllowlistFormMixin, forms.ModelForm):
+    class Meta:
+        model = m.ApiKey
+        fields = [
+            "team",
+            "name",
+            "scopes",
+            "expires_at",
+            "rate_limit_rpm",
+            "rate_limit_tpm",
+            "allowed_models",
+        ]
 
 
 @admin.register(m.ApiKey)
 class ApiKeyAdmin(AuditedAdmin):
+    form = ApiKeyForm
     list_display = [
         "name",
         "prefix",
@@ -204,7 +248,14 @@ class ApiKeyAdmin(AuditedAdmin):
     search_fields = ["name", "prefix", "team__name"]
     readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at", "created_by"]
     actions = ["revoke_keys"]
-    audited_fields = ["name", "scopes", "expires_at", "rate_limit_rpm", "rate_limit_tpm"]
+    audited_fields = [
+        "name",
+        "scopes",
+        "expires_at",
+        "rate_limit_rpm",
+        "rate_limit_tpm",
+        "allowed_models",
+    ]
 
     def get_form(
         self, request: HttpRequest, obj: Any | None = None, change: bool = False, **kwargs: Any
@@ -228,6 +279,7 @@ class ApiKeyAdmin(AuditedAdmin):
             expires_at=obj.expires_at,
             rate_limit_rpm=obj.rate_limit_rpm,
             rate_limit_tpm=obj.rate_limit_tpm,
+            allowed_models=obj.allowed_models,
         )
         obj.pk = key.pk
         obj.prefix, obj.hashed_key, obj.created_at = key.prefix, key.hashed_key, key.created_at
@@ -264,12 +316,13 @@ class RouterVersionAdmin(admin.ModelAdmin):
         "name",
         "learner",
         "status",
+        "team",
         "is_active",
         "is_shadow",
         "created_at",
         "trained_at",
     ]
-    list_filter = ["status", "is_active", "is_shadow", "learner"]
+    list_filter = ["status", "is_active", "is_shadow", "learner", "team"]
     search_fields = ["name"]
     readonly_fields = ["trained_on", "evaluation", "progress", "error", "trained_at"]
 

@@ -32,6 +32,14 @@ ZERO = Decimal("0")
 
 class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Model names, configuration ids or shell-style patterns (gpt-4o*) that the team's keys and members may call; "
+            "empty = every enabled one"
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -88,6 +96,14 @@ class ApiKey(models.Model):
     )
     rate_limit_tpm = models.PositiveIntegerField(
         null=True, blank=True, help_text="Tokens per minute; empty = no limit"
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Model names, configuration ids or shell-style patterns (gpt-4o*) that this key may call; "
+            "empty = every one its team may call"
+        ),
     )
 
     class Meta:
@@ -307,6 +323,14 @@ class RouterVersion(models.Model):
 
     name = models.CharField(max_length=100)
     learner = models.CharField(max_length=64, help_text="Learner slug from the router registry")
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="router_versions",
+        help_text="Empty: the installation's router; set: trained on and serving this team only",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.TRAINING)
     is_active = models.BooleanField(default=False)
     is_shadow = models.BooleanField(default=False)
@@ -324,8 +348,12 @@ class RouterVersion(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
+            # One active version per scope: the installation's (team empty) and each team's.
             models.UniqueConstraint(
-                fields=["is_active"], condition=Q(is_active=True), name="routerversion_one_active"
+                fields=["team"],
+                condition=Q(is_active=True),
+                name="routerversion_one_active_per_scope",
+                nulls_distinct=False,
             )
         ]
 

@@ -233,6 +233,10 @@ class ApiKeyOut(serializers.Serializer):
     last_used_at = serializers.DateTimeField(allow_null=True)
     rate_limit_rpm = serializers.IntegerField(allow_null=True)
     rate_limit_tpm = serializers.IntegerField(allow_null=True)
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Models / configuration ids / patterns it may call; empty: what its team may",
+    )
 
 
 class ApiKeyCreatedOut(ApiKeyOut):
@@ -253,6 +257,21 @@ class ApiKeyCreateInput(serializers.Serializer):
     )
     rate_limit_tpm = StrictIntegerField(
         required=False, allow_null=True, default=None, min_value=1, max_value=2_000_000_000
+    )
+    allowed_models = serializers.ListField(
+        child=StrictCharField(max_length=200),
+        required=False,
+        default=list,
+        max_length=200,
+        help_text="Model names, configuration ids or patterns (gpt-4o*); empty: no limit",
+    )
+
+
+class ApiKeyUpdateInput(serializers.Serializer):
+    allowed_models = serializers.ListField(
+        child=StrictCharField(max_length=200),
+        max_length=200,
+        help_text="Replaces the key's allowlist; empty: every model its team may call",
     )
 
 

@@ -357,7 +357,7 @@ class Models(APIView):
         tags=["openai"],
     )
     def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": catalog_models()})
+        return Response({"object": "list", "data": catalog_models(permitted=_permitted(request))})
 
 
 class ModelDetail(APIView):
@@ -370,4 +370,11 @@ class ModelDetail(APIView):
         tags=["openai"],
     )
     def get(self, request: Request, model_id: str) -> Response:
-        return Response(catalog_model(model_id))
+        return Response(catalog_model(model_id, permitted=_permitted(request)))
+
+
+def _permitted(request: Request) -> frozenset[str] | None:
+    """The configurations the calling key (and its team) may call; None: no allowlist."""
+    from routerapp.selectors.access import permitted_configuration_slugs
+
+    return permitted_configuration_slugs(team=request.user.team, api_key=request.user.key)

@@ -17,6 +17,7 @@ from routerapp.api.serializers import (
     ApiKeyCreatedOut,
     ApiKeyCreateInput,
     ApiKeyOut,
+    ApiKeyUpdateInput,
     BudgetCreateInput,
     BudgetOut,
     BudgetUpdateInput,
@@ -28,7 +29,7 @@ from routerapp.models import ApiKey
 from routerapp.selectors.apikeys import api_key_get_for_team, api_keys_for_team
 from routerapp.selectors.budgets import budget_get_for_team, budget_status, budgets_for_team
 from routerapp.selectors.usage import usage_for_team
-from routerapp.services.apikeys import api_key_create, api_key_revoke
+from routerapp.services.apikeys import api_key_create, api_key_revoke, api_key_update_allowlist
 from routerapp.services.budgets import budget_policy_create, budget_policy_update
 
 
@@ -44,6 +45,7 @@ def _key_out(key: ApiKey) -> dict[str, Any]:
         "last_used_at": key.last_used_at,
         "rate_limit_rpm": key.rate_limit_rpm,
         "rate_limit_tpm": key.rate_limit_tpm,
+        "allowed_models": list(key.allowed_models or []),
     }
 
 
@@ -82,6 +84,25 @@ class ApiKeyDetail(APIView):
     def get(self, request: Request, key_id: str) -> Response:
         require_scope(request.user, "admin")
         key = api_key_get_for_team(team=request.user.team, key_id=key_id)
+        return Response(ApiKeyOut(_key_out(key)).data)
+
+    @extend_schema(
+        request=ApiKeyUpdateInput,
+        responses={200: ApiKeyOut},
+        operation_id="keys_update",
+        tags=["tenancy"],
+        description="Replace the key's model allowlist (the team's allowlist always applies).",
+    )
+    def patch(self, request: Request, key_id: str) -> Response:
+        require_scope(request.user, "admin")
+        form = ApiKeyUpdateInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        key = api_key_get_for_team(team=request.user.team, key_id=key_id)
+        key = api_key_update_allowlist(
+            key=key,
+            allowed_models=form.validated_data["allowed_models"],
+            actor_api_key=request.user.key,
+        )
         return Response(ApiKeyOut(_key_out(key)).data)
 
 

@@ -10,21 +10,21 @@ from routerapp.models import Configuration
 AUTO = "auto"
 
 
-def _configurations() -> list[Configuration]:
-    return list(
-        Configuration.objects.filter(enabled=True, endpoint__enabled=True)
-        .select_related("endpoint", "strategy")
-        .order_by("slug")
-    )
+def _configurations(permitted: frozenset[str] | None = None) -> list[Configuration]:
+    qs = Configuration.objects.filter(enabled=True, endpoint__enabled=True)
+    if permitted is not None:
+        qs = qs.filter(slug__in=permitted)
+    return list(qs.select_related("endpoint", "strategy").order_by("slug"))
 
 
-def catalog_models() -> list[dict[str, Any]]:
+def catalog_models(permitted: frozenset[str] | None = None) -> list[dict[str, Any]]:
     """Return OpenAI model objects: `auto`, each enabled configuration, each model name.
 
     A configuration id serves exactly that (model, strategy); a model name lets the router
-    choose the strategy; `auto` lets it choose both.
+    choose the strategy; `auto` lets it choose both. With ``permitted`` (the caller's
+    allowlists, see selectors.access) only what the caller may call is listed.
     """
-    configs = _configurations()
+    configs = _configurations(permitted)
     rows: list[dict[str, Any]] = [
         {
             "id": AUTO,
@@ -84,9 +84,10 @@ def catalog_models() -> list[dict[str, Any]]:
     return rows
 
 
-def catalog_model(model_id: str) -> dict[str, Any]:
-    """Return one model object; raise NotFound (code model_not_found) for an unknown id."""
-    for row in catalog_models():
+def catalog_model(model_id: str, permitted: frozenset[str] | None = None) -> dict[str, Any]:
+    """Return one model object; raise NotFound (code model_not_found) for an unknown id or
+    one the caller may not call."""
+    for row in catalog_models(permitted):
         if row["id"] == model_id:
             return row
     raise NotFound(

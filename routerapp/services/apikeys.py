@@ -33,11 +33,14 @@ def api_key_create(
     rate_limit_rpm: int | None = None,
     rate_limit_tpm: int | None = None,
     actor_api_key: ApiKey | None = None,
+    allowed_models: list[str] | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key for `team`; return the row and the full key, which is never shown again.
 
     ``actor_api_key`` (a key creating another through the API) may only grant scopes it holds
-    itself: a key cannot mint a more powerful one. Raise InvalidInput otherwise."""
+    itself, and only models its own allowlist holds: a key cannot mint a more powerful one.
+    Raise InvalidInput otherwise."""
+    allowed_models = _allowlist_within(allowed_models, actor_api_key)
     name = name.strip()
     if not name:
         raise InvalidInput("a key needs a name", param="name")
@@ -73,6 +76,7 @@ def api_key_create(
         expires_at=expires_at,
         rate_limit_rpm=rate_limit_rpm,
         rate_limit_tpm=rate_limit_tpm,
+        allowed_models=allowed_models,
     )
     audit_record(
         action="create",
@@ -87,9 +91,51 @@ def api_key_create(
             "expires_at": [None, expires_at.isoformat() if expires_at else None],
             "rate_limit_rpm": [None, rate_limit_rpm],
             "rate_limit_tpm": [None, rate_limit_tpm],
+            "allowed_models": [None, allowed_models],
         },
     )
     return key, raw
+
+
+def _allowlist_within(value: Any, actor_api_key: ApiKey | None) -> list[str]:
+    from routerapp.selectors.access import allowlist_validate
+
+    allowed = allowlist_validate(value)
+    held = list(actor_api_key.allowed_models or []) if actor_api_key is not None else []
+    if held and (not allowed or not set(allowed) <= set(held)):
+        raise InvalidInput(
+            f"a key allowed only {held} can only grant some of those models; list them in "
+            "'allowed_models'",
+            param="allowed_models",
+        )
+    return allowed
+
+
+@transaction.atomic
+def api_key_update_allowlist(
+    *,
+    key: ApiKey,
+    allowed_models: list[str] | None,
+    actor: Any = None,
+    actor_api_key: ApiKey | None = None,
+) -> ApiKey:
+    """Replace a key's allowlist (empty: every model its team may call), audited. A key
+    editing another may only grant models its own allowlist holds."""
+    allowed = _allowlist_within(allowed_models, actor_api_key)
+    locked = ApiKey.objects.select_for_update().get(pk=key.pk)
+    before = list(locked.allowed_models or [])
+    if before != allowed:
+        locked.allowed_models = allowed
+        locked.save(update_fields=["allowed_models"])
+        audit_record(
+            action="update",
+            obj=locked,
+            team=locked.team,
+            actor=actor,
+            actor_api_key=actor_api_key,
+            changes={"allowed_models": [before, allowed]},
+        )
+    return locked
 
 
 @transaction.atomic

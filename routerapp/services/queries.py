@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -11,6 +12,7 @@ from django.utils import timezone
 
 from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from routerapp.models import ApiKey, BudgetPolicy, ModelEndpoint, Query, Sample, Team
+from routerapp.selectors.access import permitted_configuration_slugs
 from routerapp.services.budgets import (
     ZERO,
     budget_reserve,
@@ -123,7 +125,13 @@ def query_create(
 
     text = prompt_text(prompt, messages)
     tokens_bound = prompt_token_bound(prompt, messages)
-    decision = decide(prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound)
+    # Only what the team's and the key's allowlists permit is routed to (403 otherwise).
+    constraints = dataclasses.replace(
+        constraints, permitted=permitted_configuration_slugs(team=team, api_key=api_key)
+    )
+    decision = decide(
+        prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound, team=team
+    )
     policies = policies_for(team, api_key)
     decision = _within_budget(
         team,
@@ -197,7 +205,9 @@ def _within_budget(
         return decision
     limited = RequestConstraints(**{**constraints.__dict__, "max_cost_usd": left})
     try:
-        downgraded = decide(prompt=text, task=task, constraints=limited, prompt_tokens=tokens_bound)
+        downgraded = decide(
+            prompt=text, task=task, constraints=limited, prompt_tokens=tokens_bound, team=team
+        )
     except Exception:  # nothing fits: let the reservation raise the 402 with the budget's name
         return decision
     downgraded.reason = f"downgraded to fit ${left.normalize():f} left in budget"

@@ -158,11 +158,15 @@ def router_version_train(
     created_by: Any = None,
     activate: bool = False,
     enqueue: bool = True,
+    team: Team | None = None,
 ) -> RouterVersion:
     """Create a version in status 'training' and (unless `enqueue` is False, for a caller that
-    fits it itself) fit it in the background on the training queue."""
+    fits it itself) fit it in the background on the training queue. With ``team`` it is trained
+    on that team's log only and, once activated, serves that team only."""
     if source not in ("log", "suite"):
         raise InvalidInput("source must be 'log' or 'suite'", param="source")
+    if team is not None and source != "log":
+        raise InvalidInput("a team's router version is trained on its log", param="source")
     trained_on: dict[str, Any] = {"source": source, "activate_when_ready": activate}
     if source == "suite":
         if not suite_dir:
@@ -177,6 +181,7 @@ def router_version_train(
     version = RouterVersion.objects.create(
         name=(name or f"{source}-{timezone.now():%Y%m%d-%H%M%S}")[:100],
         learner=LEARNER,
+        team=team,
         trained_on=trained_on,
         created_by=created_by if getattr(created_by, "is_authenticated", False) else None,
     )
@@ -252,7 +257,7 @@ def router_version_fit(*, version_id: int) -> RouterVersion:
 
 
 def _fit_log(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
-    outcomes, prompts = log_outcome_tables()
+    outcomes, prompts = log_outcome_tables(team=version.team)
     candidates = product_candidates()
     cids = {c.config_id for c in candidates}
     outcomes = outcomes[outcomes["config_id"].isin(cids)]
@@ -321,10 +326,12 @@ def _servable(version: RouterVersion) -> None:
 def router_version_activate(*, version: RouterVersion, actor: Any = None) -> RouterVersion:
     """Make `version` the one that serves (the previous active one steps down)."""
     _servable(version)
-    previous = RouterVersion.objects.select_for_update().filter(is_active=True).first()
+    # Versions serve per scope: the installation's (no team) or one team's.
+    same_scope = RouterVersion.objects.filter(is_active=True, team=version.team)
+    previous = same_scope.select_for_update().first()
     if previous is not None and previous.pk == version.pk:
         return version
-    RouterVersion.objects.filter(is_active=True).update(is_active=False)
+    same_scope.update(is_active=False)
     RouterVersion.objects.filter(pk=version.pk).update(is_active=True, is_shadow=False)
     version.is_active, version.is_shadow = True, False
     audit_record(

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from routerapp.errors import InvalidInput, Unprocessable
+from routerapp.errors import InvalidInput, PermissionDenied, Unprocessable
 from routerapp.models import Configuration, Query, RouterVersion
 from routerapp.services.pricing import worst_case_cost
 
@@ -39,9 +39,12 @@ class RequestConstraints:
     max_cost_usd: Decimal | None = None
     min_accuracy: float | None = None
     max_latency_s: float | None = None
+    # The configurations the caller's team and key allowlists permit (None: no allowlist);
+    # set by the service from the caller, never from the request body.
+    permitted: frozenset[str] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if v is not None}
+        data = {k: v for k, v in self.__dict__.items() if v is not None and k != "permitted"}
         if "max_cost_usd" in data:
             data["max_cost_usd"] = str(data["max_cost_usd"])
         return data
@@ -103,10 +106,35 @@ def candidate_configurations(constraints: RequestConstraints) -> list[Configurat
             )
     if constraints.allowed_models is not None:
         qs = qs.filter(endpoint__name__in=constraints.allowed_models)
+    if constraints.permitted is not None:
+        qs = _permitted_only(qs, constraints)
     configs = list(qs.order_by("slug"))
     if not configs:
         raise Unprocessable("no enabled configuration satisfies the request", param="model")
     return configs
+
+
+def _permitted_only(qs: Any, constraints: RequestConstraints) -> Any:
+    """Narrow to the configurations the caller may use; raise PermissionDenied naming what was
+    asked for when the request can only be served by forbidden ones."""
+    assert constraints.permitted is not None
+    allowed = qs.filter(slug__in=constraints.permitted)
+    if allowed.exists() or not qs.exists():
+        return allowed
+    asked = constraints.configuration or constraints.model
+    if asked:
+        what = f"model {asked!r}"
+    elif constraints.allowed_models:
+        what = f"any of the models {sorted(constraints.allowed_models)}"
+    else:
+        what = "any enabled configuration" + (
+            f" with strategy {constraints.strategy!r}" if constraints.strategy else ""
+        )
+    raise PermissionDenied(
+        f"this caller may not use {what}: the team's or the API key's allowlist forbids it",
+        param="model",
+        code="model_not_allowed",
+    )
 
 
 class LiveRouter:
@@ -127,6 +155,7 @@ class LiveRouter:
             raise LookupError(f"router version {version.pk} has no stored model")
         self.router = Router.from_bytes(bytes(version.artifact))
         self.config_ids = set(self.router.config_ids)
+        self.team_id = version.team_id  # a team's version learns from that team's grades only
         self.since = version.trained_at or timezone.now()
         self._next_sync = 0.0
         self._lock = threading.Lock()
@@ -141,15 +170,16 @@ class LiveRouter:
             horizon = timezone.now() - dt.timedelta(seconds=self.LAG_S)
             if horizon <= self.since:
                 return 0
+            graded = Query.objects.filter(
+                graded_at__gt=self.since,
+                graded_at__lte=horizon,
+                status=Query.Status.DONE,
+                configuration__slug__in=self.config_ids,
+            )
+            if self.team_id is not None:
+                graded = graded.filter(team_id=self.team_id)
             rows = list(
-                Query.objects.filter(
-                    graded_at__gt=self.since,
-                    graded_at__lte=horizon,
-                    status=Query.Status.DONE,
-                    configuration__slug__in=self.config_ids,
-                )
-                .order_by("graded_at")
-                .values_list(
+                graded.order_by("graded_at").values_list(
                     "prompt",
                     "messages",
                     "task",
@@ -193,12 +223,15 @@ def live_router(version: RouterVersion) -> LiveRouter:
     return live
 
 
-def active_router_version() -> RouterVersion | None:
-    return (
-        RouterVersion.objects.filter(is_active=True, status=RouterVersion.Status.READY)
-        .defer("artifact")
-        .first()
-    )
+def active_router_version(team: Any = None) -> RouterVersion | None:
+    """Return the version that serves ``team``: the one activated for it, else the
+    installation's (the active version without a team)."""
+    qs = RouterVersion.objects.filter(is_active=True, status=RouterVersion.Status.READY)
+    if team is not None:
+        scoped = qs.filter(team=team).defer("artifact").first()
+        if scoped is not None:
+            return scoped
+    return qs.filter(team__isnull=True).defer("artifact").first()
 
 
 def shadow_router_version() -> RouterVersion | None:
@@ -210,9 +243,15 @@ def shadow_router_version() -> RouterVersion | None:
 
 
 def decide(
-    *, prompt: str, task: str, constraints: RequestConstraints, prompt_tokens: int
+    *,
+    prompt: str,
+    task: str,
+    constraints: RequestConstraints,
+    prompt_tokens: int,
+    team: Any = None,
 ) -> RoutingDecision:
-    """Choose the configuration for one request under its constraints."""
+    """Choose the configuration for one request under its constraints, with the router version
+    that serves the caller's ``team``."""
     configs = candidate_configurations(constraints)
     worst = {c.slug: worst_case_cost(c, prompt_tokens) for c in configs}
     if constraints.max_cost_usd is not None:
@@ -226,7 +265,7 @@ def decide(
             )
         configs = affordable
     shadow = shadow_decision(prompt=prompt, task=task, configs=configs, constraints=constraints)
-    version = active_router_version()
+    version = active_router_version(team)
     if version is not None and len(configs) > 1:
         try:
             decision = _decide_with_router(version, prompt, task, configs, constraints)

@@ -27,8 +27,12 @@ def _choices(form: forms.Form, name: str, choices: list[tuple[str, str]]) -> Non
     field.choices = choices
 
 
-def _configuration_choices(blank: str) -> list[tuple[str, str]]:
+def _configuration_choices(
+    blank: str, permitted: frozenset[str] | None = None
+) -> list[tuple[str, str]]:
     configs = Configuration.objects.filter(enabled=True, endpoint__enabled=True).order_by("slug")
+    if permitted is not None:
+        configs = configs.filter(slug__in=permitted)
     return [("", blank)] + [(c.slug, c.slug) for c in configs]
 
 
@@ -62,17 +66,22 @@ class PlaygroundForm(forms.Form):
     )
     max_latency_s = forms.FloatField(required=False, min_value=0.001, label="Max latency (s)")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, team: Any = None, **kwargs: Any) -> None:
+        from routerapp.selectors.access import permitted_configuration_slugs
+
         super().__init__(*args, **kwargs)
-        _choices(self, "configuration", _configuration_choices("Auto: the router decides"))
+        # Only what the team's allowlist permits is offered.
+        permitted = permitted_configuration_slugs(team=team, api_key=None)
+        _choices(
+            self, "configuration", _configuration_choices("Auto: the router decides", permitted)
+        )
+        endpoints = ModelEndpoint.objects.filter(enabled=True)
+        if permitted is not None:
+            endpoints = endpoints.filter(configurations__slug__in=permitted).distinct()
         _choices(
             self,
             "model",
-            [("", "Any model")]
-            + [
-                (e.name, e.display_name or e.name)
-                for e in ModelEndpoint.objects.filter(enabled=True)
-            ],
+            [("", "Any model")] + [(e.name, e.display_name or e.name) for e in endpoints],
         )
 
 

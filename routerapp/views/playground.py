@@ -40,7 +40,7 @@ FIELD_OF_PARAM = {
 @team_view
 def playground(request: HttpRequest) -> HttpResponse:
     team = request.team  # type: ignore[attr-defined]
-    form = PlaygroundForm(request.POST or None)
+    form = PlaygroundForm(request.POST or None, team=team)
     if request.method == "POST" and form.is_valid():
         try:
             query = _create(request, form.cleaned_data)

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from routerapp.errors import ServiceError
-from routerapp.models import RouterVersion
+from routerapp.models import RouterVersion, Team
 from routerapp.services.routers import router_version_fit, router_version_train
 
 
@@ -25,6 +25,11 @@ class Command(BaseCommand):
             "--activate", action="store_true", help="serve with it once it is ready"
         )
         parser.add_argument(
+            "--team",
+            default=None,
+            help="train on this team's log only; once activated it serves that team only",
+        )
+        parser.add_argument(
             "--background",
             action="store_true",
             help="enqueue on the training queue instead of fitting here",
@@ -32,6 +37,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         source = "suite" if opts["suite"] else "log"
+        team = None
+        if opts["team"]:
+            team = Team.objects.filter(name=opts["team"]).first()
+            if team is None:
+                raise CommandError(f"no team named {opts['team']!r}")
         try:
             version = router_version_train(
                 source=source,
@@ -39,6 +49,7 @@ class Command(BaseCommand):
                 name=opts["name"],
                 activate=opts["activate"],
                 enqueue=opts["background"],
+                team=team,
             )
         except ServiceError as exc:
             raise CommandError(exc.message) from exc
