@@ -324,7 +324,60 @@ class RouterVersionAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "is_active", "is_shadow", "learner", "team"]
     search_fields = ["name"]
-    readonly_fields = ["trained_on", "evaluation", "progress", "error", "trained_at"]
+    # Which version serves changes only through the services (the floor check and the audit
+    # log): the actions below, the Routers page, `router_train --activate`.
+    readonly_fields = [
+        "status",
+        "is_active",
+        "is_shadow",
+        "trained_on",
+        "evaluation",
+        "significance",
+        "progress",
+        "error",
+        "trained_at",
+    ]
+    actions = ["activate", "shadow_on", "shadow_off"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # versions are trained (Routers page, router_train), not typed in
+
+    @admin.action(description="Activate (refused unless it passes the floor)")
+    def activate(self, request: HttpRequest, queryset: Any) -> None:
+        from routerapp.errors import ServiceError
+        from routerapp.services.routers import router_version_activate
+
+        if queryset.count() != 1:
+            self.message_user(request, "Pick exactly one version to activate.", messages.ERROR)
+            return
+        version = queryset.get()
+        try:
+            router_version_activate(version=version, actor=request.user)
+        except ServiceError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+        else:
+            self.message_user(request, f"{version.name} is active.", messages.SUCCESS)
+
+    def _shadow(self, request: HttpRequest, queryset: Any, shadow: bool) -> None:
+        from routerapp.errors import ServiceError
+        from routerapp.services.routers import router_version_set_shadow
+
+        if shadow and queryset.count() != 1:
+            self.message_user(request, "Only one version can run in shadow.", messages.ERROR)
+            return
+        for version in queryset:
+            try:
+                router_version_set_shadow(version=version, shadow=shadow, actor=request.user)
+            except ServiceError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+
+    @admin.action(description="Run in shadow")
+    def shadow_on(self, request: HttpRequest, queryset: Any) -> None:
+        self._shadow(request, queryset, True)
+
+    @admin.action(description="Stop shadow")
+    def shadow_off(self, request: HttpRequest, queryset: Any) -> None:
+        self._shadow(request, queryset, False)
 
 
 class SampleInline(admin.TabularInline):

@@ -336,6 +336,12 @@ class RouterVersion(models.Model):
     is_shadow = models.BooleanField(default=False)
     trained_on = models.JSONField(default=dict, blank=True, help_text="Sources and row counts")
     evaluation = models.JSONField(default=dict, blank=True)
+    significance = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Paired comparison with the best single configuration (routing.significance): "
+        "cost-of-pass difference with its confidence interval, verdict, whether it may serve",
+    )
     artifact = models.BinaryField(null=True, blank=True, editable=False)
     progress = models.FloatField(default=0.0)
     error = models.TextField(blank=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from routerapp.errors import NotFound
 from routerapp.models import Query, RouterVersion
@@ -71,3 +71,31 @@ def _summary(n: int, correct: int, cost: Decimal) -> dict[str, Any]:
         "mean_cost_usd": float(cost / n) if n else None,
         "cost_of_pass": float(cost / correct) if correct else None,
     }
+
+
+def best_single_fallback(
+    *, allowed: set[str], team: Any = None, look_back: int = 5
+) -> dict[str, Any] | None:
+    """Return what serves while no router version may: the best single configuration (by
+    cost-of-pass) recorded by the newest ready versions' floor checks (the installation's, and
+    `team`'s own), when it is among `allowed` -> {"configuration", "router_version", "reason"};
+    None when no version knows one (then the cheapest configuration serves)."""
+    scope = Q(team__isnull=True) if team is None else Q(team__isnull=True) | Q(team=team)
+    rows = (
+        RouterVersion.objects.filter(scope, status=RouterVersion.Status.READY)
+        .exclude(significance={})
+        .order_by("-trained_at", "-pk")
+        .values_list("pk", "significance")[:look_back]
+    )
+    for pk, sig in rows:
+        slug = (sig or {}).get("serve_config")
+        if slug and slug in allowed:
+            return {
+                "configuration": slug,
+                "router_version": pk,
+                "reason": (
+                    "no router version passes the floor: best single configuration by "
+                    f"cost-of-pass (router version {pk}'s evaluation)"
+                ),
+            }
+    return None

@@ -27,7 +27,18 @@ log = logging.getLogger(__name__)
 LEARNER = "meta-logit"
 MIN_GRADED_PROMPTS = 10
 CALIBRATION_NAME = "calibration"
+# The first calibration batch (24 generated problems x every configuration: about 2 minutes on
+# 2 CPU cores) and the cap on all batches together: while the floor check is undecided, more
+# batches run (sized by routing.significance.prompts_needed) until it is decided or the cap is
+# hit. Meanwhile the best single configuration serves.
 CALIBRATION_ITEMS = 24
+CALIBRATION_MAX_ITEMS = 96
+CALIBRATION_MIN_BATCH = 12
+# The floor every version must pass to serve: the 95% paired-bootstrap interval of
+# CoP(router) - CoP(best single) must lie at or below 0 (no non-inferiority margin).
+FLOOR_CONFIDENCE = 0.95
+FLOOR_MARGIN = 0.0
+FLOOR_FOLDS = 5
 SUITE_FILES = (
     "candidates.csv",
     "train_outcomes.parquet",
@@ -159,15 +170,20 @@ def router_version_train(
     activate: bool = False,
     enqueue: bool = True,
     team: Team | None = None,
+    calibration: bool = False,
 ) -> RouterVersion:
     """Create a version in status 'training' and (unless `enqueue` is False, for a caller that
     fits it itself) fit it in the background on the training queue. With ``team`` it is trained
-    on that team's log only and, once activated, serves that team only."""
+    on that team's log only and, once activated, serves that team only. With `activate` it
+    serves once fitted if it passes the floor (`floor_refusal`); with `calibration`, a version
+    that cannot serve yet asks for another calibration batch (`calibration_extend`)."""
     if source not in ("log", "suite"):
         raise InvalidInput("source must be 'log' or 'suite'", param="source")
     if team is not None and source != "log":
         raise InvalidInput("a team's router version is trained on its log", param="source")
     trained_on: dict[str, Any] = {"source": source, "activate_when_ready": activate}
+    if calibration:
+        trained_on["calibration"] = True
     if source == "suite":
         if not suite_dir:
             raise InvalidInput("a suite needs its folder", param="suite_dir")
@@ -224,9 +240,9 @@ def router_version_fit(*, version_id: int) -> RouterVersion:
         return version
     try:
         if version.trained_on.get("source") == "suite":
-            router, full, evaluation, counts = _fit_suite(version, fit_router, evaluate)
+            router, full, evaluation, counts, floor = _fit_suite(version, fit_router, evaluate)
         else:
-            router, full, evaluation, counts = _fit_log(version, fit_router, evaluate)
+            router, full, evaluation, counts, floor = _fit_log(version, fit_router, evaluate)
     except (RouterError, InvalidInput, ValueError) as exc:
         message = getattr(exc, "message", None) or str(exc)
         RouterVersion.objects.filter(pk=version_id).update(
@@ -246,14 +262,29 @@ def router_version_fit(*, version_id: int) -> RouterVersion:
         version = RouterVersion.objects.select_for_update().get(pk=version_id)
         version.artifact = full.to_bytes()
         version.evaluation = _jsonable(evaluation)
+        version.significance = _jsonable(floor)
         version.trained_on = {**version.trained_on, **counts}
         version.status = RouterVersion.Status.READY
         version.progress = 1.0
         version.trained_at = timezone.now()
         version.save()
         if version.trained_on.get("activate_when_ready"):
-            router_version_activate(version=version)
+            _activate_if_floor_passes(version)
+    if version.trained_on.get("calibration") and not version.is_active:
+        calibration_extend(version=version)
     return version
+
+
+def _activate_if_floor_passes(version: RouterVersion) -> None:
+    """Automatic activation (calibration, retraining, `--activate`): only past the floor; a
+    refusal is recorded on the version, shown on the Routers page, and changes nothing else."""
+    try:
+        router_version_activate(version=version)
+    except Conflict as exc:
+        sig = {**version.significance, "auto_activation": f"refused: {exc.message}"}
+        RouterVersion.objects.filter(pk=version.pk).update(significance=sig)
+        version.significance = sig
+        log.info("router version %s not activated: %s", version.pk, exc.message)
 
 
 def _fit_log(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
@@ -276,7 +307,9 @@ def _fit_log(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
         held_out = fit_router(train_o, prompts, candidates, learner=version.learner, seed=0)
         _progress(version.pk, 0.4)
         evaluation = evaluate(held_out, test_o, prompts, train_o, prompts)
-    _progress(version.pk, 0.7)
+    _progress(version.pk, 0.5)
+    floor = _floor_cross_validated(version, outcomes, prompts, candidates)
+    _progress(version.pk, 0.9)
     full = fit_router(outcomes, prompts, candidates, learner=version.learner, seed=0)
     counts = {
         "prompts": int(n_prompts),
@@ -285,7 +318,50 @@ def _fit_log(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
         "test_prompts": len(test_ids),
         "candidates": sorted(cids),
     }
-    return held_out if evaluation else full, full, evaluation, counts
+    return held_out if evaluation else full, full, evaluation, counts, floor
+
+
+def _floor_report(comparison: Any, method: str) -> dict[str, Any]:
+    from routerapp.routing.significance import prompts_needed
+
+    report: dict[str, Any] = comparison.as_dict()
+    report["method"] = method
+    report["prompts_needed"] = prompts_needed(comparison)
+    return report
+
+
+def _floor_cross_validated(
+    version: RouterVersion, outcomes: pd.DataFrame, prompts: pd.DataFrame, candidates: list[Any]
+) -> dict[str, Any]:
+    """The floor check of a log-trained version: K-fold cross-fitted on every prompt that has
+    every configuration's outcome (a 30% hold-out of a 24-problem calibration is 7 prompts)."""
+    from routerapp.routing import TableError
+    from routerapp.routing.significance import (
+        best_single_config,
+        compare,
+        cross_validated_pairs,
+    )
+
+    serve = best_single_config(outcomes, [c.config_id for c in candidates])
+    try:
+        pairs = cross_validated_pairs(
+            outcomes,
+            prompts,
+            candidates,
+            learner=version.learner,
+            folds=FLOOR_FOLDS,
+            seed=0,
+            progress=lambda f: _progress(version.pk, 0.5 + 0.4 * f),
+        )
+    except TableError as exc:
+        return {"verdict": "undecided", "passes": False, "n_prompts": 0, "reason": str(exc),
+                "serve_config": serve}  # fmt: skip
+    comparison = compare(pairs, confidence=FLOOR_CONFIDENCE, margin=FLOOR_MARGIN, seed=0)
+    method = (
+        f"{FLOOR_FOLDS}-fold cross-fitted: each prompt routed by a router trained without it, "
+        "against the best single configuration chosen without it"
+    )
+    return {**_floor_report(comparison, method), "serve_config": serve}
 
 
 def _fit_suite(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
@@ -299,13 +375,33 @@ def _fit_suite(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
     router = fit_router(train_o, train_p, candidates, learner=version.learner, seed=0)
     _progress(version.pk, 0.5)
     evaluation = evaluate(router, test_o, test_p, train_o, train_p)
+    _progress(version.pk, 0.8)
+    floor = _floor_held_out(router, test_o, test_p, train_o)
     counts = {
         "suite": path.name,
         "prompts": int(train_o["prompt_uid"].nunique()),
         "outcome_rows": int(len(train_o)),
         "candidates": sorted(candidates["config_id"].astype(str)),
     }
-    return router, router, evaluation, counts
+    return router, router, evaluation, counts, floor
+
+
+def _floor_held_out(
+    router: Any, test_o: pd.DataFrame, test_p: pd.DataFrame, train_o: pd.DataFrame
+) -> dict[str, Any]:
+    """The floor check of a suite-trained version: its held-out test prompts."""
+    from routerapp.routing import TableError
+    from routerapp.routing.significance import best_single_config, compare, held_out_pairs
+
+    serve = best_single_config(train_o, router.config_ids)
+    try:
+        pairs = held_out_pairs(router, test_o, test_p, train_o)
+    except TableError as exc:
+        return {"verdict": "undecided", "passes": False, "n_prompts": 0, "reason": str(exc),
+                "serve_config": serve}  # fmt: skip
+    comparison = compare(pairs, confidence=FLOOR_CONFIDENCE, margin=FLOOR_MARGIN, seed=0)
+    method = "held-out test prompts, against the best single configuration chosen on training"
+    return {**_floor_report(comparison, method), "serve_config": serve}
 
 
 def _servable(version: RouterVersion) -> None:
@@ -322,10 +418,58 @@ def _servable(version: RouterVersion) -> None:
         )
 
 
+def floor_refusal(version: RouterVersion) -> str | None:
+    """Return why `version` may not serve by the floor (None when it may): its paired interval
+    on CoP(router) - CoP(best single) must support "router <= best single"."""
+    sig = version.significance or {}
+    if "passes" not in sig:
+        return (
+            f"router version {version.pk} has no comparison with the best single configuration "
+            "(trained before the floor check existed); train a new version"
+        )
+    if sig.get("passes"):
+        return None
+    n = sig.get("n_prompts") or 0
+    single = sig.get("single_config") or "the best single configuration"
+    if not n:
+        return (
+            f"router version {version.pk} could not be compared with {single}: "
+            f"{sig.get('reason') or 'no prompt to compare on'}"
+        )
+    low, high = sig.get("ci_low"), sig.get("ci_high")
+    ci = f"[{_usd(low)}, {_usd(high)}]"
+    conf = f"{round(100 * float(sig.get('confidence') or FLOOR_CONFIDENCE))}%"
+    if sig.get("verdict") == "worse":
+        why = f"it loses to {single}"
+    else:
+        needed = sig.get("prompts_needed")
+        why = f"{n} prompts cannot tell it from {single}" + (
+            f" (about {needed} would)" if needed and needed < 100_000 else ""
+        )
+    return (
+        f"router version {version.pk} may not serve: {why}; cost-of-pass difference router - "
+        f"best single {_usd(sig.get('diff'))} per correct answer, {conf} CI {ci} on {n} prompts "
+        "does not lie at or below 0"
+    )
+
+
+def _usd(value: Any) -> str:
+    if value is None:
+        return "inf"
+    return f"{float(value):+.3g} USD"
+
+
 @transaction.atomic
 def router_version_activate(*, version: RouterVersion, actor: Any = None) -> RouterVersion:
-    """Make `version` the one that serves (the previous active one steps down)."""
+    """Make `version` the one that serves (the previous active one steps down).
+
+    Raise Conflict (nothing written) when it is not ready, chooses among configurations this
+    installation does not serve, or does not pass the floor (`floor_refusal`).
+    """
     _servable(version)
+    refusal = floor_refusal(version)
+    if refusal is not None:
+        raise Conflict(refusal)
     # Versions serve per scope: the installation's (no team) or one team's.
     same_scope = RouterVersion.objects.filter(is_active=True, team=version.team)
     previous = same_scope.select_for_update().first()
@@ -364,20 +508,28 @@ def router_version_set_shadow(
     return version
 
 
+def _calibration_runs() -> Any:
+    return BenchmarkRun.objects.filter(purpose=CALIBRATION_NAME)
+
+
 def calibration_ensure(*, items: int = CALIBRATION_ITEMS) -> BenchmarkRun | None:
     """On a fresh install (no router version, no calibration under way) start the calibration
-    benchmark: generated problems x every enabled configuration; its end trains and activates
-    the first version. Return the run, or None when nothing had to start."""
+    benchmark: generated problems x every enabled configuration; its end trains the first
+    version, which serves if it passes the floor. Return the run, or None when nothing had to
+    start."""
+    if RouterVersion.objects.exclude(status=RouterVersion.Status.FAILED).exists():
+        return None
+    return _calibration_batch(items=items, seed=0)
+
+
+def _calibration_batch(*, items: int, seed: int) -> BenchmarkRun | None:
     from routerapp.services.benchmarks import benchmark_run_create
     from routerapp.services.bootstrap import DEMO_TEAM
 
-    if RouterVersion.objects.exclude(status=RouterVersion.Status.FAILED).exists():
-        return None
-    running = BenchmarkRun.objects.filter(
-        purpose=CALIBRATION_NAME,
-        status__in=[BenchmarkRun.Status.QUEUED, BenchmarkRun.Status.RUNNING],
-    ).first()
-    if running is not None:
+    running = _calibration_runs().filter(
+        status__in=[BenchmarkRun.Status.QUEUED, BenchmarkRun.Status.RUNNING]
+    )
+    if running.exists():
         return None
     team = Team.objects.filter(name=DEMO_TEAM).first()
     configurations = list(
@@ -389,18 +541,64 @@ def calibration_ensure(*, items: int = CALIBRATION_ITEMS) -> BenchmarkRun | None
         return None
     return benchmark_run_create(
         team=team,
-        name=CALIBRATION_NAME,
+        name=CALIBRATION_NAME if seed == 0 else f"{CALIBRATION_NAME} {seed + 1}",
         configurations=configurations,
-        generated={"n": items, "seed": 0},
+        generated={"n": items, "seed": seed},
         purpose=CALIBRATION_NAME,
     )
 
 
+def calibration_extend(*, version: RouterVersion) -> BenchmarkRun | None:
+    """After a calibration-trained version that may not serve: when its floor check is
+    undecided, run another batch of generated problems, as many as the interval says are
+    needed (at least CALIBRATION_MIN_BATCH), until CALIBRATION_MAX_ITEMS in all. A decided
+    check (the router loses, or it ties) or the cap ends calibration; the best single
+    configuration keeps serving and later retraining can still pass the floor. The decision is
+    recorded on the version. Return the new run, or None."""
+    sig = dict(version.significance or {})
+    done = sum(
+        len(items or [])
+        for items in _calibration_runs()
+        .exclude(status__in=[BenchmarkRun.Status.FAILED, BenchmarkRun.Status.CANCELLED])
+        .values_list("items", flat=True)
+    )
+    run = None
+    if sig.get("passes"):
+        note = "ended: the router passed the floor"
+    elif sig.get("verdict") == "worse":
+        note = f"ended after {done} problems: the router loses to the best single configuration"
+    elif done >= CALIBRATION_MAX_ITEMS:
+        note = f"ended at the cap of {CALIBRATION_MAX_ITEMS} problems without a decision"
+    else:
+        n = int(sig.get("n_prompts") or 0)
+        wanted = int(sig.get("prompts_needed") or CALIBRATION_MAX_ITEMS) - n
+        batch = max(CALIBRATION_MIN_BATCH, min(wanted, CALIBRATION_MAX_ITEMS - done))
+        run = _calibration_batch(items=batch, seed=_calibration_runs().count())
+        note = (
+            f"undecided on {n} prompts: {batch} more problems are running"
+            if run is not None
+            else "undecided; no further batch could start"
+        )
+    sig["calibration"] = note
+    RouterVersion.objects.filter(pk=version.pk).update(significance=sig)
+    version.significance = sig
+    return run
+
+
 def calibration_finished(*, run_id: int) -> RouterVersion | None:
-    """Train (and activate when ready) the first version from the calibration's outcomes."""
+    """Train a version on the log after a calibration batch (it activates if it passes the
+    floor; otherwise `calibration_extend` may run another batch)."""
     run = BenchmarkRun.objects.get(pk=run_id)
     if run.purpose != CALIBRATION_NAME or run.status != BenchmarkRun.Status.DONE:
         return None
-    if RouterVersion.objects.filter(status=RouterVersion.Status.READY).exists():
+    if RouterVersion.objects.filter(is_active=True).exists():
         return None
-    return router_version_train(source="log", name="calibrated", activate=True)
+    if RouterVersion.objects.filter(status=RouterVersion.Status.TRAINING).exists():
+        return None
+    n = _calibration_runs().filter(status=BenchmarkRun.Status.DONE).count()
+    return router_version_train(
+        source="log",
+        name="calibrated" if n <= 1 else f"calibrated-{n}",
+        activate=True,
+        calibration=True,
+    )

@@ -2,8 +2,9 @@
 
 The learned router (routerapp.routing, Django-free) is loaded from the active RouterVersion and
 kept per process. Explicit choices in the request (a configuration id, a model, a strategy) narrow
-the candidates; with no router version yet, the cheapest enabled configuration serves, and the
-decision says so.
+the candidates; with no active router version, the best single configuration by cost-of-pass
+recorded by the newest version's evaluation serves (the cheapest enabled configuration before any
+version exists), and the decision says so.
 """
 
 from __future__ import annotations
@@ -281,6 +282,14 @@ def decide(
         if len(configs) == 1
         else ("no active router version: cheapest worst-case configuration")
     )
+    if len(configs) > 1:
+        # No router may serve (none passes the floor yet): the best single configuration does.
+        from routerapp.selectors.routers import best_single_fallback
+
+        fallback = best_single_fallback(allowed={c.slug for c in configs}, team=team)
+        if fallback is not None:
+            chosen = next(c for c in configs if c.slug == fallback["configuration"])
+            reason = fallback["reason"]
     return RoutingDecision(
         configuration=chosen,
         router_version=None,

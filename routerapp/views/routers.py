@@ -68,6 +68,31 @@ def evaluation_rows(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _serving(versions: list[RouterVersion]) -> dict[str, Any]:
+    """What serves 'auto' requests now and, when no router does, why not (the newest ready
+    version's floor check) and which single configuration serves instead."""
+    from routerapp.models import Configuration
+    from routerapp.selectors.routers import best_single_fallback
+    from routerapp.services.routers import floor_refusal
+
+    active = next((v for v in versions if v.is_active), None)
+    if active is not None:
+        return {"active": active}
+    ready = [v for v in versions if v.status == RouterVersion.Status.READY]
+    latest = max(ready, key=lambda v: (v.trained_at or v.created_at, v.pk), default=None)
+    allowed = set(
+        Configuration.objects.filter(enabled=True, endpoint__enabled=True).values_list(
+            "slug", flat=True
+        )
+    )
+    return {
+        "active": None,
+        "fallback": best_single_fallback(allowed=allowed) if len(allowed) > 1 else None,
+        "latest": latest,
+        "why": floor_refusal(latest) if latest is not None else None,
+    }
+
+
 def _versions() -> list[RouterVersion]:
     from routerapp.selectors.routers import router_versions_list
 
@@ -90,7 +115,12 @@ def _live_context() -> dict[str, Any]:
         calibration is not None
         and calibration.status in (BenchmarkRun.Status.QUEUED, BenchmarkRun.Status.RUNNING)
     )
-    return {"versions": versions, "calibration": calibration, "busy": busy}
+    return {
+        "versions": versions,
+        "calibration": calibration,
+        "busy": busy,
+        "serving": _serving(versions),
+    }
 
 
 @team_view
@@ -170,8 +200,12 @@ def _detail_context(request: HttpRequest, version: RouterVersion) -> dict[str, A
             comparison = shadow_comparison(version=version)
         except ServiceError:
             comparison = None
+    from routerapp.services.routers import floor_refusal
+
     return {
         "version": version,
+        "floor": version.significance or {},
+        "refusal": floor_refusal(version) if version.status == RouterVersion.Status.READY else None,
         "rows": evaluation_rows(version.evaluation),
         "figure": charts.evaluation_figure(version.evaluation),
         "evaluation": version.evaluation or {},

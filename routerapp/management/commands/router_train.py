@@ -59,11 +59,24 @@ class Command(BaseCommand):
         version = router_version_fit(version_id=version.pk)
         if version.status != RouterVersion.Status.READY:
             raise CommandError(f"router version {version.pk} failed: {version.error}")
+        from routerapp.services.routers import floor_refusal
+
         policies = version.evaluation.get("policies", {})
         self.stdout.write(
             f"router version {version.pk} ({version.name}) is ready"
             + (" and active" if version.is_active else "")
         )
+        floor = version.significance or {}
+        if floor.get("n_prompts"):
+            self.stdout.write(
+                f"  floor: CoP router - best single ({floor.get('single_config')}) = "
+                f"{floor.get('diff')} USD per correct, {round(100 * floor['confidence'])}% CI "
+                f"[{floor.get('ci_low')}, {floor.get('ci_high')}] on {floor['n_prompts']} prompts: "
+                f"{floor.get('verdict')}"
+            )
+        refusal = floor_refusal(version)
+        if refusal and opts["activate"]:
+            self.stdout.write(f"  not activated: {refusal}")
         for name in (
             "router",
             "best_single_cop",

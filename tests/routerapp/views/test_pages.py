@@ -294,9 +294,13 @@ def test_routers_page_shows_evaluation_and_guards_activation(member, configs) ->
             "best_single_cop": {"accuracy": 0.4, "mean_cost": 1e-6, "cop": 2.5e-6, "config_id": configs[0].slug},
             "oracle_min_cop": {"accuracy": 0.7, "mean_cost": 8e-7, "cop": 1.1e-6},
         }},
+        significance={"n_prompts": 60, "verdict": "better", "passes": True, "diff": -5e-7,
+                      "ci_low": -9e-7, "ci_high": -1e-7, "confidence": 0.95,
+                      "single_config": configs[0].slug, "serve_config": configs[0].slug},
     )  # fmt: skip
     html = client.get("/routers/").content.decode()
     assert "v-test" in html and "40 prompts" in html
+    assert 'data-floor="better"' in html and "on 60 prompts: may serve" in html
     html = client.get(f"/routers/{version.pk}/").content.decode()
     assert "Oracle: minimum cost-of-pass" in html and "fig-eval" in html
     # A member who is not an admin cannot change what serves.
@@ -309,6 +313,64 @@ def test_routers_page_shows_evaluation_and_guards_activation(member, configs) ->
     # Shadowing the active version is refused with the service's reason.
     r = client.post(f"/routers/{version.pk}/shadow", {"shadow": "on"})
     assert r.status_code == 400 and "cannot also be the shadow" in r.content.decode()
+
+
+LOSING_FLOOR = {
+    "n_prompts": 96,
+    "verdict": "worse",
+    "passes": False,
+    "diff": 1.7e-5,
+    "ci_low": 9e-6,
+    "ci_high": 2.6e-5,
+    "confidence": 0.95,
+    "router_cop": 3.2e-5,
+    "single_cop": 1.5e-5,
+    "router_accuracy": 0.2,
+    "single_accuracy": 0.4,
+    "method": "5-fold cross-fitted",
+    "router_choices": {"x": 96},
+    "prompts_needed": 96,
+}
+
+
+def test_a_losing_router_is_refused_by_a_click_and_the_page_says_what_serves(
+    member, configs
+) -> None:  # type: ignore[no-untyped-def]
+    from routerapp.models import AuditLog
+
+    m, client = member
+    TeamMembership.objects.filter(pk=m.pk).update(role="admin")
+    single = configs[1].slug
+    loser = RouterVersion.objects.create(
+        name="calibrated", learner="meta-logit", status="ready", progress=1.0,
+        trained_on={"prompts": 96, "candidates": [c.slug for c in configs]},
+        significance={**LOSING_FLOOR, "single_config": single, "serve_config": single},
+    )  # fmt: skip
+    detail = client.get(f"/routers/{loser.pk}/").content.decode()
+    assert 'data-verdict="worse"' in detail and "may not serve" in detail
+    assert 'id="floor-refusal"' in detail and f"it loses to {single}" in detail
+    r = client.post(f"/routers/{loser.pk}/activate")
+    body = r.content.decode()
+    assert r.status_code == 400 and "it loses to" in body and "95% CI" in body
+    assert not RouterVersion.objects.filter(is_active=True).exists()
+    assert not AuditLog.objects.filter(action="activate").exists()
+    page = client.get("/routers/").content.decode()
+    assert 'id="serving-now"' in page and "No router version serves" in page
+    assert f"<code>{single}</code>, the best single configuration" in page
+    assert "Why: router version" in page and 'data-floor="worse"' in page
+    # The admin cannot flip is_active by hand, and its action goes through the same check.
+    admin_user = m.user
+    admin_user.is_staff = admin_user.is_superuser = True
+    admin_user.save()
+    r = client.post(
+        "/admin/routerapp/routerversion/",
+        {"action": "activate", "_selected_action": [loser.pk]},
+        follow=True,
+    )
+    assert r.status_code == 200 and "it loses to" in r.content.decode()
+    assert not RouterVersion.objects.filter(is_active=True).exists()
+    change = client.get(f"/admin/routerapp/routerversion/{loser.pk}/change/").content.decode()
+    assert 'name="is_active"' not in change
 
 
 def test_training_from_a_thin_log_fails_visibly(
