@@ -9,6 +9,12 @@ Commands (see the issue's CLI contract):
   with a ``point`` column 0..N-1). Reads nothing but the prompts file and the model directory.
 - ``evaluate --suite DIR --model MODEL_DIR [--json OUT] [--no-online]``: print the router's and the
   baselines' metrics on ``DIR/test_outcomes.parquet``.
+- ``evaluate --leave-one-family-out SUITE... [--data DIR] [--online-curve] [--seeds N]
+  [--family F] [--json OUT]``: for every task family of each suite directory (train and test
+  pooled) or outcome source (``routing.transfer.SOURCES``, built from ``--data``), fit on the other
+  families and print, per held-out family: static / online gap_closed, gap_closed after the first
+  50 / 100 / 200 / 500 online queries (``--online-curve``), AIQ vs the zero router, accuracy,
+  CoP, and the baselines (best single chosen on train, kNN, random, min-CoP oracle).
 - ``serve-jsonl --model MODEL_DIR [--no-explore]``: one JSON object per line on stdin, one answer
   per line on stdout (flushed). ``{"op":"decide","prompt_uid":..,"prompt":..,"dataset":..}`` ->
   ``{"prompt_uid":..,"config_id":..,"p_correct":..,"cost_usd":..}``;
@@ -35,6 +41,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from routerapp.routing import transfer
 from routerapp.routing.evaluation import evaluate
 from routerapp.routing.router import Router, fit_router, single_threaded
 from routerapp.routing.tables import load_suite, normalise_prompts, read_table
@@ -71,12 +78,39 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda", dest="lam", type=float, default=None)
     g.add_argument("--sweep", type=int, default=None)
 
-    e = sub.add_parser("evaluate", help="score a router and baselines on a suite's test split")
-    e.add_argument("--suite", required=True, type=Path)
-    e.add_argument("--model", required=True, type=Path)
+    e = sub.add_parser(
+        "evaluate",
+        help="score a router and baselines on a suite's test split, or leave one family out",
+    )
+    e.add_argument("--suite", type=Path, default=None)
+    e.add_argument("--model", type=Path, default=None)
     e.add_argument("--json", type=Path, default=None)
     e.add_argument("--no-online", action="store_true", help="skip the online replay")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--leave-one-family-out",
+        dest="lofo",
+        nargs="+",
+        metavar="SUITE",
+        default=None,
+        help="suite directories or outcome-source names (with --data): fit on every other task "
+        "family, score the held-out one",
+    )
+    e.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="directory of the public outcome tables (dev_outcomes_single.parquet...) for sources",
+    )
+    e.add_argument(
+        "--online-curve",
+        action="store_true",
+        help="also replay each held-out family online: gap_closed after 50/100/200/500 queries",
+    )
+    e.add_argument("--seeds", type=int, default=3, help="online replay orders per family")
+    e.add_argument(
+        "--family", action="append", default=None, help="only this held-out family (repeatable)"
+    )
 
     s = sub.add_parser("serve-jsonl", help="online mode over stdin/stdout")
     s.add_argument("--model", required=True, type=Path)
@@ -150,6 +184,10 @@ def _fmt(v: Any, kind: str) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.lofo is not None:
+        return _cmd_lofo(args)
+    if args.suite is None or args.model is None:
+        raise _Fail("evaluate needs --suite and --model (or --leave-one-family-out SUITE...)")
     suite = load_suite(args.suite, need_test=True)
     router = Router.load(args.model)
     assert suite.test_outcomes is not None
@@ -186,6 +224,82 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2, default=_json_default))
+    return 0
+
+
+def _lofo_tables(spec: str, data: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    path = Path(spec)
+    if path.is_dir():
+        return transfer.load_suite_pooled(path)
+    if spec in transfer.SOURCES:
+        if data is None:
+            raise _Fail(f"outcome source {spec!r} needs --data DIR (the public outcome tables)")
+        return transfer.load_source(data, spec)
+    raise _Fail(
+        f"{spec}: neither a suite directory nor an outcome source "
+        f"({', '.join(sorted(transfer.SOURCES))})"
+    )
+
+
+_LOFO_HEAD = (
+    f"{'source':18s} {'family':12s} {'n':>5s} {'static':>7s} {'online':>7s} {'@50':>6s} "
+    f"{'@100':>6s} {'@200':>6s} {'@500':>6s} {'AIQ':>6s} {'zero':>6s} {'acc':>6s} "
+    f"{'CoP':>9s} {'best1 CoP':>9s} {'kNN':>7s} {'random':>7s} {'oracle':>9s}"
+)
+
+
+def _g(v: Any) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:+.2f}"
+
+
+def _lofo_line(r: dict[str, Any]) -> str:
+    st = r["static"]
+    on = r.get("online") or {}
+    cv = on.get("curve", {})
+    return (
+        f"{r['source'][:18]:18s} {r['held_out'][:12]:12s} {r['n_test']:5d} "
+        f"{_g(st['gap_closed']):>7s} {_g(on.get('gap_closed')):>7s} "
+        + " ".join(f"{_g(cv.get(str(k))):>6s}" for k in transfer.CURVE_POINTS)
+        + f" {_fmt(st['aiq'], 'f'):>6s} {_fmt(r['aiq_zero'], 'f'):>6s} {_fmt(st['accuracy'], 'f'):>6s} "
+        f"{_fmt(st['cop'], 'e'):>9s} {_fmt(r['best_single_train']['cop'], 'e'):>9s} "
+        f"{_g((r.get('knn') or {}).get('gap_closed')):>7s} {_g(r['random']['gap_closed']):>7s} "
+        f"{_fmt(r['oracle']['cop'], 'e'):>9s}"
+    )
+
+
+def _cmd_lofo(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise _Fail("--seeds must be >= 1")
+    tables = [(spec, _lofo_tables(spec, args.data)) for spec in args.lofo]
+    print(
+        "leave-one-family-out: gap_closed vs the best single configuration chosen on the "
+        "training families (static, online replay, and online over the first k queries)"
+    )
+    print(_LOFO_HEAD, flush=True)
+    rows: list[dict[str, Any]] = []
+    for spec, (o, p) in tables:
+        name = Path(spec).name if Path(spec).is_dir() else spec
+        rows += transfer.lofo(
+            o,
+            p,
+            name=name,
+            only=args.family,
+            seeds=args.seeds,
+            online=args.online_curve,
+            on_row=lambda r: print(_lofo_line(r), flush=True),
+        )
+    summ = transfer.summarise(rows)
+    med = {k: v["median"] if isinstance(v, dict) else None for k, v in summ.items()}
+    print(
+        f"median static {_g(med['static'])}, online {_g(med['online'])}, kNN {_g(med['knn'])}; "
+        f"floor (static gap_closed >= 0 and AIQ >= zero router) met on {summ['floor_met']} of "
+        f"{summ['n_families']} families (gap {summ['floor_gap_met']}, AIQ {summ['floor_aiq_met']})"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"rows": rows, "summary": summ}, indent=1, default=_json_default)
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ cheapest-correct oracle. The zero router's AIQ is the hull of the single configu
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -94,16 +95,7 @@ def _evaluate(
     if not uids:
         raise TableError("test outcomes: no rows for the router's candidates")
     cost, corr = M.fill_missing(cost_raw, corr_raw)
-    if test_prompts is not None:
-        tp = normalise_prompts(test_prompts, "test prompts").set_index("prompt_uid")
-    else:
-        tp = pd.DataFrame(columns=["dataset", "prompt"])
-    first_tag = test_o.drop_duplicates("prompt_uid").set_index("prompt_uid")["dataset"]
-    texts = [str(tp.at[u, "prompt"]) if u in tp.index else "" for u in uids]
-    tags = [
-        (str(tp.at[u, "dataset"]) if u in tp.index else "") or str(first_tag.get(u, ""))
-        for u in uids
-    ]
+    texts, tags = _texts_and_tags(uids, test_o, test_prompts)
 
     # Reference points.
     _, tr_cost, tr_corr = outcome_matrices(train_o, cids)
@@ -191,6 +183,151 @@ def _evaluate(
     return res
 
 
+def replay_prefix_figures(
+    router: Router,
+    texts: list[str],
+    tags: list[str],
+    cost: np.ndarray,
+    corr: np.ndarray,
+    best_single: int,
+    points: Sequence[int],
+    *,
+    seed: int = 0,
+    explore: bool = True,
+    constraints: Constraints | None = None,
+) -> list[dict[str, Any]]:
+    """Replay once in a seeded order; return figures over the first ``k`` queries for each k.
+
+    Each dict: ``n, gap_closed, accuracy, cop, best_single_cop, oracle_cop, explored`` where the
+    best single (index ``best_single``, chosen on train) and the min-CoP oracle are scored on the
+    same first ``k`` prompts as the router's online choices. ``gap_closed`` is None when those
+    prompts leave no gap (the best single is already the oracle).
+    """
+    order, choice, explored = _replay(router, texts, tags, cost, corr, seed, explore, constraints)
+    out = []
+    for k in points:
+        k = int(min(max(k, 1), len(order)))
+        idx = order[:k]
+        c, y = cost[idx], corr[idx]
+        f = M.policy_figures(c, y, choice[idx])
+        fb = M.policy_figures(c, y, np.full(k, best_single))
+        _, orc = M.min_cop_oracle(c, y)
+        g = M.gap_closed(f.cop, fb.cop, orc)
+        out.append(
+            {
+                "n": k,
+                "gap_closed": None if math.isnan(g) else float(g),
+                "accuracy": f.accuracy,
+                "cop": f.cop if math.isfinite(f.cop) else None,
+                "best_single_cop": fb.cop if math.isfinite(fb.cop) else None,
+                "oracle_cop": orc if math.isfinite(orc) else None,
+                "explored": int(explored[:k].sum()),
+            }
+        )
+    return out
+
+
+def online_curve(
+    router: Router,
+    test_outcomes: pd.DataFrame,
+    test_prompts: pd.DataFrame | None,
+    train_outcomes: pd.DataFrame,
+    *,
+    points: Sequence[int] = (50, 100, 200, 500),
+    seeds: int = 3,
+    explore: bool = True,
+) -> dict[str, Any]:
+    """Return the adaptation curve of ``router`` on a test table, as plain data (for plotting).
+
+    The test prompts are replayed ``seeds`` times in seeded random orders through
+    ``decide(explore=...)`` then ``observe`` of the chosen configuration's outcome, starting from
+    the router's fitted state (its online state is not touched). For every ``k`` in ``points`` (at
+    most the number of test prompts, plus the full length): gap_closed of the online choices over
+    the first ``k`` graded queries against the best single configuration chosen on
+    ``train_outcomes`` and the min-CoP oracle on the same ``k`` prompts. Returns ``{"n_prompts",
+    "best_single_config", "points": [k...], "gap_closed": [mean over seeds or None],
+    "accuracy": [...], "cop": [...], "by_seed": [[dict per point] per seed]}``.
+    """
+    test_o = normalise_outcomes(test_outcomes, "test outcomes")
+    train_o = normalise_outcomes(train_outcomes, "train outcomes")
+    cids = router.config_ids
+    uids, cost_raw, corr_raw = outcome_matrices(test_o, cids)
+    if not uids:
+        raise TableError("test outcomes: no rows for the router's candidates")
+    cost, corr = M.fill_missing(cost_raw, corr_raw)
+    texts, tags = _texts_and_tags(uids, test_o, test_prompts)
+    _, tr_cost, tr_corr = outcome_matrices(train_o, cids)
+    tr_cost, tr_corr = M.fill_missing(tr_cost, tr_corr)
+    bs = M.best_single(tr_cost, tr_corr, "cop")
+    scored = frozenset(c for j, c in enumerate(cids) if np.isfinite(corr_raw[:, j]).any())
+    cons = None if len(scored) == len(cids) else Constraints(allowed_config_ids=scored)
+    pts = sorted({int(k) for k in points if 0 < k < len(uids)} | {len(uids)})
+    with single_threaded():
+        by_seed = [
+            replay_prefix_figures(
+                router, texts, tags, cost, corr, bs, pts, seed=s, explore=explore, constraints=cons
+            )
+            for s in range(max(1, seeds))
+        ]
+
+    def mean(key: str, i: int) -> float | None:
+        v = [ps[i][key] for ps in by_seed if ps[i][key] is not None]
+        return float(np.mean(v)) if v else None
+
+    return {
+        "n_prompts": len(uids),
+        "best_single_config": cids[bs],
+        "points": pts,
+        "gap_closed": [mean("gap_closed", i) for i in range(len(pts))],
+        "accuracy": [mean("accuracy", i) for i in range(len(pts))],
+        "cop": [mean("cop", i) for i in range(len(pts))],
+        "by_seed": by_seed,
+    }
+
+
+def _texts_and_tags(
+    uids: list[str], test_o: pd.DataFrame, test_prompts: pd.DataFrame | None
+) -> tuple[list[str], list[str]]:
+    if test_prompts is not None:
+        tp = normalise_prompts(test_prompts, "test prompts").set_index("prompt_uid")
+        tp = tp[~tp.index.duplicated()]
+    else:
+        tp = pd.DataFrame(columns=["dataset", "prompt"])
+    first_tag = test_o.drop_duplicates("prompt_uid").set_index("prompt_uid")["dataset"]
+    texts = [str(tp.at[u, "prompt"]) if u in tp.index else "" for u in uids]
+    tags = [
+        (str(tp.at[u, "dataset"]) if u in tp.index else "") or str(first_tag.get(u, ""))
+        for u in uids
+    ]
+    return texts, tags
+
+
+def _replay(
+    router: Router,
+    texts: list[str],
+    tags: list[str],
+    cost: np.ndarray,
+    corr: np.ndarray,
+    seed: int,
+    explore: bool,
+    constraints: Constraints | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replay on a copy of ``router``; return (order, choice per prompt, explored per position)."""
+    r = Router.from_bytes(router.to_bytes())
+    r.reset_online()
+    r.online.rng = np.random.default_rng(seed)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    choice = np.zeros(len(texts), dtype=int)
+    explored = np.zeros(len(texts), dtype=bool)
+    for pos, i in enumerate(order):
+        d = r.decide(texts[i], tags[i], constraints, explore=explore)
+        j = r.index[d.config_id]
+        choice[i] = j
+        explored[pos] = d.explored
+        r.observe(texts[i], tags[i], d.config_id, float(corr[i, j]), float(cost[i, j]))
+    return order, choice, explored
+
+
 def _online_replay(
     router: Router,
     texts: list[str],
@@ -206,15 +343,5 @@ def _online_replay(
 
     Return the figures of the online choices and how many decisions explored.
     """
-    r = Router.from_bytes(router.to_bytes())
-    r.reset_online()
-    order = np.random.default_rng(seed).permutation(len(texts))
-    choice = np.zeros(len(texts), dtype=int)
-    explored = 0
-    for i in order:
-        d = r.decide(texts[i], tags[i], constraints, explore=explore)
-        j = r.index[d.config_id]
-        choice[i] = j
-        explored += d.explored
-        r.observe(texts[i], tags[i], d.config_id, float(corr[i, j]), float(cost[i, j]))
-    return M.policy_figures(cost, corr, choice), explored
+    _, choice, explored = _replay(router, texts, tags, cost, corr, seed, explore, constraints)
+    return M.policy_figures(cost, corr, choice), int(explored.sum())

@@ -40,6 +40,7 @@ from routerapp.routing.types import (
     RouterError,
     TableError,
     UnknownConfigError,
+    family_of,
 )
 
 FORMAT_VERSION = 1
@@ -58,6 +59,12 @@ class RouterParams(BaseModel):
     kappa: float = 1.0
     lambda_grid: int = 41
     explore_cost_ratio: float = 3.0
+    # Unseen task tags: "anchored" (default) keeps the best single configuration of the training
+    # data unless another looks better by a margin of kappa_unseen times the spread of its logit
+    # gap to that anchor across the training families (plus what is learned online); "ratio" is
+    # the earlier cost / p rule with the learner's own standard error.
+    unseen_rule: Literal["anchored", "ratio"] = "anchored"
+    kappa_unseen: float = 1.0
     learner_params: dict[str, Any] = Field(default_factory=dict)
     online: OnlineParams = Field(default_factory=OnlineParams)
 
@@ -88,6 +95,8 @@ class Router:
         seed: int = 0,
         fit_info: dict[str, Any] | None = None,
         online: OnlineState | None = None,
+        anchor: int | None = None,
+        fam_logits: np.ndarray | None = None,
     ) -> None:
         self.candidates = candidates
         self.config_ids = [c.config_id for c in candidates]
@@ -102,8 +111,78 @@ class Router:
         self.policy_mode = policy_mode
         self.seed = seed
         self.fit_info = fit_info or {}
-        self.online = online or OnlineState(len(candidates), params=params.online, seed=seed)
+        self.anchor = anchor
+        a_n = len(candidates)
+        self.fam_logits = (
+            np.zeros((a_n, 0)) if fam_logits is None else np.asarray(fam_logits, dtype=float)
+        )
+        self.tag_cov = _across_family_cov(self.fam_logits)
+        if self.fam_logits.shape[1]:
+            self._fam_p = _sigmoid(self.fam_logits.mean(1))
+            self._fam_se = np.sqrt(np.diag(self.tag_cov))
+        self.online = online or self._fresh_online()
+        if self.online.tag_cov is None and self.fam_logits.shape[1] >= 2:
+            self.online.tag_cov = self.tag_cov
         self._latency = np.asarray(costs.latency, dtype=float)
+
+    def _fresh_online(self) -> OnlineState:
+        st = OnlineState(len(self.candidates), params=self.params.online, seed=self.seed)
+        if self.fam_logits.shape[1] >= 2:
+            # A new tag's configurations co-vary as they did across the training families.
+            st.tag_cov = self.tag_cov
+        return st
+
+    @property
+    def anchor_config_id(self) -> str | None:
+        """Return the best single configuration of the training data (the unseen-tag anchor)."""
+        return None if self.anchor is None else self.config_ids[self.anchor]
+
+    def _anchored(self) -> bool:
+        return self.params.unseen_rule == "anchored" and self.anchor is not None
+
+    def unseen_margin(self, tag: str) -> np.ndarray:
+        """Return (A,) the logit standard deviation of each configuration's gap to the anchor.
+
+        For a tag not seen in training: from the tag's online posterior when it has one, else from
+        its prior (how that gap varied across the training families, widened by the online prior's
+        independent part). The anchor's own entry is 0.
+        """
+        st = self.online.tags.get(tag)
+        cov = st.cov if st is not None else self.online.prior_cov(tag, False)
+        a = self.anchor if self.anchor is not None else 0
+        d = np.diag(cov)
+        return np.sqrt(np.clip(d + d[a] - 2.0 * cov[:, a], 0.0, None))
+
+    def _unseen_decision_p(self, p: np.ndarray, tag: str) -> np.ndarray:
+        """Return the p used to choose on an unseen tag (anchored rule): lower bounds relative
+        to the anchor, whose own p is taken at face value."""
+        k = self.params.kappa_unseen
+        a = self.anchor
+        assert a is not None
+        pc = np.clip(p, 1e-9, 1 - 1e-9)
+        z = np.log(pc / (1 - pc)) - k * self.unseen_margin(tag)
+        out = 0.5 * (1.0 + np.tanh(0.5 * z))
+        out[..., a] = p[..., a]
+        return out
+
+    def _decision_p(
+        self,
+        p: np.ndarray,
+        se: np.ndarray,
+        tags: Sequence[str | None],
+        explicit_lam: bool = False,
+    ) -> np.ndarray:
+        """Return the (n, A) p the policy ranks by: LCB on known tags; on unseen ones, the anchored
+        lower bounds for the router's own default choice, and p at face value (the family-mean
+        estimate) for an explicit lambda, whose caller chose the trade-off (the sweep, AIQ)."""
+        pl = pol.lcb(p, se, self.params.kappa)
+        if not self._anchored():
+            return pl
+        for i, t in enumerate(tags):
+            tag = t or ""
+            if tag not in self.known:
+                pl[i] = p[i] if explicit_lam else self._unseen_decision_p(p[i], tag)
+        return pl
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -125,6 +204,17 @@ class Router:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p, se = self.learner.predict(feats, tags)
         cost = self.costs.predict(feats, tags)
+        if self._anchored() and self.fam_logits.shape[1] >= 1:
+            unseen = np.array([t not in self.known for t in tags], dtype=bool)
+            if unseen.any():
+                # A family never seen: each configuration's mean logit over the training
+                # families (the random-effects prior of a new family), not a text-classifier
+                # mixture of the known tags, whose ranking collapsed on families that only
+                # look like a known one (LOFO: worst AIQ loss 0.43 -> 0.19, no negative gap).
+                p = p.copy()
+                se = se.copy()
+                p[unseen] = self._fam_p[None, :]
+                se[unseen] = self._fam_se[None, :]
         return p, se, cost
 
     def _with_online(
@@ -178,7 +268,7 @@ class Router:
         p, se, cost = p[0], se[0], cost[0]
         mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
         use_lam = self.lambda_for(tag) if lam is None else lam
-        p_dec = pol.lcb(p, se, self.params.kappa)
+        p_dec = self._decision_p(p[None, :], se[None, :], [tag], lam is not None)[0]
         best = int(pol.choose(p_dec, cost, mask, use_lam))
         explored = False
         if explore and self.online.exploring(tag, tag in self.known):
@@ -216,7 +306,7 @@ class Router:
         """Return (choice index (n,), p (n, A), cost (n, A)) for a batch, no exploration."""
         p, se, cost = self.score(prompts, tags)
         mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
-        pl = pol.lcb(p, se, self.params.kappa)
+        pl = self._decision_p(p, se, tags, lam is not None)
         if lam is not None:
             return pol.choose(pl, cost, mask, lam), p, cost
         known = np.array([(t or "") in self.known for t in tags], dtype=bool)
@@ -245,7 +335,7 @@ class Router:
     ) -> list[np.ndarray]:
         """Return one choice vector per operating point (cheap to accurate)."""
         p, se, cost = self.score(prompts, tags)
-        pl = pol.lcb(p, se, self.params.kappa)
+        pl = self._decision_p(p, se, tags, explicit_lam=True)
         mask = pol.allowed(self.candidates, p, cost, self._latency, constraints)
         return [pol.choose(pl, cost, mask, lam) for lam in self.sweep_lambdas(n_points)]
 
@@ -278,7 +368,7 @@ class Router:
 
     def reset_online(self) -> None:
         """Forget everything learned online."""
-        self.online = OnlineState(len(self.candidates), params=self.params.online, seed=self.seed)
+        self.online = self._fresh_online()
 
     # ------------------------------------------------------------------ persistence
     def _manifest_and_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -289,6 +379,7 @@ class Router:
         arrays.update(f_arr)
         arrays.update({f"learner_{k}": v for k, v in l_arr.items()})
         arrays.update(c_arr)
+        arrays["router_fam_logits"] = self.fam_logits
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": "costpass-router",
@@ -298,6 +389,7 @@ class Router:
             "seed": self.seed,
             "lam_star": self.lam_star,
             "policy_mode": self.policy_mode,
+            "anchor": self.anchor_config_id,
             "featurizer": f_meta,
             "learner": {
                 "slug": self.learner.slug,
@@ -349,6 +441,8 @@ class Router:
         learner.load_state(lm["meta"], {k: arrays[f"learner_{k}"] for k in lm["arrays"]})
         costs = CostModel.from_state(manifest["costs"], arrays)
         online = OnlineState.from_json(manifest["online"]) if manifest.get("online") else None
+        ids = [c.config_id for c in cands]
+        anchor_id = manifest.get("anchor")  # absent in routers saved before the anchored rule
         return cls(
             candidates=cands,
             datasets=datasets,
@@ -361,6 +455,8 @@ class Router:
             seed=int(manifest.get("seed", 0)),
             fit_info=manifest.get("fit_info", {}),
             online=online,
+            anchor=ids.index(anchor_id) if anchor_id in ids else None,
+            fam_logits=arrays.get("router_fam_logits"),
         )
 
     @classmethod
@@ -536,6 +632,10 @@ def _fit_router(
         lam_star = min(finite) if finite else None
         if prm.policy == "lambda" and lam_star is not None:
             mode = "lambda"
+    anchor = _anchor(data)
+    fam_logits = family_logits(data)
+    info["anchor"] = None if anchor is None else cands[anchor].config_id
+    info["n_families"] = int(fam_logits.shape[1])
     info["fit_seconds"] = time.perf_counter() - t0
     return Router(
         candidates=cands,
@@ -548,7 +648,53 @@ def _fit_router(
         policy_mode=mode,
         seed=seed,
         fit_info=info,
+        anchor=anchor,
+        fam_logits=fam_logits,
     )
+
+
+def _anchor(data: TrainData) -> int | None:
+    """Return the best single configuration on the training outcomes (lowest realised CoP over
+    the prompts it ran on; ties to the more accurate one), as the evaluation's baseline picks it."""
+    obs = data.w > 0
+    n = obs.sum(0)
+    if not n.any():
+        return None
+    y = np.where(obs, data.y, 0.0).sum(0) / np.maximum(n, 1)
+    c_ok = obs & np.isfinite(data.cost)
+    c = np.where(c_ok, data.cost, 0.0).sum(0) / np.maximum(c_ok.sum(0), 1)
+    cop = np.where((y > 0) & (n > 0), c / np.where(y > 0, y, 1.0), np.inf)
+    if not np.isfinite(cop).any():
+        return int(np.argmax(np.where(n > 0, y, -1.0)))
+    return int(np.lexsort((-y, cop))[0])
+
+
+def family_logits(data: TrainData) -> np.ndarray:
+    """Return (A, F) smoothed logits of p(correct) of every configuration on each training
+    family (``types.family_of`` of the tags; a configuration never run on a family gets its mean
+    over the others)."""
+    fam_of_tag = [family_of(t) for t in data.datasets]
+    fams = sorted(set(fam_of_tag))
+    a_n = data.y.shape[1]
+    lg = np.full((a_n, len(fams)), np.nan)
+    for f, fam in enumerate(fams):
+        rows = np.isin(data.d_idx, [i for i, x in enumerate(fam_of_tag) if x == fam])
+        s = (data.w[rows] * data.y[rows]).sum(0)
+        n = data.w[rows].sum(0)
+        p = (s + 0.5) / (n + 1.0)
+        lg[:, f] = np.where(n > 0, np.log(p / (1 - p)), np.nan)
+    seen = np.isfinite(lg)
+    row_mean = np.where(seen, lg, 0.0).sum(1) / np.maximum(seen.sum(1), 1)
+    return np.where(seen, lg, row_mean[:, None])
+
+
+def _across_family_cov(fam_logits: np.ndarray) -> np.ndarray:
+    """Return the (A, A) covariance of the configurations' logits across families (equal weights)."""
+    a_n, f_n = fam_logits.shape
+    if f_n < 2:
+        return np.zeros((a_n, a_n))
+    dev = fam_logits - fam_logits.mean(1, keepdims=True)
+    return (dev @ dev.T) / f_n
 
 
 def _choose_policy(

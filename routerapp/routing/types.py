@@ -42,6 +42,18 @@ _SAMPLES_PATTERNS = (
 )
 
 
+def family_of(tag: str) -> str:
+    """Return the task family of a task tag: the part before ``/``, else the tag's stem.
+
+    ``arc_challenge`` and ``arc-easy`` -> ``arc``; ``musr_team_allocation`` -> ``musr``;
+    ``law/mmlu_pro`` -> ``law``. Tags of one family are near-duplicates for transfer: new traffic
+    brings a whole family at once.
+    """
+    if "/" in tag:
+        return tag.split("/", 1)[0]
+    return tag.split("_")[0].split("-")[0]
+
+
 def parse_samples(strategy: str) -> int:
     """Return the number of samples a strategy string implies (``maj@5:cot`` -> 5; default 1)."""
     for pat in _SAMPLES_PATTERNS:
