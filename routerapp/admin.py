@@ -175,12 +175,20 @@ class StrategyConfigForm(forms.ModelForm):
                 self.add_error("strategy", str(exc.args[0] if exc.args else exc))
                 return data
             try:
-                data["params"] = strategy.validate_params(params or {}).model_dump()
+                validated = strategy.validate_params(params or {})
+                data["params"] = validated.model_dump()
             except ValidationError as exc:
                 self.add_error(
                     "params",
                     "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
                 )
+                return data
+            from routerapp.services.pricing import stage_endpoints
+
+            try:  # a cascade's stages name endpoints that must exist
+                stage_endpoints(strategy, validated)
+            except ValueError as exc:
+                self.add_error("params", str(exc))
         return data
 
 

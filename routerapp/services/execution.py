@@ -97,9 +97,13 @@ def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
     }
 
 
-def apply_result(query: Query, result: Any, prices: Prices) -> None:
+def apply_result(
+    query: Query, result: Any, prices: Prices, stage_prices: dict[str, Prices] | None = None
+) -> None:
     """Copy a strategy result onto the query (not saved): the ledger's totals priced in one
-    place, the answer and vote, the final status, and the grade when the query has a gold."""
+    place, the answer and vote, the final status, and the grade when the query has a gold.
+    A run over several endpoints (a cascade) prices each endpoint's ledger at its prices
+    (``stage_prices`` by endpoint name; the configuration's own is ``prices``)."""
     from workers.grading import grade
 
     ledger = result.ledger
@@ -112,9 +116,21 @@ def apply_result(query: Query, result: Any, prices: Prices) -> None:
     query.scorer_prompt_tokens = int(ledger.scorer_prompt_tokens)
     query.scorer_completion_tokens = int(ledger.scorer_completion_tokens)
     query.trace = dict(getattr(result, "trace", None) or {})
-    query.cost_usd = cost_usd(ledger, prices)
+    stages = getattr(result, "stage_ledgers", None) or {}
+    if stages:
+        query.cost_usd = sum(
+            (
+                cost_usd(part, (stage_prices or {}).get(name, prices))
+                for name, part in stages.items()
+            ),
+            Decimal(0),
+        )
+    else:
+        query.cost_usd = cost_usd(ledger, prices)
     # The prices are kept with the bill: a later price change never rewrites this query.
     query.billed_prices = prices.to_dict()
+    if stages and stage_prices:
+        query.billed_prices["stages"] = {name: p.to_dict() for name, p in stage_prices.items()}
     query.samples_done = len(result.candidates)
     query.answer = result.answer or ""
     query.extracted_answer = (result.extracted_answer or "")[:500]
@@ -137,6 +153,17 @@ class _Run:
         # Token deltas and finished samples go to whoever streams this query (API, playground).
         self.events = events if events is not None else query_events_publisher(query.pk)
         self.should_cancel = CancelPoll(query.pk)
+        # Prices of the other endpoints a cascade runs on, by name (see load_stages).
+        self.stage_prices: dict[str, Prices] = {}
+
+    def load_stages(self, strategy: Any, params: Any) -> dict[str, Any]:
+        """Load the engines of the other endpoints the strategy runs on; keep their prices."""
+        from routerapp.services.pricing import stage_endpoints
+        from workers.engines import get_engine
+
+        endpoints = stage_endpoints(strategy, params)
+        self.stage_prices = {name: endpoint_prices(e) for name, e in endpoints.items()}
+        return {name: get_engine(e.engine, e.engine_params) for name, e in endpoints.items()}
 
     def on_event(self, event: Any) -> None:
         candidate = getattr(event, "candidate", None)
@@ -150,7 +177,8 @@ class _Run:
 
     def save_candidate(self, candidate: Any) -> None:
         """Write one finished (or aborted) sample and bump the query's running totals."""
-        defaults = sample_fields(candidate, self.prices)
+        prices = self.stage_prices.get(getattr(candidate, "endpoint", None) or "", self.prices)
+        defaults = sample_fields(candidate, prices)
         index = self.offset + int(candidate.index)
         with transaction.atomic():
             _, created = Sample.objects.update_or_create(
@@ -194,6 +222,7 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
         strategy = get_strategy(configuration.strategy.strategy)
         params = strategy.validate_params(configuration.strategy.params)
         _check_prompt_length(engine, query)
+        engines = run.load_stages(strategy, params)  # a cascade's other endpoints
         result = strategy.run(
             engine,
             messages=query.messages or [{"role": "user", "content": query.prompt}],
@@ -201,6 +230,7 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
             answer_kind=query.answer_kind or None,
             on_event=run.on_event,
             should_cancel=run.should_cancel,
+            engines=engines,
         )
     except SoftTimeLimitExceeded:
         run.events.flush()
@@ -241,7 +271,7 @@ def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
         locked = Query.objects.select_for_update().get(pk=query.pk)
         if locked.is_finished:
             return locked.status
-        apply_result(locked, result, run.prices)
+        apply_result(locked, result, run.prices, run.stage_prices)
         # Samples written by an earlier, interrupted run of this query were generated: billed.
         earlier = Sample.objects.filter(query=locked, index__lt=offset).aggregate(
             n=Count("id"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from routerapp.models import Configuration, ModelEndpoint
 from workers.ledger import Prices, cost_of_tokens
@@ -35,20 +36,41 @@ def prompt_token_bound(prompt: str, messages: list[dict] | None) -> int:
     return len(prompt.encode()) + TEMPLATE_TOKENS_FIXED
 
 
-def worst_case_tokens(configuration: Configuration, prompt_tokens: int) -> tuple[int, int]:
-    """Return (prompt, completion) tokens the configuration can bill at most for one query.
+def stage_endpoints(strategy: Any, params: Any) -> dict[str, ModelEndpoint]:
+    """Return the endpoints, by name, that a strategy runs on besides its configuration's own
+    (a cascade's stages). Raise ValueError naming an endpoint that does not exist or is off."""
+    names = strategy.endpoint_names(params)
+    if not names:
+        return {}
+    found = {e.name: e for e in ModelEndpoint.objects.filter(name__in=names, enabled=True)}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"unknown or disabled model endpoint(s): {', '.join(missing)}")
+    return found
 
-    Every planned sample may be its own engine request that re-bills the prompt (HTTP engines);
-    a scorer or verifier call reads the prompt back with one candidate (at most max_tokens)
-    and a fixed instruction.
-    """
-    strategy = get_strategy(configuration.strategy.strategy)
-    params = strategy.validate_params(configuration.strategy.params)
+
+def _stage_tokens(strategy: Any, params: Any, prompt_tokens: int) -> tuple[int, int]:
     scorer_calls = strategy.scorer_calls(params)
     prompt = strategy.max_prompt_billings(params) * prompt_tokens + scorer_calls * (
         params.max_tokens + TEMPLATE_TOKENS_FIXED
     )
     return prompt, strategy.max_completion_tokens(params)
+
+
+def worst_case_tokens(configuration: Configuration, prompt_tokens: int) -> tuple[int, int]:
+    """Return (prompt, completion) tokens the configuration can bill at most for one query.
+
+    Every planned sample may be its own engine request that re-bills the prompt (HTTP engines);
+    a scorer or verifier call reads the prompt back with one candidate (at most max_tokens)
+    and a fixed instruction. A cascade sums its stages.
+    """
+    strategy = get_strategy(configuration.strategy.strategy)
+    params = strategy.validate_params(configuration.strategy.params)
+    prompt = completion = 0
+    for _, sub, sub_params in strategy.stages(params):
+        p, c = _stage_tokens(sub, sub_params, prompt_tokens)
+        prompt, completion = prompt + p, completion + c
+    return prompt, completion
 
 
 def worst_case_cost(configuration: Configuration, prompt_tokens: int) -> Decimal:
@@ -57,8 +79,16 @@ def worst_case_cost(configuration: Configuration, prompt_tokens: int) -> Decimal
     The worker refuses a prompt longer than the configuration's max_prompt_tokens before
     generating anything, so that limit caps the prompt part of the bound. How many tokens the
     provider will report as cached or as reasoning is unknown before the run, so each token
-    is priced at the dearest price its kind can have.
+    is priced at the dearest price its kind can have. A strategy that runs several endpoints
+    (a cascade) is priced stage by stage at each stage's endpoint's prices.
     """
     prompt_tokens = min(prompt_tokens, configuration.max_prompt_tokens)
-    p_tokens, c_tokens = worst_case_tokens(configuration, prompt_tokens)
-    return cost_of_tokens(p_tokens, c_tokens, endpoint_prices(configuration.endpoint).upper_bound())
+    strategy = get_strategy(configuration.strategy.strategy)
+    params = strategy.validate_params(configuration.strategy.params)
+    others = stage_endpoints(strategy, params)
+    total = Decimal(0)
+    for name, sub, sub_params in strategy.stages(params):
+        endpoint = configuration.endpoint if name is None else others[name]
+        p_tokens, c_tokens = _stage_tokens(sub, sub_params, prompt_tokens)
+        total += cost_of_tokens(p_tokens, c_tokens, endpoint_prices(endpoint).upper_bound())
+    return total

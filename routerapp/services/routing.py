@@ -254,7 +254,15 @@ def decide(
     """Choose the configuration for one request under its constraints, with the router version
     that serves the caller's ``team``."""
     configs = candidate_configurations(constraints)
-    worst = {c.slug: worst_case_cost(c, prompt_tokens) for c in configs}
+    worst = {}
+    for c in configs:
+        try:
+            worst[c.slug] = worst_case_cost(c, prompt_tokens)
+        except ValueError as exc:  # a cascade whose stage endpoint is gone or disabled
+            log.warning("configuration %s cannot run: %s", c.slug, exc)
+    configs = [c for c in configs if c.slug in worst]
+    if not configs:
+        raise Unprocessable("no enabled configuration satisfies the request", param="model")
     if constraints.max_cost_usd is not None:
         affordable = [c for c in configs if worst[c.slug] <= constraints.max_cost_usd]
         if not affordable:

@@ -2,12 +2,14 @@
 
 ``single``, ``best_of_n``, ``majority_vote``, ``weighted_vote``, ``short_m_at_k``,
 ``first_finish``, ``confidence_early_stop``, and the adaptive ones: ``adaptive_consistency``
-(stop sampling once the vote is decided). Look one up with :func:`get_strategy`.
+(stop sampling once the vote is decided), ``cascade`` (a cheap stage first, a stronger one
+when it is unsure). Look one up with :func:`get_strategy`.
 """
 
 from workers.strategies import (  # noqa: F401 - registers
     adaptive_consistency,
     best_of_n,
+    cascade,
     early_stop,
     majority_vote,
     single,

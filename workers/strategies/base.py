@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -337,6 +337,35 @@ class RunContext:
             top_logprobs=sample.top_logprobs,
         )
 
+    def child(self, engine: Engine, endpoint: str | None) -> RunContext:
+        """Return a context for a sub-run on ``engine`` (a cascade's stage): same prompt,
+        events and cancel poll, candidate indices continuing this one's; merge it back
+        with :meth:`absorb`."""
+        return RunContext(
+            engine,
+            self.prompt,
+            self.answer_kind,
+            self.on_event,
+            self.should_cancel,
+            index_offset=self.index_offset + len(self.candidates),
+            endpoint=endpoint,
+        )
+
+    def absorb(self, child: RunContext, key: str) -> None:
+        """Add a finished sub-run's candidates and ledger to this run; its ledger is also
+        kept apart under ``key`` (its endpoint) so that each stage is priced at its own
+        endpoint's prices."""
+        self.candidates.extend(child.candidates)
+        self.cancelled = self.cancelled or child.cancelled
+        self._methods.extend(child._methods)
+        stage = self.stage_ledgers.setdefault(key, Ledger())
+        for part in (self.ledger, stage):
+            for f in fields(Ledger):
+                if f.name in ("wall_s", "token_count_method"):
+                    continue
+                setattr(part, f.name, getattr(part, f.name) + getattr(child.ledger, f.name))
+        stage.token_count_method = worst_count_method(stage.token_count_method, *child._methods)
+
     def add_scorer_usage(
         self, prompt_tokens: int, completion_tokens: int, wall_s: float = 0.0
     ) -> None:
@@ -450,6 +479,16 @@ class Strategy(ABC):
         """Return the most times one run bills the prompt (one per sample on HTTP engines,
         plus scorer calls); multiply by the prompt length for a worst-case reservation."""
         return self.planned_samples(params) + self.scorer_calls(params)
+
+    def stages(self, params: SamplingParams) -> list[tuple[str | None, Strategy, SamplingParams]]:
+        """Return what one run may execute, as (endpoint name, strategy, params) per stage:
+        one stage on the configuration's own endpoint (None) unless the strategy runs
+        several endpoints (cascades), whose worst-case cost is priced stage by stage."""
+        return [(None, self, params)]
+
+    def endpoint_names(self, params: SamplingParams) -> list[str]:
+        """Return the other endpoints (by name) a run needs engines for (``engines=``)."""
+        return sorted({name for name, _, _ in self.stages(params) if name is not None})
 
     def run(
         self,

@@ -75,3 +75,56 @@ def test_adaptive_consistency_bills_every_sample_it_drew_and_keeps_its_stopping_
     assert trace["kind"] == "stopping" and trace["samples"] == query.samples_done < 8
     assert trace["reason"] in ("posterior", "decided")
     assert query.graded_correct is True
+
+
+def test_cascade_bills_both_stages_each_at_its_endpoints_prices():
+    from routerapp.errors import Unprocessable
+    from routerapp.services.routing import RequestConstraints, decide
+
+    cheap = EndpointFactory()  # the configuration's own endpoint
+    strong = EndpointFactory(
+        name="smollm2-strong", input_usd_per_mtok=Decimal("1.5"), output_usd_per_mtok=Decimal("6")
+    )
+    params = {
+        "stages": [
+            {"strategy": "single", "params": {"max_tokens": 8}},
+            {
+                "endpoint": strong.name,
+                "strategy": "majority_vote",
+                "params": {"n": 2, "max_tokens": 8},
+            },
+        ],
+        "escalate_on": "confidence",
+        "threshold": 0.9999,  # the greedy first stage is never that sure: always escalates
+    }
+    query = run_query("cascade", params, name="cascade-2")
+    samples = list(Sample.objects.filter(query=query).order_by("index"))
+    assert len(samples) == query.samples_done == 3
+    by_price = {
+        0: Prices(cheap.input_usd_per_mtok, cheap.output_usd_per_mtok),
+        1: Prices(strong.input_usd_per_mtok, strong.output_usd_per_mtok),
+        2: Prices(strong.input_usd_per_mtok, strong.output_usd_per_mtok),
+    }
+    for s in samples:
+        assert s.cost_usd == cost_of_tokens(s.prompt_tokens, s.completion_tokens, by_price[s.index])
+    assert query.cost_usd == sum(s.cost_usd for s in samples)
+    assert query.prompt_tokens == sum(s.prompt_tokens for s in samples)
+    assert query.completion_tokens == sum(s.completion_tokens for s in samples)
+    assert query.cost_usd <= query.reserved_usd
+    # The reservation (64 prompt tokens) priced each stage at its endpoint's prices.
+    config = query.configuration
+    assert query.reserved_usd == cost_of_tokens(64, 8, by_price[0]) + cost_of_tokens(
+        2 * 64, 2 * 8, by_price[1]
+    )
+    assert query.billed_prices["stages"][strong.name]["output_usd_per_mtok"] == "6.000000"
+    trace = query.trace
+    assert trace["kind"] == "cascade" and trace["escalated"]
+    assert [s["samples"] for s in trace["stages"]] == [[0], [1, 2]]
+    # A cascade whose stage endpoint is switched off is not offered by the router.
+    strong.enabled = False
+    strong.save()
+    with pytest.raises(Unprocessable, match="no enabled configuration"):
+        decide(prompt="1+1?", task="", constraints=RequestConstraints(), prompt_tokens=10)
+    other = ConfigurationFactory(endpoint=cheap)
+    decision = decide(prompt="1+1?", task="", constraints=RequestConstraints(), prompt_tokens=10)
+    assert decision.configuration == other != config

@@ -3,6 +3,8 @@ posterior), cascade stages and search trees."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.test import Client
 
@@ -59,3 +61,44 @@ def test_no_trace_no_panel(member) -> None:  # type: ignore[no-untyped-def]
     q = finished(m.team, {})
     html = client.get(f"/queries/{q.pk}/live", HTTP_HX_REQUEST="true").content.decode()
     assert "strategy-trace" not in html
+
+
+def test_cascade_stages_are_shown(member) -> None:  # type: ignore[no-untyped-def]
+    m, client = member
+    trace = {"kind": "cascade", "escalate_on": "confidence", "threshold": 0.8, "escalated": True,
+             "final_stage": 1, "reason": "confidence 0.412 < 0.8",
+             "stages": [
+                 {"endpoint": "(configuration's)", "strategy": "single", "samples": [0],
+                  "answer": "7", "confidence": 0.412, "prompt_tokens": 40, "completion_tokens": 8,
+                  "decision": "escalate", "why": "confidence 0.412 < 0.8", "final": False},
+                 {"endpoint": "big-model", "strategy": "majority_vote", "samples": [1, 2, 3],
+                  "answer": "9", "confidence": 0.667, "prompt_tokens": 120,
+                  "completion_tokens": 24, "decision": "final", "why": "", "final": True},
+             ]}  # fmt: skip
+    q = finished(m.team, trace)
+    html = client.get(f"/queries/{q.pk}/live", HTTP_HX_REQUEST="true").content.decode()
+    assert 'data-kind="cascade"' in html and 'id="cascade-table"' in html
+    assert "Escalated to stage 2: confidence 0.412 &lt; 0.8." in html
+    assert "big-model" in html and "1, 2, 3" in html and "120 / 24" in html
+
+
+def test_admin_refuses_a_cascade_on_an_unknown_endpoint() -> None:
+    from routerapp.admin import StrategyConfigForm
+
+    stages = [{"strategy": "single"}, {"endpoint": "ghost", "strategy": "single"}]
+    form = StrategyConfigForm(
+        data={"name": "casc", "strategy": "cascade", "params": json.dumps({"stages": stages})}
+    )
+    assert not form.is_valid()
+    assert "unknown or disabled model endpoint(s): ghost" in str(form.errors["params"])
+    form = StrategyConfigForm(
+        data={"name": "casc", "strategy": "cascade", "params": json.dumps({"stages": stages[:1]})}
+    )
+    assert not form.is_valid() and "stages" in str(form.errors["params"])
+    ConfigurationFactory()  # creates the smollm2-135m endpoint
+    ok = [{"strategy": "single"}, {"endpoint": "smollm2-135m", "strategy": "majority_vote"}]
+    form = StrategyConfigForm(
+        data={"name": "casc", "strategy": "cascade", "params": json.dumps({"stages": ok})}
+    )
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["params"]["stages"][1]["params"]["n"] == 5

@@ -6,6 +6,7 @@ from workers.strategies import STRATEGIES, UnknownStrategyError, get_strategy
 SLUGS = {
     "single", "best_of_n", "majority_vote", "weighted_vote",
     "short_m_at_k", "first_finish", "confidence_early_stop", "adaptive_consistency",
+    "cascade",
 }  # fmt: skip
 
 
@@ -14,8 +15,10 @@ def test_all_slugs_registered():
 
 
 def test_unknown_slug_lists_known_ones():
-    with pytest.raises(UnknownStrategyError, match="known strategies: best_of_n, confidence"):
-        get_strategy("beam_search")
+    with pytest.raises(
+        UnknownStrategyError, match="known strategies: adaptive_consistency, best_of_n"
+    ):
+        get_strategy("no_such_strategy")
 
 
 def test_params_validation_and_budgets():

@@ -24,9 +24,17 @@ PARAMS = {
     "first_finish": {"k": 3, "max_tokens": 16},
     "confidence_early_stop": {"k": 4, "warmup": 2, "window": 4, "max_tokens": 16},
     "adaptive_consistency": {"k": 4, "window": 2, "max_tokens": 16},
+    "cascade": {
+        "stages": [
+            {"strategy": "single", "params": {"max_tokens": 16}},
+            {"strategy": "majority_vote", "params": {"n": 2, "max_tokens": 16}},
+        ],
+        "escalate_on": "confidence",
+        "threshold": 0.9,
+    },
 }
 # Strategies that decide as they go may draw fewer samples than planned (never more).
-ADAPTIVE = {"adaptive_consistency"}
+ADAPTIVE = {"adaptive_consistency", "cascade"}
 
 
 def check_ledger(result):
