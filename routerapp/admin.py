@@ -103,6 +103,8 @@ class ModelEndpointForm(forms.ModelForm):
             "supports_logprobs",
             "supports_images",
             "supports_audio",
+            "serves_embeddings",
+            "balancing",
             "enabled",
         ]
 
@@ -119,9 +121,39 @@ class ModelEndpointForm(forms.ModelForm):
         return data
 
 
+class DeploymentInline(admin.TabularInline):
+    """More servers of the same model; their engine params override the endpoint's."""
+
+    model = m.Deployment
+    extra = 0
+    fields = ["name", "engine_params", "weight", "enabled", "breaker"]
+    readonly_fields = ["breaker"]
+
+    @admin.display(description="circuit breaker")
+    def breaker(self, obj: m.Deployment) -> str:
+        if obj.pk is None:
+            return "-"
+        from routerapp.services.breakers import endpoint_health
+
+        for row in endpoint_health(obj.endpoint):
+            if row["target"] == f"ep{obj.endpoint_id}.d{obj.pk}":
+                return _health_text(row)
+        return "-"
+
+
+def _health_text(row: dict[str, Any]) -> str:
+    text = str(row["state"])
+    if row["state"] != "closed":
+        text += f" (retry in {row['retry_in_s']:g}s)"
+    if row["failures"]:
+        text += f", {row['failures']} failures: {row['last_error'][:80]}"
+    return text
+
+
 @admin.register(m.ModelEndpoint)
 class ModelEndpointAdmin(AuditedAdmin):
     form = ModelEndpointForm
+    inlines = [DeploymentInline]
     list_display = [
         "name",
         "engine",
@@ -129,8 +161,16 @@ class ModelEndpointAdmin(AuditedAdmin):
         "output_usd_per_mtok",
         "gpu_usd_per_hour",
         "enabled",
+        "health",
         "updated_at",
     ]
+
+    @admin.display(description="circuit breakers")
+    def health(self, obj: m.ModelEndpoint) -> str:
+        from routerapp.services.breakers import endpoint_health
+
+        return "; ".join(f"{r['label']}: {_health_text(r)}" for r in endpoint_health(obj))
+
     list_editable = ["input_usd_per_mtok", "output_usd_per_mtok", "enabled"]
     list_filter = ["engine", "enabled", "supports_tools", "supports_json_schema"]
     search_fields = ["name", "display_name"]
@@ -152,8 +192,21 @@ class ModelEndpointAdmin(AuditedAdmin):
         "supports_logprobs",
         "supports_images",
         "supports_audio",
+        "serves_embeddings",
+        "balancing",
         "enabled",
     ]
+
+
+@admin.register(m.CircuitBreaker)
+class CircuitBreakerAdmin(admin.ModelAdmin):
+    """Breakers kept in the database (no Redis); with Redis, see each endpoint's health."""
+
+    list_display = ["target", "state", "failures", "trips", "last_error", "updated_at"]
+    readonly_fields = [f.name for f in m.CircuitBreaker._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 class StrategyConfigForm(forms.ModelForm):

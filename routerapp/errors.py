@@ -10,13 +10,24 @@ class ServiceError(Exception):
     status = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+    #: Seconds after which the same request may succeed (sent as Retry-After), if known.
+    retry_after_s: int | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class InvalidInput(ServiceError):
@@ -64,8 +75,7 @@ class RateLimited(ServiceError):
     code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after_s: int, param: str | None = None):
-        super().__init__(message, param=param)
-        self.retry_after_s = retry_after_s
+        super().__init__(message, param=param, retry_after_s=retry_after_s)
 
 
 class ServiceUnavailable(ServiceError):

@@ -175,6 +175,15 @@ class ModelEndpoint(models.Model):
     )
     supports_images = models.BooleanField(default=False, help_text="Accepts image content parts")
     supports_audio = models.BooleanField(default=False, help_text="Accepts audio content parts")
+    serves_embeddings = models.BooleanField(
+        default=False, help_text="Answers POST /v1/embeddings (passed through, billed per token)"
+    )
+    balancing = models.CharField(
+        max_length=16,
+        choices=[("weighted", "Weighted random"), ("least_busy", "Least busy")],
+        default="weighted",
+        help_text="How requests are spread over the endpoint's deployments",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -201,6 +210,51 @@ class ModelEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Deployment(models.Model):
+    """One more server of an endpoint's model (a LiteLLM "deployment"): its engine params are
+    the endpoint's, overridden by these (typically ``base_url`` and ``api_key_env``). An
+    endpoint with enabled deployments is served by them, balanced by ``endpoint.balancing``;
+    one without is served by its own engine params."""
+
+    endpoint = models.ForeignKey(
+        ModelEndpoint, on_delete=models.CASCADE, related_name="deployments"
+    )
+    name = models.SlugField(max_length=100)
+    engine_params = models.JSONField(
+        default=dict, blank=True, help_text="Overrides of the endpoint's engine params"
+    )
+    weight = models.PositiveIntegerField(default=1, help_text="Share of traffic (weighted)")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["endpoint", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "name"], name="deployment_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint.name}/{self.name}"
+
+
+class CircuitBreaker(models.Model):
+    """The circuit breaker of one upstream target (an endpoint, or one of its deployments),
+    when there is no Redis to hold it (the embedded default); see services.breakers."""
+
+    target = models.CharField(max_length=64, unique=True)
+    state = models.CharField(max_length=16, default="closed")
+    failures = models.PositiveIntegerField(default=0, help_text="Consecutive failures")
+    trips = models.PositiveIntegerField(default=0, help_text="Opens since the last close")
+    open_until = models.FloatField(default=0.0, help_text="Unix time the cool-down ends")
+    probe_until = models.FloatField(default=0.0, help_text="Unix time a probe's claim ends")
+    last_error = models.CharField(max_length=300, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.target}: {self.state}"
 
 
 class StrategyConfig(models.Model):
@@ -432,6 +486,7 @@ class Query(models.Model):
         CHAT = "chat", "OpenAI-compatible API"
         UI = "ui", "Playground"
         BENCHMARK = "benchmark", "Benchmark run"
+        EMBEDDINGS = "embeddings", "Embeddings API"
 
     FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
 
@@ -470,6 +525,11 @@ class Query(models.Model):
     predicted_p_correct = models.FloatField(null=True, blank=True)
     predicted_cost_usd = usd_field(null=True, blank=True)
     decision = models.JSONField(default=dict, blank=True, help_text="Alternatives weighed")
+    attempts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Every configuration tried (fallbacks), its target, outcome, retries and cost",
+    )
     # The result and its ledger.
     answer = models.TextField(blank=True)
     extracted_answer = models.CharField(max_length=500, blank=True)

@@ -206,6 +206,16 @@ ROLLUP_DEBOUNCE_S = env_float("COSTPASS_ROLLUP_DEBOUNCE_S", 2.0, minimum=0.0)
 BENCHMARK_IN_FLIGHT = env_int("COSTPASS_BENCHMARK_IN_FLIGHT", 2, minimum=1)
 # Bounded exploration of the active router when it serves (learning online from grades).
 ROUTER_EXPLORE = env_bool("COSTPASS_ROUTER_EXPLORE", True)
+# Resilience (services.breakers, services.attempts): a query tries at most this many
+# (configuration, deployment) attempts, falling back along the router's alternatives.
+MAX_ATTEMPTS = env_int("COSTPASS_MAX_ATTEMPTS", 4, minimum=1)
+# An upstream's circuit breaker opens after this many consecutive failures, stays open for the
+# cool-down (doubling per consecutive trip, up to the maximum), then lets one probe through.
+BREAKER_FAILURES = env_int("COSTPASS_BREAKER_FAILURES", 3, minimum=1)
+BREAKER_COOLDOWN_S = env_float("COSTPASS_BREAKER_COOLDOWN_S", 30.0, minimum=0.0)
+BREAKER_MAX_COOLDOWN_S = env_float("COSTPASS_BREAKER_MAX_COOLDOWN_S", 300.0, minimum=0.0)
+# How long a process reuses its view of the breakers and deployments before re-reading them.
+HEALTH_CACHE_S = env_float("COSTPASS_HEALTH_CACHE_S", 1.0, minimum=0.0)
 # Where outcome tables and labelled sets are read from (never copied into the repository).
 SHARED_DATA_DIR = env_str("COSTPASS_SHARED_DATA_DIR", str(BASE_DIR.parent / "shared"))
 

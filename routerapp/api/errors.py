@@ -13,7 +13,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from routerapp.errors import Conflict, RateLimited, ServiceError
+from routerapp.errors import Conflict, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def openai_exception_handler(exc: Exception, context: dict) -> Response | None:
         response = Response(
             error_body(exc.message, exc.error_type, exc.code, exc.param), status=exc.status
         )
-        if isinstance(exc, RateLimited):
+        if exc.retry_after_s is not None:
             response["Retry-After"] = str(exc.retry_after_s)
         if isinstance(exc, Conflict):
             # OpenAI's clients retry 409 by default; a conflict here never clears by retrying.

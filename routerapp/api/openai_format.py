@@ -69,6 +69,10 @@ def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
         "votes": query.votes,
         "budget_flags": query.budget_flags or [],
         "poll_url": poll_url(query),
+        # Every (configuration, target) tried, in order: fallbacks and their retries.
+        "attempts": [
+            {k: v for k, v in a.items() if k != "target_key"} for a in query.attempts or []
+        ],
     }
     if samples is not None:
         data["samples_planned"] = query.samples_planned

@@ -11,13 +11,16 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Max, Sum
 from django.utils import timezone
 
 from routerapp.models import Configuration, ModelEndpoint, Query, Sample
+from routerapp.services.attempts import Attempt, Attempts, NoTargetLeft, may_fall_back
+from routerapp.services.breakers import target_busy
 from routerapp.services.budgets import budget_settle
 from routerapp.services.pricing import endpoint_prices
 from routerapp.services.streaming import EventSink, query_events_publisher, query_finished_notify
+from workers.engines.resilience import RETRY_LOG, UpstreamError
 from workers.ledger import Prices, cost_of_tokens, cost_usd
 
 log = logging.getLogger(__name__)
@@ -153,6 +156,7 @@ class _Run:
         # Token deltas and finished samples go to whoever streams this query (API, playground).
         self.events = events if events is not None else query_events_publisher(query.pk)
         self.should_cancel = CancelPoll(query.pk)
+        self.tokens_sent = 0  # token deltas published (a client may have seen them)
         # Prices of the other endpoints a cascade runs on, by name (see load_stages).
         self.stage_prices: dict[str, Prices] = {}
 
@@ -173,6 +177,7 @@ class _Run:
             return
         text = getattr(event, "text", None)
         if text and isinstance(text, str):  # a token delta of one sample
+            self.tokens_sent += 1
             self.events.token(self.offset + int(getattr(event, "index", 0)), text)
 
     def save_candidate(self, candidate: Any) -> None:
@@ -200,9 +205,6 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
     """
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from workers.engines import get_engine
-    from workers.strategies import get_strategy
-
     started = Query.objects.filter(
         pk=query_id, status__in=[Query.Status.QUEUED, Query.Status.RUNNING]
     ).update(status=Query.Status.RUNNING, started_at=timezone.now())
@@ -215,34 +217,108 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
         query_finish_cancelled(query=query)
         return Query.Status.CANCELLED
     offset = Sample.objects.filter(query=query).count()
-    try:
+    configuration = configuration_of(query)
+    here = queue_of(configuration)
+    # A fallback on another worker pool is handed over to it (see _hand_off).
+    attempts = Attempts(query, runs_here=lambda c: True)
+    attempts.billed = Sample.objects.filter(query=query).aggregate(usd=Sum("cost_usd"))[
+        "usd"
+    ] or Decimal(0)
+    run = _Run(query, offset, events)
+    while True:
+        try:
+            attempt = attempts.next()
+        except NoTargetLeft as exc:
+            attempts.save()
+            run.events.flush()
+            query_fail(query_id=query_id, error=f"EndpointsUnavailable: {exc}")
+            return Query.Status.FAILED
+        if queue_of(attempt.configuration) != here:
+            # The fallback runs on another worker pool: hand the query over to it.
+            attempts.save()
+            run.events.flush()
+            return _hand_off(query)
         run = _Run(query, offset, events)
-        configuration = configuration_of(query)
-        engine = get_engine(configuration.endpoint.engine, configuration.endpoint.engine_params)
-        strategy = get_strategy(configuration.strategy.strategy)
-        params = strategy.validate_params(configuration.strategy.params)
-        _check_prompt_length(engine, query)
-        engines = run.load_stages(strategy, params)  # a cascade's other endpoints
-        result = strategy.run(
-            engine,
-            messages=query.messages or [{"role": "user", "content": query.prompt}],
-            params=params,
-            answer_kind=query.answer_kind or None,
-            on_event=run.on_event,
-            should_cancel=run.should_cancel,
-            engines=engines,
+        try:
+            result = _run_attempt(query, attempt, run)
+        except SoftTimeLimitExceeded:
+            attempts.save()
+            run.events.flush()
+            query_fail(query_id=query_id, error="the query ran past its time limit")
+            return Query.Status.FAILED
+        except Exception as exc:
+            written = Sample.objects.filter(query=query)
+            last = written.aggregate(n=Max("index"))["n"]
+            attempts.failed(attempt, exc, index=max(offset, -1 if last is None else last + 1))
+            # The next attempt numbers its samples after every sample written so far.
+            totals = written.aggregate(n=Max("index"), usd=Sum("cost_usd"))
+            offset = max(offset, -1 if totals["n"] is None else totals["n"] + 1)
+            attempts.billed = totals["usd"] or Decimal(0)
+            if may_fall_back(exc) and not run.tokens_sent:
+                log.warning("query %s: attempt on %s failed: %s", query_id, attempt.target.key, exc)
+                continue
+            if not isinstance(exc, UpstreamError):
+                log.exception("query %s failed", query_id)
+            attempts.save()
+            run.events.flush()
+            query_fail(query_id=query_id, error=f"{type(exc).__name__}: {exc}")
+            return Query.Status.FAILED
+        attempts.succeeded(attempt)
+        attempts.save()
+        run.events.flush()
+        return query_complete(query=query, result=result, offset=offset, run=run)
+
+
+def queue_of(configuration: Configuration) -> str:
+    from workers.queues import queue_for_engine
+
+    return queue_for_engine(configuration.endpoint.engine, configuration.endpoint.queue)
+
+
+def _hand_off(query: Query) -> str:
+    """Queue a query again on its (new) configuration's worker pool; fail it if that fails."""
+    from workers.tasks import query_execute
+
+    assert query.configuration is not None
+    Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING).update(
+        status=Query.Status.QUEUED
+    )
+    try:
+        query_execute.apply_async(
+            args=[str(query.pk)], queue=queue_of(query.configuration), ignore_result=True
         )
-    except SoftTimeLimitExceeded:
-        run.events.flush()
-        query_fail(query_id=query_id, error="the query ran past its time limit")
-        return Query.Status.FAILED
     except Exception as exc:
-        log.exception("query %s failed", query_id)
-        run.events.flush()
-        query_fail(query_id=query_id, error=f"{type(exc).__name__}: {exc}")
+        query_fail(query_id=str(query.pk), error=f"could not hand the query over: {exc}")
         return Query.Status.FAILED
-    run.events.flush()
-    return query_complete(query=query, result=result, offset=offset, run=run)
+    return Query.Status.QUEUED
+
+
+def _run_attempt(query: Query, attempt: Attempt, run: _Run) -> Any:
+    """Run the query's strategy on one attempt's configuration and target."""
+    from workers.engines import get_engine
+    from workers.strategies import get_strategy
+
+    configuration = attempt.configuration
+    target = attempt.target
+    engine = get_engine(target.engine, target.engine_params)
+    strategy = get_strategy(configuration.strategy.strategy)
+    params = strategy.validate_params(configuration.strategy.params)
+    _check_prompt_length(engine, query)
+    engines = run.load_stages(strategy, params)  # a cascade's other endpoints
+    token = RETRY_LOG.set(attempt.retries)
+    try:
+        with target_busy(target, counted=configuration.endpoint.balancing == "least_busy"):
+            return strategy.run(
+                engine,
+                messages=query.messages or [{"role": "user", "content": query.prompt}],
+                params=params,
+                answer_kind=query.answer_kind or None,
+                on_event=run.on_event,
+                should_cancel=run.should_cancel,
+                engines=engines,
+            )
+    finally:
+        RETRY_LOG.reset(token)
 
 
 class PromptTooLong(ValueError):

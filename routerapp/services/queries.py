@@ -247,8 +247,7 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
     engine is asked for token events only when ``events`` (a services.streaming sink) wants
     them. With ``events``, a cancel request (client gone, or the jobs API) aborts the sample.
     """
-    from routerapp.services import execution
-    from workers.engines import get_engine
+    from routerapp.services.attempts import Attempts, NoTargetLeft, may_fall_back
 
     if query.status != Query.Status.RUNNING:  # created queued: take it, unless taken
         now = timezone.now()
@@ -258,29 +257,79 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
         if not started:
             return _current_status(query), None
         query.status, query.started_at = Query.Status.RUNNING, now
-    configuration = query.configuration
-    assert configuration is not None  # every routed query has one
+    attempts = Attempts(query, runs_here=_runs_inline_alone)
+    sink = None if events is None else _InlineEvents(events)
+    partials: list[Sample] = []  # what failed attempts' requests generated: billed
+    while True:
+        try:
+            attempt = attempts.next()
+        except NoTargetLeft as exc:
+            _inline_fail(query, attempts, partials, f"EndpointsUnavailable: {exc}")
+            return Query.Status.FAILED.value, None
+        try:
+            result = _inline_attempt(query, attempt, sink)
+        except Exception as exc:  # the endpoint failed: fall back, or fail billing what was made
+            sample = attempts.failed(attempt, exc, index=len(partials), persist=False)
+            if sample is not None:
+                partials.append(sample)
+                attempts.billed += sample.cost_usd
+            if may_fall_back(exc) and not (sink is not None and sink.tokens_sent):
+                log.warning(
+                    "inline query %s: attempt on %s failed: %s", query.pk, attempt.target.key, exc
+                )
+                continue
+            log.warning("inline query %s failed: %s", query.pk, exc)
+            _inline_fail(query, attempts, partials, f"{type(exc).__name__}: {exc}")
+            return Query.Status.FAILED.value, None
+        attempts.succeeded(attempt)
+        break
     try:
-        engine = get_engine(configuration.endpoint.engine, configuration.endpoint.engine_params)
-        strategy = get_strategy(configuration.strategy.strategy)
-        params = strategy.validate_params(configuration.strategy.params)
-        execution._check_prompt_length(engine, query)
-        result = strategy.run(
-            engine,
-            messages=query.messages or [{"role": "user", "content": query.prompt}],
-            params=params,
-            answer_kind=query.answer_kind or None,
-            on_event=None if events is None else _InlineEvents(events).on_event,
-            should_cancel=None if events is None else execution.CancelPoll(query.pk),
-        )
-    except Exception as exc:  # the endpoint failed: the query fails, billed what was written
-        log.warning("inline query %s failed: %s", query.pk, exc)
-        execution.query_fail(query_id=str(query.pk), error=f"{type(exc).__name__}: {exc}")
-        return Query.Status.FAILED.value, None
-    try:
-        return _inline_complete(query, result)
+        return _inline_complete(query, result, partials)
     except _AlreadyFinished:
         return _current_status(query), None
+
+
+def _runs_inline_alone(configuration: Any) -> bool:
+    """Whether a fallback configuration can run inline too (one sample, remote endpoint)."""
+    strategy = get_strategy(configuration.strategy.strategy)
+    planned = strategy.planned_samples(strategy.validate_params(configuration.strategy.params))
+    return _runs_inline(configuration, planned)
+
+
+def _inline_attempt(query: Query, attempt: Any, sink: Any) -> Any:
+    from routerapp.services import execution
+    from routerapp.services.breakers import target_busy
+    from workers.engines import get_engine
+    from workers.engines.resilience import RETRY_LOG
+
+    configuration = attempt.configuration
+    target = attempt.target
+    engine = get_engine(target.engine, target.engine_params)
+    strategy = get_strategy(configuration.strategy.strategy)
+    params = strategy.validate_params(configuration.strategy.params)
+    execution._check_prompt_length(engine, query)
+    token = RETRY_LOG.set(attempt.retries)
+    try:
+        with target_busy(target, counted=configuration.endpoint.balancing == "least_busy"):
+            return strategy.run(
+                engine,
+                messages=query.messages or [{"role": "user", "content": query.prompt}],
+                params=params,
+                answer_kind=query.answer_kind or None,
+                on_event=None if sink is None else sink.on_event,
+                should_cancel=None if sink is None else execution.CancelPoll(query.pk),
+            )
+    finally:
+        RETRY_LOG.reset(token)
+
+
+def _inline_fail(query: Query, attempts: Any, partials: list[Sample], error: str) -> None:
+    from routerapp.services import execution
+
+    with transaction.atomic():
+        Sample.objects.bulk_create(partials)
+        attempts.save()
+        execution.query_fail(query_id=str(query.pk), error=error)
 
 
 def _current_status(query: Query) -> str:
@@ -312,21 +361,33 @@ _FINAL_FIELDS = (
     "graded_correct",
     "finished_at",
     "latency_ms",
+    "attempts",
 )
 
 
-def _inline_complete(query: Query, result: Any) -> tuple[str, list[Sample]]:
-    """Write an inline query's samples and ledger and settle its budget, in one transaction."""
+def _inline_complete(
+    query: Query, result: Any, partials: list[Sample] | None = None
+) -> tuple[str, list[Sample]]:
+    """Write an inline query's samples and ledger and settle its budget, in one transaction.
+
+    ``partials``: the aborted samples of failed attempts before this one (billed too)."""
     from routerapp.services import execution
     from routerapp.services.pricing import endpoint_prices
 
     assert query.configuration is not None
+    partials = partials or []
     prices = endpoint_prices(query.configuration.endpoint)
+    offset = len(partials)
     samples = [
-        Sample(query=query, index=int(c.index), **execution.sample_fields(c, prices))
+        Sample(query=query, index=offset + int(c.index), **execution.sample_fields(c, prices))
         for c in result.candidates
     ]
     execution.apply_result(query, result, prices)
+    for p in partials:
+        query.prompt_tokens += p.prompt_tokens
+        query.completion_tokens += p.completion_tokens
+        query.cost_usd += p.cost_usd
+        query.samples_done += 1
     with transaction.atomic():
         execution._finish(query)  # settle the reservation, register the end hooks
         updated = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING).update(
@@ -334,8 +395,8 @@ def _inline_complete(query: Query, result: Any) -> tuple[str, list[Sample]]:
         )
         if not updated:  # finished meanwhile (e.g. failed by an operator): keep that
             raise _AlreadyFinished
-        Sample.objects.bulk_create(samples)
-    return str(query.status), samples
+        Sample.objects.bulk_create([*partials, *samples])
+    return str(query.status), [*partials, *samples]
 
 
 class _InlineEvents:
@@ -343,6 +404,7 @@ class _InlineEvents:
 
     def __init__(self, sink: Any):
         self.sink = sink
+        self.tokens_sent = 0  # token deltas the client may have seen
 
     def on_event(self, event: Any) -> None:
         candidate = getattr(event, "candidate", None)
@@ -351,6 +413,7 @@ class _InlineEvents:
             return
         text = getattr(event, "text", None)
         if text and isinstance(text, str):
+            self.tokens_sent += 1
             self.sink.token(int(getattr(event, "index", 0)), text)
 
 

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from routerapp.errors import InvalidInput, PermissionDenied, Unprocessable
+from routerapp.errors import InvalidInput, PermissionDenied, ServiceUnavailable, Unprocessable
 from routerapp.models import Configuration, Query, RouterVersion
 from routerapp.services.pricing import worst_case_cost
 
@@ -273,6 +273,7 @@ def decide(
                 param="max_cost_usd",
             )
         configs = affordable
+    configs = _healthy(configs)
     shadow = shadow_decision(prompt=prompt, task=task, configs=configs, constraints=constraints)
     version = active_router_version(team)
     if version is not None and len(configs) > 1:
@@ -308,6 +309,26 @@ def decide(
         ],
         reason=reason,
         shadow=shadow,
+    )
+
+
+def _healthy(configs: list[Configuration]) -> list[Configuration]:
+    """Drop the configurations whose endpoint's every target has an open circuit breaker;
+    raise ServiceUnavailable (with Retry-After) when that leaves none."""
+    from routerapp.services.breakers import breaker_snapshot, endpoint_available, endpoint_retry_in
+
+    if not breaker_snapshot():  # the common case: nothing is failing, nothing to check
+        return configs
+    now = time.time()
+    healthy = [c for c in configs if endpoint_available(c.endpoint, now)]
+    if healthy:
+        return healthy
+    wait = min(endpoint_retry_in(c.endpoint, now) for c in configs)
+    raise ServiceUnavailable(
+        "every allowed configuration's endpoint is failing (its circuit breaker is open); "
+        f"retry in {math.ceil(wait)}s",
+        code="endpoints_unavailable",
+        retry_after_s=max(1, math.ceil(wait)),
     )
 
 

@@ -16,10 +16,18 @@ Works with ``vllm serve``, SGLang, llama.cpp's servers and hosted APIs, through 
   llama-cpp-python); else an estimate: characters / 4, and for chat prompts the contents'
   tokens + 4 per message + 3 (template overhead). A request that was sent is billed its
   prompt even if aborted; a sample aborted before its request was sent bills nothing.
+- Failures (workers.engines.resilience): a request is retried with backoff and jitter (or
+  after the server's ``Retry-After``) on a connection error, 429 or 5xx before its first
+  token, up to ``max_retries`` times; then, or on any failure after the first token, the
+  stream raises an :class:`UpstreamError` that carries what the failed request generated
+  (billed) and whether the endpoint (rather than the request) is at fault, so the caller can
+  fall back to another endpoint and feed the endpoint's circuit breaker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import os
@@ -46,6 +54,13 @@ from workers.engines.base import (
     TokenEvent,
 )
 from workers.engines.registry import register_engine
+from workers.engines.resilience import (
+    RETRY_LOG,
+    RetryPolicy,
+    UpstreamError,
+    error_of_exception,
+    error_of_response,
+)
 from workers.ledger import worst_count_method
 
 
@@ -68,6 +83,10 @@ class OpenAICompatParams(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1, le=1024)
     tokenize: Literal["auto", "none"] = "auto"
     stream_usage: bool = True
+    #: Retries of a request that failed before its first token (connection error, 429, 5xx).
+    max_retries: int = Field(default=2, ge=0, le=10)
+    #: A longer Retry-After is not waited for: the request fails over at once.
+    retry_after_max_s: float = Field(default=10.0, ge=0, le=600)
     #: Extra, server-specific request fields (e.g. llama.cpp's ``repeat_penalty``).
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
@@ -116,6 +135,39 @@ class OpenAICompatEngine(Engine):
         self._tokenizer_kind: str | None = None  # "vllm", "llamacpp", "extras", "none"
         self._tokenizer_lock = threading.Lock()
         self._last_scoring_usage = (0, 0)
+        self.retry_policy = RetryPolicy(
+            max_retries=params.max_retries,
+            retry_after_max_s=params.retry_after_max_s,
+            total_s=min(params.timeout_s, 60.0),
+        )
+
+    def send(self, body: dict[str, Any], *, stream: bool = False) -> httpx.Response:
+        """POST one request and return its (successful) response, retried per the engine's
+        RetryPolicy while the upstream has generated nothing; raise UpstreamError otherwise.
+        A streamed response must be closed by the caller."""
+
+        def once() -> httpx.Response:
+            request = self._client.build_request("POST", self.url, json=body)
+            try:
+                response = self._client.send(request, stream=stream)
+            except httpx.TimeoutException as exc:
+                if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                    raise error_of_exception(exc) from exc
+                # Sent, and no answer in time: the server may be generating it. Not retried
+                # (it could be generated twice); the caller bills its prompt.
+                raise UpstreamError(
+                    f"{type(exc).__name__}: no answer within {self.params.timeout_s:g}s",
+                    partial=(0, 0, ""),
+                ) from exc
+            except httpx.TransportError as exc:
+                raise error_of_exception(exc) from exc
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+                raise error_of_response(response)
+            return response
+
+        return self.retry_policy.call(once, log=RETRY_LOG.get())
 
     @property
     def url(self) -> str:
@@ -239,9 +291,7 @@ class OpenAICompatEngine(Engine):
         k = 20 if self.params.api == "chat" else 5
         sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=1, top_logprobs=k)
         body = self.request_body(prompt, sampling, seed=0)
-        r = self._client.post(self.url, json=body)
-        r.raise_for_status()
-        data = r.json()
+        data = self.send(body).json()
         choice = data["choices"][0]
         tops: list[tuple[str, float]] = []
         lp = choice.get("logprobs") or {}
@@ -327,10 +377,18 @@ class _HttpStream(GenerationStream):
             # server that serialises requests (llama-cpp-python's tokenizer waits for them).
             self._prompt_count = engine.count_prompt_tokens_with_method(prompt)
         if self.use_n:
-            targets = [threading.Thread(target=self._run_n, daemon=True)]
+            targets = [
+                threading.Thread(
+                    target=contextvars.copy_context().run, args=(self._run_n,), daemon=True
+                )
+            ]
         else:
             targets = [
-                threading.Thread(target=self._run_one, args=(s,), daemon=True) for s in self.slots
+                # Each reader sees the caller's context (its RETRY_LOG, where retries are noted).
+                threading.Thread(
+                    target=contextvars.copy_context().run, args=(self._run_one, s), daemon=True
+                )
+                for s in self.slots
             ]
         for t in targets:
             t.start()
@@ -374,6 +432,8 @@ class _HttpStream(GenerationStream):
                 remaining -= 1
                 self.slots[index].done = True
         self.wall_s = self.timer.elapsed()
+        if isinstance(self._error, UpstreamError):
+            raise self._error
         if self._error is not None:
             raise RuntimeError(f"openai_compat request failed: {self._error}") from self._error
 
@@ -428,9 +488,12 @@ class _HttpStream(GenerationStream):
     def _post_one(self, slot: _Slot) -> SampleOutput:
         eng = self.engine
         body = eng.request_body(self.prompt, self.sampling, slot.seed)
-        r = eng._client.post(eng.url, json=body)
-        r.raise_for_status()
-        data = r.json()
+        try:
+            data = eng.send(body).json()
+        except UpstreamError as exc:
+            if exc.partial is not None:  # sent, no answer: its prompt was processed
+                exc.partial = (self._prompt_tokens()[0], 0, "")
+            raise
         choice = data["choices"][0]
         text = _choice_text(choice, eng.params.api)
         lps, tops = _choice_logprobs(choice, eng.params.api, self.sampling.top_logprobs)
@@ -477,11 +540,14 @@ class _HttpStream(GenerationStream):
         finish: str | None = None
         usage: dict[str, Any] = {}
         aborted = False
-        with eng._client.stream("POST", eng.url, json=body) as response:
+        try:
+            opened = eng.send(body, stream=True)
+        except UpstreamError as exc:
+            if exc.partial is not None:
+                exc.partial = (self._prompt_tokens()[0], 0, "")
+            raise
+        with contextlib.closing(opened) as response:
             slot.response = response
-            if response.status_code >= 400:
-                response.read()
-                response.raise_for_status()
             try:
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
@@ -516,10 +582,18 @@ class _HttpStream(GenerationStream):
                     if stopping:
                         aborted = finish is None
                         break
-            except httpx.HTTPError:
-                # Closing an aborted stream can surface as a read error; anything else is real.
+            except httpx.HTTPError as exc:
+                # Closing an aborted stream can surface as a read error; anything else is real:
+                # the endpoint failed after generating some tokens, which are billed.
                 if not slot.abort.is_set():
-                    raise
+                    if usage.get("prompt_tokens") is not None:
+                        prompt_tokens = int(usage["prompt_tokens"])
+                    else:
+                        prompt_tokens = self._prompt_tokens()[0]
+                    raise UpstreamError(
+                        f"the stream broke after {chunks} tokens: {type(exc).__name__}: {exc}",
+                        partial=(prompt_tokens, len(lps) or chunks, "".join(parts)),
+                    ) from exc
                 aborted = True
         # Leaving the context manager closed the connection: the server stops generating.
         text = "".join(parts)
@@ -559,9 +633,12 @@ class _HttpStream(GenerationStream):
             body["n"] = self.sampling.n
             with self._sent_lock:
                 self.requests_sent += 1
-            r = eng._client.post(eng.url, json=body)
-            r.raise_for_status()
-            data = r.json()
+            try:
+                data = eng.send(body).json()
+            except UpstreamError as exc:
+                if exc.partial is not None:
+                    exc.partial = (self._prompt_tokens()[0], 0, "")
+                raise
             usage = data.get("usage") or {}
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             outs: list[SampleOutput] = []
