@@ -3,6 +3,8 @@ type the API answers with, so every surface reports the same failure the same wa
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     """A request that cannot be served as asked; nothing has been written."""
@@ -74,8 +76,12 @@ class RateLimited(ServiceError):
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after_s: int, param: str | None = None):
+    def __init__(
+        self, message: str, *, retry_after_s: int, param: str | None = None, state: Any = None
+    ):
         super().__init__(message, param=param, retry_after_s=retry_after_s)
+        #: The key's windows (services.ratelimits.RateLimitState), for the x-ratelimit headers.
+        self.state = state
 
 
 class ServiceUnavailable(ServiceError):

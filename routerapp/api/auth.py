@@ -71,3 +71,37 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "scheme": "bearer",
             "description": "An API key of your team: 'Authorization: Bearer cp_...'",
         }
+
+
+def admit_request(request: Request, prompt_text: str) -> None:
+    """Count one request against its key's per-minute limits (raise RateLimited: 429), and
+    leave the key's windows on the request for RateLimitHeadersMiddleware to report."""
+    from routerapp.errors import RateLimited
+    from routerapp.services.ratelimits import prompt_tokens_estimate, rate_limit_admit
+
+    raw = request._request
+    try:
+        state = rate_limit_admit(
+            key=request.user.key, prompt_tokens=prompt_tokens_estimate(prompt_text)
+        )
+    except RateLimited as exc:
+        raw.costpass_ratelimit = exc.state
+        raise
+    raw.costpass_ratelimit = state
+
+
+class RateLimitHeadersMiddleware:
+    """Add OpenAI's ``x-ratelimit-*`` headers (limit, remaining, reset; requests and tokens)
+    to every response of a request that was counted against a key's limits: answers, errors,
+    429s and streams alike."""
+
+    def __init__(self, get_response: Any):
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        response = self.get_response(request)
+        state = getattr(request, "costpass_ratelimit", None)
+        if state is not None:
+            for name, value in state.headers().items():
+                response[name] = value
+        return response

@@ -29,7 +29,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routerapp.api import openai_format as fmt
-from routerapp.api.auth import require_scope
+from routerapp.api.auth import admit_request, require_scope
 from routerapp.api.errors import error_body
 from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers_openai import (
@@ -52,7 +52,6 @@ from routerapp.services.queries import (
     query_run_inline,
     query_runs_inline,
 )
-from routerapp.services.ratelimits import prompt_tokens_estimate, rate_limit_admit
 from routerapp.services.streaming import END, IDLE, TOKEN, LocalSink, query_events, query_wait
 
 log = logging.getLogger(__name__)
@@ -243,7 +242,7 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBas
     messages = data.get("messages") if kind == fmt.CHAT else None
     prompt = data.get("prompt", "") if kind == fmt.TEXT else ""
     text = " ".join(str(m.get("content") or "") for m in messages) if messages else prompt
-    rate_limit_admit(key=principal.key, prompt_tokens=prompt_tokens_estimate(text))
+    admit_request(request, text)
     try:
         query = query_create(
             team=principal.team,

@@ -7,13 +7,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from routerapp.api.auth import require_scope
+from routerapp.api.auth import admit_request, require_scope
 from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers import FeedbackInput, QueryCreateInput, QueryOut
 from routerapp.models import Query
 from routerapp.selectors.queries import query_get_for_team
 from routerapp.services.queries import query_cancel, query_create, query_feedback
-from routerapp.services.ratelimits import prompt_tokens_estimate, rate_limit_admit
 from routerapp.services.routing import RequestConstraints
 
 
@@ -52,7 +51,7 @@ class QueryListCreate(APIView):
         text = data.get("prompt") or " ".join(
             str(m.get("content") or "") for m in data.get("messages") or []
         )
-        rate_limit_admit(key=request.user.key, prompt_tokens=prompt_tokens_estimate(text))
+        admit_request(request, text)
         query = query_create(
             team=request.user.team,
             api_key=request.user.key,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.cache import cache
@@ -71,50 +72,116 @@ def _retry_after(limit: int, count: int, prev: int, fraction: float, need: int) 
     return max(1, math.ceil((target - fraction) * WINDOW_S))
 
 
+def _duration(seconds: float) -> str:
+    """OpenAI's duration format of the reset headers: 20ms, 1.5s, 6m0s."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
+    return f"{int(seconds // 60)}m{int(round(seconds % 60))}s"
+
+
+def _full_reset_s(count: int, prev: int, fraction: float) -> float:
+    """Seconds until the window holds nothing: last minute's bucket fades out by the end of
+    this minute, this minute's bucket a minute later."""
+    if count > 0:
+        return (1.0 - fraction) * WINDOW_S + WINDOW_S
+    if prev > 0:
+        return (1.0 - fraction) * WINDOW_S
+    return 0.0
+
+
+@dataclass
+class RateLimitState:
+    """A key's per-minute windows as of one admitted (or refused) request: what the
+    ``x-ratelimit-*`` headers report (OpenAI's names and formats). A dimension without a limit
+    is None and reported by no header."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float = 0.0
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float = 0.0
+
+    def headers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.limit_requests is not None:
+            out["x-ratelimit-limit-requests"] = str(self.limit_requests)
+            out["x-ratelimit-remaining-requests"] = str(max(0, self.remaining_requests or 0))
+            out["x-ratelimit-reset-requests"] = _duration(self.reset_requests_s)
+        if self.limit_tokens is not None:
+            out["x-ratelimit-limit-tokens"] = str(self.limit_tokens)
+            out["x-ratelimit-remaining-tokens"] = str(max(0, self.remaining_tokens or 0))
+            out["x-ratelimit-reset-tokens"] = _duration(self.reset_tokens_s)
+        return out
+
+
 def prompt_tokens_estimate(text: str) -> int:
     """About four characters a token: what the tokens-per-minute limit admits a request by
     (its real tokens are charged when it finishes)."""
     return math.ceil(len(text) / 4) + 8
 
 
-def rate_limit_admit(*, key: Any, prompt_tokens: int = 0, now: float | None = None) -> None:
+def rate_limit_admit(
+    *, key: Any, prompt_tokens: int = 0, now: float | None = None
+) -> RateLimitState | None:
     """Admit one request of ``key`` or raise RateLimited (HTTP 429 with Retry-After).
 
     Counts the request when admitted. ``prompt_tokens`` (an upper bound) is checked against the
-    tokens-per-minute limit; tokens are charged when the query finishes.
+    tokens-per-minute limit; tokens are charged when the query finishes. Return the key's
+    windows after this request (None: the key has no limit, or the store is unreachable); a
+    RateLimited carries them as ``state``.
     """
     rpm, tpm = key.rate_limit_rpm, key.rate_limit_tpm
     if not rpm and not tpm:
-        return
+        return None
     now = time.time() if now is None else now
+    state = RateLimitState()
     try:
         if tpm:
             count, prev, fraction = _add(key.pk, "tok", 0, now)
             used = _estimate(count, prev, fraction)
+            state.limit_tokens = tpm
+            state.remaining_tokens = int(tpm - used - prompt_tokens)
+            state.reset_tokens_s = _full_reset_s(count, prev, fraction)
             if prompt_tokens > tpm:
                 raise RateLimited(
                     f"this request needs about {prompt_tokens} tokens; the key's limit is {tpm} "
                     "tokens per minute",
                     retry_after_s=WINDOW_S,
                     param="messages",
+                    state=state,
                 )
             if used + prompt_tokens > tpm:
+                state.remaining_tokens = max(0, int(tpm - used))
                 raise RateLimited(
                     f"rate limit reached: {int(used)} of {tpm} tokens per minute used by this key",
                     retry_after_s=_retry_after(tpm, count, prev, fraction, max(1, prompt_tokens)),
+                    state=state,
                 )
         if rpm:
             count, prev, fraction = _add(key.pk, "req", 1, now)
-            if _estimate(count, prev, fraction) > rpm:
+            estimate = _estimate(count, prev, fraction)
+            state.limit_requests = rpm
+            state.remaining_requests = int(rpm - math.ceil(estimate))
+            state.reset_requests_s = _full_reset_s(count, prev, fraction)
+            if estimate > rpm:
                 _add(key.pk, "req", -1, now)  # a rejected request does not count
+                state.remaining_requests = max(0, int(rpm - math.ceil(estimate - 1)))
                 raise RateLimited(
                     f"rate limit reached: {rpm} requests per minute for this key",
                     retry_after_s=_retry_after(rpm, count - 1, prev, fraction, 1),
+                    state=state,
                 )
     except RateLimited:
         raise
     except Exception:
         log.warning("rate limit store unreachable; admitting the request", exc_info=True)
+        return None
+    return state
 
 
 def rate_limit_charge_tokens(
