@@ -7,6 +7,7 @@ from routerapp.api import views_openai
 urlpatterns = [
     path("chat/completions", views_openai.ChatCompletions.as_view(), name="v1-chat-completions"),
     path("completions", views_openai.Completions.as_view(), name="v1-completions"),
+    path("embeddings", views_openai.Embeddings.as_view(), name="v1-embeddings"),
     path("models", views_openai.Models.as_view(), name="v1-models"),
     path("models/<path:model_id>", views_openai.ModelDetail.as_view(), name="v1-model"),
 ]

@@ -23,6 +23,7 @@ from django.db import connections
 from django.http import HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -344,6 +345,62 @@ class Completions(APIView):
         form = CompletionInput(data=request.data)
         form.is_valid(raise_exception=True)
         return _serve(request, form.validated_data, fmt.TEXT)
+
+
+_EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+
+
+class EmbeddingsInput(serializers.Serializer):
+    model = serializers.CharField(max_length=200)
+    input = serializers.JSONField(help_text="A string, a list of strings or of token-id lists")
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False)
+    dimensions = serializers.IntegerField(min_value=1, max_value=65536, required=False)
+    user = serializers.CharField(max_length=256, required=False)
+
+
+class Embeddings(APIView):
+    """POST /v1/embeddings, passed through to the endpoint named by `model` (one that serves
+    embeddings), billed per input token through the caller's budgets like any query."""
+
+    content_negotiation_class = JSONOnlyNegotiation
+    schema = SpendingApiAutoSchema()
+
+    @extend_schema(
+        request=EmbeddingsInput,
+        responses={200: OpenApiResponse(description="OpenAI's embeddings list"), **_ERRORS},
+        operation_id="embeddings_create",
+        tags=["openai"],
+    )
+    def post(self, request: Request) -> HttpResponseBase:
+        from routerapp.services.embeddings import UpstreamFailed, embeddings_create
+
+        require_scope(request.user, "query")
+        if isinstance(request.data, dict):
+            unknown = sorted(set(request.data) - _EMBEDDING_FIELDS)
+            if unknown:
+                raise InvalidInput(
+                    f"unsupported field {unknown[0]!r} for embeddings", param=unknown[0]
+                )
+        form = EmbeddingsInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        value = data["input"]
+        text = value if isinstance(value, str) else " ".join(str(v) for v in value or [])
+        admit_request(request, text)
+        try:
+            payload, query = embeddings_create(
+                team=request.user.team,
+                api_key=request.user.key,
+                model=data["model"],
+                input=value,
+                options=data,
+            )
+        except UpstreamFailed as exc:
+            status, body = _failure(exc.query)
+            response = Response(body, status=status)
+            response["x-should-retry"] = "false"
+            return _cost_headers(response, exc.query)
+        return _cost_headers(Response(payload), query)
 
 
 class Models(APIView):

@@ -141,13 +141,16 @@ class OpenAICompatEngine(Engine):
             total_s=min(params.timeout_s, 60.0),
         )
 
-    def send(self, body: dict[str, Any], *, stream: bool = False) -> httpx.Response:
+    def send(
+        self, body: dict[str, Any], *, stream: bool = False, path: str | None = None
+    ) -> httpx.Response:
         """POST one request and return its (successful) response, retried per the engine's
         RetryPolicy while the upstream has generated nothing; raise UpstreamError otherwise.
         A streamed response must be closed by the caller."""
 
         def once() -> httpx.Response:
-            request = self._client.build_request("POST", self.url, json=body)
+            url = self.url if path is None else self.params.base_url + path
+            request = self._client.build_request("POST", url, json=body)
             try:
                 response = self._client.send(request, stream=stream)
             except httpx.TimeoutException as exc:
@@ -168,6 +171,15 @@ class OpenAICompatEngine(Engine):
             return response
 
         return self.retry_policy.call(once, log=RETRY_LOG.get())
+
+    def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Return the server's answer to ``POST /embeddings`` for ``body`` (an OpenAI
+        embeddings request; its ``model`` is replaced by this endpoint's), retried like any
+        request; raise UpstreamError when it fails."""
+        answer = self.send({**body, "model": self.params.model}, path="/embeddings").json()
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise UpstreamError("the embeddings answer has no 'data' list", transient=True)
+        return answer
 
     @property
     def url(self) -> str:
