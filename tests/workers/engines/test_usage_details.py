@@ -12,7 +12,6 @@ import pytest
 
 from workers.engines import Prompt, SamplingConfig, get_engine
 from workers.engines.openai_compat import usage_details
-from workers.engines.registry import clear_engine_cache
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -60,7 +59,6 @@ def test_usage_details_are_parts_capped_at_their_whole() -> None:
 def test_cached_and_reasoning_tokens_reach_the_samples(
     reasoning_upstream: str, stream: bool
 ) -> None:
-    clear_engine_cache()
     engine = get_engine(
         "openai_compat",
         {"base_url": reasoning_upstream, "model": "fake", "tokenize": "none"},
@@ -77,4 +75,3 @@ def test_cached_and_reasoning_tokens_reach_the_samples(
     for s in (first, second):
         assert s.reasoning_tokens == 7 and s.completion_tokens == 7 + 4
         assert s.text == "The answer is 4."
-    clear_engine_cache()
