@@ -44,6 +44,7 @@ run: install
 	$(BIN)/python manage.py collectstatic --noinput -v 0
 	$(BIN)/python manage.py bootstrap --calibrate
 	@echo "costpass on http://$(HOST):$(PORT)/ (admin at /admin/, API at /v1 and /api/v1); Ctrl-C stops it"
+	@rm -rf "$${COSTPASS_METRICS_DIR:-$${COSTPASS_VAR_DIR:-var}/metrics}"  # counters of a past run
 	@trap 'kill 0' EXIT INT TERM; \
 	$(BIN)/celery -A workers worker -n cpu@%h -Q engine.llama_cpp --pool=solo --loglevel=INFO & \
 	$(BIN)/celery -A workers worker -n io@%h -Q default,engine.openai_compat,training \

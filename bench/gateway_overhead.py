@@ -326,6 +326,150 @@ def children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in children(k)]
 
 
+def start_gateway(
+    py: str, env: dict[str, str], args: argparse.Namespace, port: int
+) -> subprocess.Popen:
+    """gunicorn as in `make run` (gthread, access log), pinned to the gateway's core."""
+    return subprocess.Popen(
+        pinned(
+            args.gateway_cpu,
+            [
+                py,
+                "-m",
+                "gunicorn",
+                "routerapp.wsgi",
+                "-b",
+                f"127.0.0.1:{port}",
+                "-w",
+                str(args.workers),
+                "-k",
+                "gthread",
+                "--threads",
+                str(args.threads),
+                "--timeout",
+                "300",
+                "--backlog",
+                "2048",
+                "--access-logfile",
+                os.devnull,
+            ],
+        ),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def compare_metrics(args: argparse.Namespace) -> None:
+    """Gateway overhead with metrics off and on, alternating in one run (the machine's load
+    drifts; alternating rounds and taking medians keeps the ratio fair)."""
+    import statistics
+    import tempfile
+
+    import httpx
+
+    env = dict(os.environ)
+    env["DATABASE_URL"] = bench_database(env, "_bench_metrics")
+    env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
+    env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
+    env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
+    env["DJANGO_DEBUG"] = "false"
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    py = sys.executable
+    metrics_dir = tempfile.mkdtemp(prefix="costpass-metrics-")
+    variants = {
+        "off": {**env, "COSTPASS_METRICS": "false"},
+        "on": {**env, "COSTPASS_METRICS": "true", "COSTPASS_METRICS_DIR": metrics_dir},
+    }
+    results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    up_port = free_port()
+    upstream = subprocess.Popen(
+        pinned(
+            args.client_cpu, [py, str(REPO / "bench" / "fake_upstream.py"), "--port", str(up_port)]
+        ),
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(up_port, upstream)
+        up_url = f"http://127.0.0.1:{up_port}/v1"
+        subprocess.run(
+            [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
+        )
+        key = setup_upstream(py, env, up_url)
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {int(args.client_cpu.split(",")[0])})
+        for round_ in range(args.rounds):
+            for name, variant in variants.items():
+                port = free_port()
+                gunicorn = start_gateway(py, variant, args, port)
+                try:
+                    wait_port(port, gunicorn)
+                    check = httpx.post(
+                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                        json=BODY,
+                        headers={"Authorization": f"Bearer {key}"},
+                        timeout=60,
+                    )
+                    if check.status_code != 200:
+                        raise SystemExit(f"gateway check failed: {check.status_code}")
+                    scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+                    expected = 200 if name == "on" else 404
+                    if scrape.status_code != expected:
+                        raise SystemExit(f"/metrics answered {scrape.status_code} with {name}")
+                    target = raw_request(
+                        f"http://127.0.0.1:{port}", "/v1/chat/completions", BODY, key
+                    )
+                    print(f"  round {round_ + 1}, metrics {name}:")
+                    cpu0 = proc_cpu_seconds([gunicorn.pid])
+                    phases = asyncio.run(
+                        run_phases(target, args.duration, args.warmup, (), tuple(args.concurrency))
+                    )
+                    cpu = proc_cpu_seconds([gunicorn.pid]) - cpu0
+                finally:
+                    gunicorn.terminate()
+                    try:
+                        gunicorn.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        gunicorn.kill()
+                served = sum(p.completed for p in phases.values())
+                row: dict[str, float] = {"cpu_ms_per_request": cpu / max(1, served) * 1000}
+                for label, phase in phases.items():
+                    row[f"{label}_rps"] = phase.rps
+                    row[f"{label}_p50_ms"] = phase.pct(50)
+                    row[f"{label}_p99_ms"] = phase.pct(99)
+                results[name].append(row)
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=20)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    keys = list(results["off"][0])
+    median = {
+        name: {k: round(statistics.median(r[k] for r in rows), 2) for k in keys}
+        for name, rows in results.items()
+    }
+    ratio = {k: round(median["on"][k] / median["off"][k], 3) for k in keys if median["off"][k]}
+    print("\nmedians over rounds (metrics off | on | on/off):")
+    for k in keys:
+        print(f"  {k:>22} {median['off'][k]:9.2f} {median['on'][k]:9.2f} {ratio.get(k, 0):7.3f}")
+    if args.json_out:
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "metrics_off": median["off"],
+                    "metrics_on": median["on"],
+                    "ratio_on_off": ratio,
+                    "rounds": args.rounds,
+                    "duration_s": args.duration,
+                    "concurrency": args.concurrency,
+                    "raw": results,
+                },
+                indent=2,
+            )
+        )
+        print(f"wrote {args.json_out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="gateway overhead benchmark")
     parser.add_argument("--duration", type=float, default=20.0)
@@ -343,7 +487,17 @@ def main() -> None:
     )
     parser.add_argument("--gateway-cpu", default="0")
     parser.add_argument("--client-cpu", default="1")
+    parser.add_argument(
+        "--compare-metrics",
+        action="store_true",
+        help="serve alternately with Prometheus metrics off and on (COSTPASS_METRICS) and "
+        "report both and their ratio (closed loop at each --concurrency, --rounds times)",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.compare_metrics:
+        compare_metrics(args)
+        return
 
     env = dict(os.environ)
     env["DATABASE_URL"] = bench_database(env)

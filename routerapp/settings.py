@@ -7,6 +7,7 @@ real services.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -52,6 +53,9 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "routerapp.api.auth.RateLimitHeadersMiddleware",
 ]
+if env_bool("COSTPASS_METRICS", True):
+    # Outermost, so that it times and counts every answer, errors included.
+    MIDDLEWARE.insert(0, "routerapp.middleware.MetricsMiddleware")
 
 ROOT_URLCONF = "routerapp.urls"
 WSGI_APPLICATION = "routerapp.wsgi.application"
@@ -219,6 +223,21 @@ BREAKER_MAX_COOLDOWN_S = env_float("COSTPASS_BREAKER_MAX_COOLDOWN_S", 300.0, min
 HEALTH_CACHE_S = env_float("COSTPASS_HEALTH_CACHE_S", 1.0, minimum=0.0)
 # Where outcome tables and labelled sets are read from (never copied into the repository).
 SHARED_DATA_DIR = env_str("COSTPASS_SHARED_DATA_DIR", str(BASE_DIR.parent / "shared"))
+
+# --- metrics (Prometheus) ---------------------------------------------------------------------
+# Every web and worker process writes its counters into one directory (prometheus_client's
+# multiprocess mode) and GET /metrics merges them. It must be set before prometheus_client is
+# imported, hence here; `make run` empties it at start. Off: no counting, /metrics answers 404.
+METRICS_ENABLED = env_bool("COSTPASS_METRICS", True)
+METRICS_DIR = Path(env_str("COSTPASS_METRICS_DIR", str(VAR_DIR / "metrics")))
+if METRICS_ENABLED and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+# /metrics answers a request bearing this token, or one from these networks (CIDR).
+METRICS_TOKEN = env_str("COSTPASS_METRICS_TOKEN", "")
+METRICS_ALLOWED_NETWORKS = env_list(
+    "COSTPASS_METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"]
+)
 
 LOGGING = {
     "version": 1,

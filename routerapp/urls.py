@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from routerapp.health import healthz
+from routerapp.health import healthz, metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -21,6 +21,7 @@ urlpatterns = [
         name="api-docs",
     ),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     # The web UI for teams (pages, login); see routerapp/views/urls.py.
     path("", include("routerapp.views.urls")),
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Max, Sum
+from django.db.models import Count, F, Max, Q, Sum
 from django.utils import timezone
 
 from routerapp.models import Configuration, ModelEndpoint, Query, Sample
@@ -353,6 +353,7 @@ def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
             n=Count("id"),
             p=Sum("prompt_tokens"),
             c=Sum("completion_tokens"),
+            aborted=Sum("completion_tokens", filter=Q(aborted=True)),
             cached=Sum("cached_prompt_tokens"),
             reasoning=Sum("reasoning_tokens"),
             usd=Sum("cost_usd"),
@@ -363,13 +364,20 @@ def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
         locked.reasoning_tokens += earlier["reasoning"] or 0
         locked.cost_usd += earlier["usd"] or Decimal(0)
         locked.samples_done += earlier["n"]
-        _finish(locked)
+        _finish(
+            locked,
+            aborted_completion_tokens=int(result.ledger.aborted_completion_tokens)
+            + (earlier["aborted"] or 0),
+        )
         locked.save()
     return locked.status
 
 
-def _finish(query: Query) -> None:
-    """Stamp the end time and replace the reservation with the real cost (once)."""
+def _finish(query: Query, *, aborted_completion_tokens: int | None = None) -> None:
+    """Stamp the end time and replace the reservation with the real cost (once).
+
+    ``aborted_completion_tokens`` (from the strategy's ledger) spares the metrics a query for
+    them when the caller has it."""
     query.finished_at = timezone.now()
     query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
     if query.graded_correct is not None and query.graded_at is None:
@@ -387,6 +395,14 @@ def _finish(query: Query) -> None:
         transaction.on_commit(lambda: benchmark_run_refresh(run_id=run_id))
     # Last, once the row is committed and the hooks above have run: tell whoever waits for or
     # streams this query, and charge its tokens to its key's per-minute window.
+    from routerapp import metrics
+
+    transaction.on_commit(
+        lambda: metrics.record_query_finished(
+            query=query, aborted_completion_tokens=aborted_completion_tokens
+        ),
+        robust=True,
+    )
     query_pk, status, key_id = query.pk, str(query.status), query.api_key_id
     tokens = query.prompt_tokens + query.completion_tokens
     transaction.on_commit(

@@ -179,7 +179,25 @@ def query_create(
     )
     if not defer_dispatch:
         transaction.on_commit(lambda: query_enqueue(query=query))
+    from routerapp import metrics
+
+    version_id = decision.router_version.pk if decision.router_version else None
+    reason = _decision_reason(decision)
+    transaction.on_commit(
+        lambda: metrics.record_decision(router_version=version_id, reason=reason), robust=True
+    )
     return query
+
+
+def _decision_reason(decision: RoutingDecision) -> str:
+    """The decision's kind as a metric label (the decision's own reason is free text)."""
+    if decision.reason.startswith("downgraded"):
+        return "downgraded"
+    if decision.explored:
+        return "explored"
+    if decision.router_version is not None:
+        return "router"
+    return "only" if decision.reason.startswith("only") else "cheapest"
 
 
 def _within_budget(
@@ -389,7 +407,10 @@ def _inline_complete(
         query.cost_usd += p.cost_usd
         query.samples_done += 1
     with transaction.atomic():
-        execution._finish(query)  # settle the reservation, register the end hooks
+        # Settle the reservation, register the end hooks.
+        execution._finish(
+            query, aborted_completion_tokens=int(result.ledger.aborted_completion_tokens)
+        )
         updated = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING).update(
             **{name: getattr(query, name) for name in _FINAL_FIELDS}
         )
@@ -480,6 +501,7 @@ def query_feedback(
         raise Conflict(f"query {locked.pk} has not finished yet ({locked.status})")
     if correct is None and score is not None:
         correct = score >= 0.5
+    first_grade = locked.graded_correct is None
     locked.feedback_correct = correct
     locked.feedback_score = score
     locked.graded_correct = correct
@@ -489,4 +511,8 @@ def query_feedback(
     from routerapp.services.rollups import rollup_schedule
 
     transaction.on_commit(lambda: rollup_schedule(query=locked), robust=True)
+    if first_grade:  # a changed grade is not a second observation of the calibration
+        from routerapp import metrics
+
+        transaction.on_commit(lambda: metrics.record_graded(query=locked), robust=True)
     return locked
