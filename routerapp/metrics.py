@@ -75,7 +75,7 @@ ROUTER_DECISIONS = Counter(
     ["router_version", "reason"],
 )
 CALIBRATION_PREDICTED = Counter(
-    "costpass_calibration_predicted_p_correct_sum",
+    "costpass_calibration_predicted_p_correct",
     "Sum of the router's predicted p(correct) over graded, routed queries",
     ["configuration"],
 )

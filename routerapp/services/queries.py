@@ -197,7 +197,9 @@ def _decision_reason(decision: RoutingDecision) -> str:
         return "explored"
     if decision.router_version is not None:
         return "router"
-    return "only" if decision.reason.startswith("only") else "cheapest"
+    if decision.reason.startswith("only"):
+        return "only"
+    return "best_single" if "best single" in decision.reason else "cheapest"
 
 
 def _within_budget(

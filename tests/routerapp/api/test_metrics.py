@@ -100,7 +100,7 @@ def test_metrics_after_real_queries_agree_with_the_ledger(  # type: ignore[no-un
     calibration = {"configuration": "voter/maj3"}
     assert delta("costpass_calibration_graded_total", **calibration) == 1
     assert delta("costpass_calibration_correct_total", **calibration) == 1
-    assert delta("costpass_calibration_predicted_p_correct_sum", **calibration) == pytest.approx(
+    assert delta("costpass_calibration_predicted_p_correct_total", **calibration) == pytest.approx(
         0.8
     )
     # Budgets and reservations are read from the database at scrape time.
