@@ -210,6 +210,7 @@ class StateCollector(Collector):
         yield from _budget_gauges()
         yield from _in_flight_gauges()
         yield from _queue_depth_gauges()
+        yield from _breaker_gauges()
 
 
 def _budget_gauges() -> Iterator[GaugeMetricFamily]:
@@ -301,6 +302,36 @@ def _queue_depth_gauges() -> Iterator[GaugeMetricFamily]:
         log.warning("celery queue depth unavailable: %s", exc)
         return
     yield depth
+
+
+def _breaker_gauges() -> Iterator[GaugeMetricFamily]:
+    """Circuit breakers that are not clean (a target absent here is closed, no failures)."""
+    state = GaugeMetricFamily(
+        "costpass_circuit_breaker_state",
+        "1 for the state a target's breaker is in (closed, open, half_open)",
+        labels=["target", "state"],
+    )
+    failures = GaugeMetricFamily(
+        "costpass_circuit_breaker_failures",
+        "Consecutive failures counted by a target's breaker",
+        labels=["target"],
+    )
+    trips = GaugeMetricFamily(
+        "costpass_circuit_breaker_trips", "Times a target's breaker opened", labels=["target"]
+    )
+    try:
+        from routerapp.services.breakers import breaker_snapshot
+
+        snapshot = breaker_snapshot()
+    except Exception as exc:  # the other metrics still answer
+        log.warning("circuit breaker states unavailable: %s", exc)
+        return
+    for target, current in sorted(snapshot.items()):
+        for name in ("closed", "open", "half_open"):
+            state.add_metric([target, name], 1.0 if current.state == name else 0.0)
+        failures.add_metric([target], current.failures)
+        trips.add_metric([target], current.trips)
+    yield from (state, failures, trips)
 
 
 def render_latest() -> bytes:

@@ -128,3 +128,24 @@ def test_metrics_need_a_token_or_an_allowed_network(live_server, settings) -> No
     assert httpx.get(url).status_code == 200
     settings.METRICS_ENABLED = False
     assert httpx.get(url).status_code == 404
+
+
+def test_circuit_breaker_state_is_scraped(live_server, upstream_url) -> None:  # type: ignore[no-untyped-def]
+    from routerapp.services.breakers import (
+        breaker_policy,
+        breaker_record,
+        endpoint_targets,
+        health_cache_clear,
+    )
+
+    endpoint = make_configuration(upstream_url, name="flaky").endpoint
+    target = endpoint_targets(endpoint)[0]
+    for _ in range(breaker_policy().failure_threshold):
+        breaker_record(target=target, ok=False, error="boom")
+    health_cache_clear()
+    values = scrape(live_server.url)
+    labels = {"target": target.key}
+    assert total(values, "costpass_circuit_breaker_state", **labels, state="open") == 1
+    assert total(values, "costpass_circuit_breaker_state", **labels, state="closed") == 0
+    assert total(values, "costpass_circuit_breaker_failures", **labels) >= 1
+    breaker_record(target=target, ok=True)
