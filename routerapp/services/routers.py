@@ -241,6 +241,10 @@ def router_version_fit(*, version_id: int) -> RouterVersion:
     try:
         if version.trained_on.get("source") == "suite":
             router, full, evaluation, counts, floor = _fit_suite(version, fit_router, evaluate)
+        elif version.trained_on.get("source") == "prior":
+            from routerapp.services.coldstart import fit_prior
+
+            router, full, evaluation, counts, floor = fit_prior(version, fit_router, evaluate)
         else:
             router, full, evaluation, counts, floor = _fit_log(version, fit_router, evaluate)
     except (RouterError, InvalidInput, ValueError) as exc:

@@ -228,4 +228,57 @@ class RouterTrainForm(forms.Form):
         )
 
 
-__all__ = ["BenchmarkForm", "FilterForm", "PlaygroundForm", "RouterTrainForm"]
+class RouterSeedForm(forms.Form):
+    """Seed a router from public outcome data: the source, then one source model per enabled
+    endpoint (preselected from the proposal: exact name, alias, or nearest by family and price;
+    blank = leave that endpoint out)."""
+
+    source = forms.ChoiceField(label="Public outcome data")
+    name = forms.CharField(max_length=100, required=False, help_text="Optional.")
+    activate = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Serve with it once fitted, if it passes the floor against the best single "
+        "configuration",
+    )
+
+    def __init__(self, *args: Any, proposals: list[Any] | None = None, models: list[Any] | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        from routerapp.services.coldstart import outcome_sources
+
+        super().__init__(*args, **kwargs)
+        _choices(self, "source", [(s, s) for s in outcome_sources()])
+        self.proposals = {p.endpoint: p for p in proposals or []}
+        model_choices = [("", "— leave this endpoint out —")] + [
+            (m.name, f"{m.name} ({m.rows:,} rows"
+             + (f", ${m.usd_per_mtok:g}/Mtok)" if m.usd_per_mtok else ")"))
+            for m in models or []
+        ]  # fmt: skip
+        self.endpoint_fields: list[tuple[str, Any]] = []
+        for ep in ModelEndpoint.objects.filter(enabled=True).order_by("name"):
+            key = f"map__{ep.pk}"
+            proposal = self.proposals.get(ep.name)
+            self.fields[key] = forms.ChoiceField(
+                label=ep.name, choices=model_choices, required=False,
+                initial=proposal.model if proposal and proposal.model else "",
+                widget=forms.Select(attrs={"aria-label": f"Source model for {ep.name}"}),
+            )  # fmt: skip
+            self.endpoint_fields.append((key, ep))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return one row per endpoint for the template: field, endpoint, proposal."""
+        return [
+            {"field": self[key], "endpoint": ep, "proposal": self.proposals.get(ep.name)}
+            for key, ep in self.endpoint_fields
+        ]
+
+    def mapping(self) -> dict[str, str]:
+        """Return the confirmed endpoint name -> source model mapping (blanks left out)."""
+        return {
+            ep.name: self.cleaned_data[key]
+            for key, ep in self.endpoint_fields
+            if self.cleaned_data.get(key)
+        }
+
+
+__all__ = ["BenchmarkForm", "FilterForm", "PlaygroundForm", "RouterSeedForm", "RouterTrainForm"]

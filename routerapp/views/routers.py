@@ -20,7 +20,7 @@ from routerapp import charts
 from routerapp.errors import NotFound, ServiceError
 from routerapp.models import BenchmarkRun, RouterVersion, TeamMembership
 from routerapp.views.common import add_service_error, is_htmx, team_view
-from routerapp.views.forms import RouterTrainForm
+from routerapp.views.forms import RouterSeedForm, RouterTrainForm
 
 # Evaluation policies shown in the table, in this order, with a reader's name.
 POLICY_LABELS = [
@@ -264,3 +264,58 @@ def router_activate(request: HttpRequest, version_id: int) -> HttpResponse:
 @team_view
 def router_shadow(request: HttpRequest, version_id: int) -> HttpResponse:
     return _action(request, version_id, "shadow")
+
+
+def _seed_form(source: str, data: Any = None) -> RouterSeedForm:
+    """The seeding form with the proposal for `source` ('' or an unknown source: none)."""
+    from routerapp.models import ModelEndpoint
+    from routerapp.services.coldstart import outcome_sources, propose_mapping, source_models
+
+    proposals, models = [], []
+    if source in outcome_sources():
+        models = source_models(source)
+        endpoints = list(ModelEndpoint.objects.filter(enabled=True).order_by("name"))
+        proposals = propose_mapping(source=source, endpoints=endpoints)
+    return RouterSeedForm(data, initial={"source": source}, proposals=proposals, models=models)
+
+
+@team_view
+def router_seed(request: HttpRequest) -> HttpResponse:
+    """GET ?source=...: the proposed endpoint -> model mapping, for confirmation. POST: seed a
+    version with the confirmed mapping (fitted in the background), then its page."""
+    from routerapp.services.coldstart import outcome_sources, router_version_seed
+
+    source = (request.POST if request.method == "POST" else request.GET).get("source", "")
+    status = 200
+    if request.method == "POST":
+        form = _seed_form(source, request.POST)
+        if not can_manage(request):
+            form.add_error(None, "Only a team admin can seed router versions.")
+        elif form.is_valid():
+            try:
+                version = router_version_seed(
+                    source=form.cleaned_data["source"],
+                    mapping=form.mapping(),
+                    name=form.cleaned_data.get("name") or None,
+                    created_by=request.user,
+                    activate=bool(form.cleaned_data.get("activate")),
+                )
+            except ServiceError as exc:
+                add_service_error(form, exc)
+            else:
+                return redirect("ui-router", version_id=version.pk)
+        status = 400
+    source_error = None
+    if request.method != "POST":
+        form = _seed_form(source)
+        if source and source not in outcome_sources():
+            source_error = f"unknown outcome source {source!r}"
+            status = 400
+    context = {
+        "form": form,
+        "source_error": source_error,
+        "source": source if source in outcome_sources() else "",
+        "can_manage": can_manage(request),
+        "nav": "routers",
+    }
+    return render(request, "ui/router_seed.html", context, status=status)

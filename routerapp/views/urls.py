@@ -26,6 +26,7 @@ urlpatterns = [
     path("routers/", routers.routers, name="ui-routers"),
     path("routers/live", routers.routers_live, name="ui-routers-live"),
     path("routers/train", routers.router_train, name="ui-router-train"),
+    path("routers/seed", routers.router_seed, name="ui-router-seed"),
     path("routers/<int:version_id>/", routers.router_detail, name="ui-router"),
     path("routers/<int:version_id>/activate", routers.router_activate, name="ui-router-activate"),
     path("routers/<int:version_id>/shadow", routers.router_shadow, name="ui-router-shadow"),
