@@ -38,6 +38,10 @@ DEMO_PRICES = Prices(Decimal("0.05"), Decimal("0.05"))
 
 def configs(k: int, max_tokens: int) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, strategy slug, params) for every strategy at sample budget k."""
+    return [c for c in _configs(k, max_tokens) if c is not None]
+
+
+def _configs(k: int, max_tokens: int) -> list[tuple[str, str, dict[str, Any]] | None]:
     common = {"temperature": 0.7, "top_p": 0.95, "max_tokens": max_tokens, "seed": 0}
     warm = max(1, k // 4)
     return [
@@ -53,6 +57,31 @@ def configs(k: int, max_tokens: int) -> list[tuple[str, str, dict[str, Any]]]:
             f"confidence_early_stop@{k}",
             "confidence_early_stop",
             {**common, "k": max(k, warm + 1), "warmup": warm, "window": 8},
+        ),
+        # Adaptive test-time compute (issue 13).
+        (
+            f"adaptive_consistency@{k}(beta0.95,w2)",
+            "adaptive_consistency",
+            {**common, "k": k, "window": min(2, k), "rule": "beta", "threshold": 0.95},
+        ),
+        (
+            f"adaptive_consistency@{k}(esc,w2)",
+            "adaptive_consistency",
+            {**common, "k": k, "window": min(2, k), "min_samples": 2, "rule": "esc"},
+        )
+        if k >= 2
+        else None,
+        (
+            f"cascade(greedy->majority@{k},conf0.8)",
+            "cascade",
+            {
+                "stages": [
+                    {"strategy": "single", "params": {**common, "temperature": 0.0}},
+                    {"strategy": "majority_vote", "params": {**common, "n": k}},
+                ],
+                "escalate_on": "confidence",
+                "threshold": 0.8,
+            },
         ),
     ]
 
@@ -107,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                 "prompt_tokens": led.prompt_tokens,
                 "completion_tokens": led.completion_tokens,
                 "aborted_tokens": led.aborted_completion_tokens,
+                "samples": len(res.candidates),
+                "scorer_tokens": led.scorer_prompt_tokens + led.scorer_completion_tokens,
+                "escalated": bool(res.trace.get("escalated")),
                 "wall_s": led.wall_s,
                 "engine_wall_s": led.engine_wall_s,
                 "cost": cost_usd(led, DEMO_PRICES),
@@ -136,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             "mean_prompt_tokens": statistics.mean(r["prompt_tokens"] for r in rows),
             "mean_generated_tokens": statistics.mean(r["completion_tokens"] for r in rows),
             "mean_aborted_tokens": statistics.mean(r["aborted_tokens"] for r in rows),
+            "mean_samples": statistics.mean(r["samples"] for r in rows),
+            "mean_scorer_tokens": statistics.mean(r["scorer_tokens"] for r in rows),
+            "escalation_rate": statistics.mean(r["escalated"] for r in rows),
             "mean_wall_s": statistics.mean(r["wall_s"] for r in rows),
             "mean_engine_wall_s": statistics.mean(r["engine_wall_s"] for r in rows),
             "layer_overhead_pct": 100
@@ -155,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             entry["cpu_vs_raw_engine_pct"] = 100 * (sum(r["cpu_s"] for r in rows) / raw_cpu - 1)
         report["strategies"][label] = entry
         print(
-            f"{label:30s} acc={entry['accuracy']:.3f} gen_tok={entry['mean_generated_tokens']:7.1f} "
+            f"{label:30s} acc={entry['accuracy']:.3f} samples={entry['mean_samples']:5.2f} "
+            f"gen_tok={entry['mean_generated_tokens']:7.1f} "
             f"wall={entry['mean_wall_s']:6.3f}s layer={entry['layer_overhead_pct']:+5.1f}% "
             + (
                 f"vs_raw={entry['wall_vs_raw_engine_pct']:+5.1f}% "

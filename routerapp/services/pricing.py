@@ -50,9 +50,10 @@ def stage_endpoints(strategy: Any, params: Any) -> dict[str, ModelEndpoint]:
 
 
 def _stage_tokens(strategy: Any, params: Any, prompt_tokens: int) -> tuple[int, int]:
-    scorer_calls = strategy.scorer_calls(params)
-    prompt = strategy.max_prompt_billings(params) * prompt_tokens + scorer_calls * (
-        params.max_tokens + TEMPLATE_TOKENS_FIXED
+    prompt = (
+        strategy.max_prompt_billings(params) * prompt_tokens
+        + strategy.max_extra_prompt_tokens(params)
+        + strategy.scorer_calls(params) * TEMPLATE_TOKENS_FIXED
     )
     return prompt, strategy.max_completion_tokens(params)
 

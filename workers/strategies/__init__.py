@@ -3,7 +3,8 @@
 ``single``, ``best_of_n``, ``majority_vote``, ``weighted_vote``, ``short_m_at_k``,
 ``first_finish``, ``confidence_early_stop``, and the adaptive ones: ``adaptive_consistency``
 (stop sampling once the vote is decided), ``cascade`` (a cheap stage first, a stronger one
-when it is unsure). Look one up with :func:`get_strategy`.
+when it is unsure), ``step_search`` (beam / particle / best-first search over reasoning steps
+under a step scorer). Look one up with :func:`get_strategy`.
 """
 
 from workers.strategies import (  # noqa: F401 - registers
@@ -13,6 +14,7 @@ from workers.strategies import (  # noqa: F401 - registers
     early_stop,
     majority_vote,
     single,
+    step_search,
 )
 from workers.strategies.base import (
     STRATEGIES,

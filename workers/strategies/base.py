@@ -242,6 +242,8 @@ class RunContext:
         #: Strategy-specific record of its decisions (see :attr:`StrategyResult.trace`).
         self.trace: dict[str, Any] = {}
         self.stage_ledgers: dict[str, Ledger] = {}
+        #: The answer when it is not one candidate's text (a step search joins its steps).
+        self.answer_text: str | None = None
         #: Candidate indices start here (a stage of a cascade continues its parent's).
         self.index_offset = index_offset
         self.endpoint = endpoint
@@ -262,8 +264,12 @@ class RunContext:
         token_events: bool = False,
         watcher: Watcher | None = None,
         phase: str = "main",
+        prompt: Prompt | None = None,
     ) -> list[Candidate]:
         """Run one engine request of ``sampling.n`` samples; return its candidates.
+
+        ``prompt`` replaces the run's prompt for this request (a step search continues a
+        partial solution); its tokens are billed like any other request's.
 
         Token events are requested when the watcher needs them, when the caller streams
         (``on_event``) or may cancel (``should_cancel`` is polled between tokens).
@@ -277,7 +283,7 @@ class RunContext:
             or self.on_event is not None
             or self.should_cancel is not None
         )
-        stream = self.engine.stream(self.prompt, sampling, token_events=want_tokens)
+        stream = self.engine.stream(prompt or self.prompt, sampling, token_events=want_tokens)
         for i in range(sampling.n):
             self.emit(SampleStarted(offset + i))
         new: list[Candidate] = []
@@ -392,12 +398,17 @@ class RunContext:
                 chosen = c
         self.ledger.wall_s = time.perf_counter() - self.t0
         self.ledger.token_count_method = worst_count_method(*self._methods)
+        answer = chosen.text if chosen is not None else ""
+        extracted = chosen.extracted_answer if chosen is not None else None
+        if self.answer_text is not None:
+            answer = self.answer_text
+            extracted = extract_answer(answer, self.answer_kind) if answer else None
         return StrategyResult(
             strategy=strategy,
             candidates=self.candidates,
             chosen_index=chosen_index if chosen is not None else None,
-            answer=chosen.text if chosen is not None else "",
-            extracted_answer=chosen.extracted_answer if chosen is not None else None,
+            answer=answer,
+            extracted_answer=extracted,
             votes=votes,
             ledger=self.ledger,
             cancelled=self.cancelled,
@@ -474,6 +485,12 @@ class Strategy(ABC):
     def max_completion_tokens(self, params: SamplingParams) -> int:
         """Return the worst-case generated tokens, scorer calls included."""
         return self.planned_samples(params) * params.max_tokens + self.scorer_calls(params)
+
+    def max_extra_prompt_tokens(self, params: SamplingParams) -> int:
+        """Return the prompt tokens a run may bill beyond ``max_prompt_billings`` times the
+        prompt (and a fixed template allowance per scorer call): by default each scorer call
+        reads one candidate back (at most ``max_tokens``)."""
+        return self.scorer_calls(params) * params.max_tokens
 
     def max_prompt_billings(self, params: SamplingParams) -> int:
         """Return the most times one run bills the prompt (one per sample on HTTP engines,

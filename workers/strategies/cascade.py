@@ -121,6 +121,9 @@ class Cascade(Strategy):
     def max_prompt_billings(self, params: Any) -> int:
         return sum(sub.max_prompt_billings(p) for _, sub, p in self.stages(params))
 
+    def max_extra_prompt_tokens(self, params: Any) -> int:
+        return sum(sub.max_extra_prompt_tokens(p) for _, sub, p in self.stages(params))
+
     def execute(
         self,
         ctx: RunContext,

@@ -3,6 +3,7 @@ every scorer call each of them generated is in the query's ledger, priced."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from tests.factories import (
     StrategyConfigFactory,
     TeamFactory,
 )
+from tests.prm_standin import PRMHandler, serve_prm
 from workers.ledger import Prices, cost_of_tokens
 
 pytestmark = [pytest.mark.django_db, pytest.mark.model]
@@ -128,3 +130,22 @@ def test_cascade_bills_both_stages_each_at_its_endpoints_prices():
     other = ConfigurationFactory(endpoint=cheap)
     decision = decide(prompt="1+1?", task="", constraints=RequestConstraints(), prompt_tokens=10)
     assert decision.configuration == other != config
+
+
+@pytest.fixture
+def prm_url() -> Iterator[str]:
+    with serve_prm() as url:
+        yield url
+
+
+def test_step_search_bills_every_step_and_every_prm_call(prm_url: str) -> None:
+    params = {"method": "beam", "max_steps": 2, "step_tokens": 8, "max_tokens": 24,
+              "beam_width": 2, "expand": 2, "scorer": "prm", "prm_url": prm_url}  # fmt: skip
+    query = run_query("step_search", params, name="beam-prm")
+    assert_fully_billed(query)
+    assert query.scorer_calls == len(PRMHandler.requests) == query.samples_done
+    assert query.scorer_prompt_tokens > 0 and query.scorer_completion_tokens == 0
+    trace = query.trace
+    assert trace["kind"] == "search" and trace["scorer"] == "prm"
+    assert trace["scorer_calls"] == query.scorer_calls
+    assert query.answer.endswith(trace["best"]["text"][-40:])

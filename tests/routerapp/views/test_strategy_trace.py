@@ -102,3 +102,20 @@ def test_admin_refuses_a_cascade_on_an_unknown_endpoint() -> None:
     )
     assert form.is_valid(), form.errors
     assert form.cleaned_data["params"]["stages"][1]["params"]["n"] == 5
+
+
+def test_search_tree_shows_kept_and_pruned_nodes(member) -> None:  # type: ignore[no-untyped-def]
+    m, client = member
+    node = {"id": 1, "parent": 0, "score": -0.42, "done": False, "sample": 0, "text": "3 + 4"}
+    cut = {"id": 2, "parent": 0, "score": -1.7, "done": False, "sample": 1, "text": "3 - 4 is"}
+    end = {"id": 3, "parent": 1, "score": -0.3, "done": True, "sample": 2, "text": "3 + 4 = 7"}
+    trace = {"kind": "search", "method": "beam", "scorer": "prm", "delimiter": "\n\n",
+             "steps": [{"step": 1, "kept": [node], "pruned": [cut]},
+                       {"step": 2, "kept": [end], "pruned": []}],
+             "expanded": 3, "pruned": 1, "scorer_calls": 3, "best": end}  # fmt: skip
+    q = finished(m.team, trace)
+    html = client.get(f"/queries/{q.pk}/live", HTTP_HX_REQUEST="true").content.decode()
+    assert 'data-kind="search"' in html and 'id="search-table"' in html
+    assert "beam with the prm step scorer: 2 steps, 3 steps generated, 1 pruned" in html
+    assert "scorer calls billed: 3" in html
+    assert "#2 ← #0 · -1.700" in html and "#3 ← #1 · -0.300 · done" in html
