@@ -1,0 +1,351 @@
+"""The Responses API: POST /v1/responses (sync and streaming) and GET /v1/responses/{id}, on the
+same pipeline as chat completions (admit -> route -> reserve -> run inline or in a worker ->
+bill -> settle). Request and response translation: routerapp.api.responses_format."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from routerapp.api import responses_format as rfmt
+from routerapp.api.auth import admit_request, require_scope
+from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
+from routerapp.api.serializers import (
+    ConstraintFields,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+)
+from routerapp.api.views_openai import (
+    _ERRORS,
+    KEEPALIVE_S,
+    JSONOnlyNegotiation,
+    _cancel_quietly,
+    _cost_headers,
+    _failure,
+    _reload,
+    _run_inline_thread,
+)
+from routerapp.api.views_queries import constraints_from
+from routerapp.errors import InvalidInput, NotFound
+from routerapp.models import Query
+from routerapp.selectors.queries import query_get_for_team
+from routerapp.services.queries import (
+    query_create,
+    query_enqueue,
+    query_run_inline,
+    query_runs_inline,
+)
+from routerapp.services.streaming import END, IDLE, TOKEN, LocalSink, query_events, query_wait
+
+log = logging.getLogger(__name__)
+
+
+class ResponseCreateInput(ConstraintFields):
+    """The Responses fields honoured here (others: responses_format.refuse_unsupported)."""
+
+    model = StrictCharField(required=False, default="auto", allow_blank=True, max_length=200)
+    input = serializers.JSONField(help_text="A string or a list of message items")
+    instructions = StrictCharField(
+        required=False, allow_null=True, allow_blank=True, trim_whitespace=False
+    )
+    stream = StrictBooleanField(required=False, default=False)
+    stream_options = serializers.DictField(required=False, allow_null=True)
+    temperature = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = StrictFloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    max_output_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1)
+    user = StrictCharField(required=False, allow_blank=True, max_length=256)
+    safety_identifier = StrictCharField(required=False, allow_blank=True, max_length=256)
+    metadata = serializers.DictField(
+        child=StrictCharField(max_length=512, allow_blank=True),
+        required=False,
+        allow_null=True,
+    )
+    store = StrictBooleanField(required=False, allow_null=True)
+    previous_response_id = StrictCharField(required=False, allow_null=True, max_length=100)
+    tools = serializers.ListField(child=serializers.DictField(), required=False, allow_null=True)
+    tool_choice = serializers.JSONField(required=False, allow_null=True)
+    parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
+    text = serializers.DictField(required=False, allow_null=True)
+    truncation = serializers.ChoiceField(choices=["disabled"], required=False, allow_null=True)
+    include = serializers.ListField(child=StrictCharField(), required=False, allow_null=True)
+
+    def validate_metadata(self, value: dict | None) -> dict | None:
+        if value and len(value) > 16:
+            raise serializers.ValidationError("at most 16 metadata entries")
+        return value
+
+    def validate_tools(self, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise serializers.ValidationError(
+                "tools are not supported by this gateway's Responses API yet"
+            )
+        return value
+
+    def validate_tool_choice(self, value: Any) -> Any:
+        if value not in (None, "auto", "none"):
+            raise serializers.ValidationError("tool_choice needs tools, which are not supported")
+        return value
+
+    def validate_text(self, value: dict | None) -> dict | None:
+        fmt_ = (value or {}).get("format") or {"type": "text"}
+        if not isinstance(fmt_, dict) or fmt_.get("type") != "text":
+            raise serializers.ValidationError(
+                {"format": ["only text output is supported by this gateway's Responses API"]}
+            )
+        unknown = sorted(set(value or {}) - {"format"})
+        if unknown:
+            raise serializers.ValidationError({unknown[0]: ["not supported"]})
+        return value
+
+    def validate_include(self, value: list[str] | None) -> list[str] | None:
+        if value:
+            raise serializers.ValidationError(f"{value[0]!r} cannot be included")
+        return value
+
+
+def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
+    if data.get("instructions"):
+        messages.append({"role": "system", "content": data["instructions"]})
+    previous = data.get("previous_response_id")
+    if previous:
+        # The earlier turns and the answer of a stored response (same team only); its
+        # instructions are not carried over, as OpenAI does.
+        try:
+            earlier = query_get_for_team(
+                team=request.user.team, query_id=rfmt.query_id_of(previous)
+            )
+        except NotFound:
+            raise InvalidInput(
+                f"previous response {previous!r} not found", param="previous_response_id"
+            ) from None
+        if earlier.status != Query.Status.DONE:
+            raise InvalidInput(
+                f"previous response {previous!r} has not completed ({earlier.status})",
+                param="previous_response_id",
+            )
+        turns = earlier.messages or [{"role": "user", "content": earlier.prompt}]
+        messages += [m for m in turns if m.get("role") != "system"]
+        messages.append({"role": "assistant", "content": earlier.answer})
+    return messages + rfmt.input_messages(data["input"])
+
+
+def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterator[bytes]:
+    """The Responses event stream: created, in_progress, the message item and its text part,
+    a text delta per token of a one-sample query (the chosen answer at once otherwise), the
+    done events, then response.completed with usage and the real cost (or response.failed).
+    A client that goes away cancels its query; what was generated is billed."""
+    seq = 0
+
+    def ev(kind: str, **fields: Any) -> bytes:
+        nonlocal seq
+        seq += 1
+        return rfmt.event(kind, seq - 1, **fields)
+
+    item_id = rfmt.message_id(query)
+    single = query.samples_planned == 1
+    streamed: list[str] = []
+    index: int | None = None
+    over = False
+    try:
+        yield ev("response.created", response=rfmt.response_body(query, None, echo, final=False))
+        yield ev(
+            "response.in_progress", response=rfmt.response_body(query, None, echo, final=False)
+        )
+        item = rfmt.message_item(query, "", status="in_progress")
+        yield ev("response.output_item.added", output_index=0, item={**item, "content": []})
+        part = {"type": "output_text", "text": "", "annotations": []}
+        yield ev(
+            "response.content_part.added",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            part=part,
+        )
+        ended = False
+        for event in events:
+            if event.kind == TOKEN and single:
+                if index is None:
+                    index = event.index
+                if event.index == index:
+                    streamed.append(event.text)
+                    yield ev(
+                        "response.output_text.delta",
+                        item_id=item_id,
+                        output_index=0,
+                        content_index=0,
+                        delta=event.text,
+                        logprobs=[],
+                    )
+            elif event.kind == IDLE:
+                yield b": keep-alive\n\n"
+            elif event.kind == END:
+                ended = True
+                break
+        if not ended:
+            over = True
+            yield ev(
+                "error",
+                code="still_running",
+                message=f"still running after {settings.SYNC_WAIT_S:g}s; the response "
+                f"continues: GET /v1/responses/{rfmt.response_id(query)}",
+                param=None,
+            )
+            return
+        final, samples = _reload(query.pk)
+        over = True
+        if final.status != Query.Status.DONE:
+            yield ev("response.failed", response=rfmt.response_body(final, samples, echo))
+            return
+        sent = "".join(streamed)
+        rest = final.answer[len(sent) :] if final.answer.startswith(sent) else ""
+        if rest:
+            yield ev(
+                "response.output_text.delta",
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
+                delta=rest,
+                logprobs=[],
+            )
+        yield ev(
+            "response.output_text.done",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            text=final.answer,
+            logprobs=[],
+        )
+        yield ev(
+            "response.content_part.done",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            part={**part, "text": final.answer},
+        )
+        yield ev(
+            "response.output_item.done", output_index=0, item=rfmt.message_item(final, final.answer)
+        )
+        body = rfmt.response_body(final, samples, echo)
+        kind = "response.completed" if body["status"] == "completed" else "response.incomplete"
+        yield ev(kind, response=body)
+    except GeneratorExit:
+        raise
+    except Exception:  # headers are sent: report in the stream, never a broken connection
+        log.exception("streaming response %s failed", query.pk)
+        yield ev(
+            "error", code="internal_error", message="internal error while streaming", param=None
+        )
+    finally:
+        if not over:
+            _cancel_quietly(query)
+
+
+class Responses(APIView):
+    content_negotiation_class = JSONOnlyNegotiation
+    schema = SpendingApiAutoSchema()
+
+    @extend_schema(
+        request=ResponseCreateInput,
+        responses={200: OpenApiResponse(description="A Responses `response` object"), **_ERRORS},
+        operation_id="responses_create",
+        description="OpenAI's Responses API (text): `model` as in chat completions ('auto' lets "
+        "the router choose); `costpass` extension as in chat completions.",
+        tags=["openai"],
+    )
+    def post(self, request: Request) -> HttpResponseBase:
+        require_scope(request.user, "query")
+        if not isinstance(request.data, dict):
+            raise InvalidInput("the body must be a JSON object")
+        form = ResponseCreateInput(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        rfmt.refuse_unsupported(dict(request.data), set(ResponseCreateInput().fields))
+        messages = _messages(request, data)
+        admit_request(request, " ".join(m["content"] for m in messages))
+        echo = {k: data.get(k) for k in ResponseCreateInput().fields if k != "input"}
+        query = query_create(
+            team=request.user.team,
+            api_key=request.user.key,
+            messages=messages,
+            task=data.get("task", ""),
+            constraints=constraints_from(data),
+            source=Query.Source.CHAT,
+            defer_dispatch=True,
+        )
+        inline = query_runs_inline(query)
+        if data.get("stream"):
+            if inline:
+                sink = LocalSink()
+                threading.Thread(
+                    target=_run_inline_thread, args=(query, sink), daemon=True, name=f"r-{query.pk}"
+                ).start()
+                events = sink.events(timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+            else:
+                query_enqueue(query=query)
+                events = query_events(query.pk, timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+            response = StreamingHttpResponse(
+                _stream(query, echo, events), content_type="text/event-stream"
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            response["x-costpass-query-id"] = str(query.pk)
+            return response
+        if inline:
+            _, samples = query_run_inline(query=query)
+            if samples is not None:
+                return _answer(query, samples, echo)
+        else:
+            query_enqueue(query=query)
+            query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S)
+        final, samples = _reload(query.pk)
+        return _answer(final, samples, echo)
+
+
+def _answer(query: Query, samples: list[Any], echo: dict[str, Any]) -> Response:
+    if not query.is_finished:
+        response = Response(rfmt.response_body(query, samples, echo), status=202)
+        response["Location"] = f"/v1/responses/{rfmt.response_id(query)}"
+        response["Retry-After"] = "5"
+    elif query.status == Query.Status.DONE:
+        response = Response(rfmt.response_body(query, samples, echo))
+    else:
+        status, body = _failure(query)
+        response = Response(body, status=status)
+        response["x-should-retry"] = "false"
+    _cost_headers(response, query)
+    return response
+
+
+class ResponseDetail(APIView):
+    content_negotiation_class = JSONOnlyNegotiation
+    schema = ApiAutoSchema()
+
+    @extend_schema(
+        responses={200: OpenApiResponse(description="A Responses `response` object")},
+        operation_id="responses_retrieve",
+        tags=["openai"],
+    )
+    def get(self, request: Request, response_id: str) -> Response:
+        try:
+            query_id = rfmt.query_id_of(response_id)
+        except InvalidInput:
+            raise NotFound(f"no response {response_id!r}", param="response_id") from None
+        query = query_get_for_team(team=request.user.team, query_id=query_id)
+        _, samples = _reload(query.pk)
+        response = Response(rfmt.response_body(query, samples, {}, final=True))
+        _cost_headers(response, query)
+        return response
