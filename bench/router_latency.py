@@ -64,6 +64,18 @@ def run(suite_dir: Path, n: int, model: Path | None) -> None:
             s = time.perf_counter()
             router.observe(t, g, d.config_id, 1.0, d.cost_usd)
             obs.append(time.perf_counter() - s)
+        # A task tag never seen in training (anchored rule, online posterior of the new tag).
+        unseen: list[float] = []
+        unseen_online: list[float] = []
+        for t in texts:
+            s = time.perf_counter()
+            router.decide(t, "never-seen-family")
+            unseen.append(time.perf_counter() - s)
+        for t in texts:
+            s = time.perf_counter()
+            d = router.decide(t, "never-seen-family", explore=True)
+            router.observe(t, "never-seen-family", d.config_id, 1.0, d.cost_usd)
+            unseen_online.append(time.perf_counter() - s)
     print(
         f"== {suite_dir.name}: {len(router.config_ids)} configs, {len(texts)} prompts "
         f"(chars p50 {int(np.median(chars))}, max {chars.max()}), "
@@ -72,6 +84,8 @@ def run(suite_dir: Path, n: int, model: Path | None) -> None:
     print(f"  decide              {_pct(static)}")
     print(f"  decide(explore)     {_pct(online)}")
     print(f"  observe             {_pct(obs)}")
+    print(f"  decide (unseen tag) {_pct(unseen)}")
+    print(f"  decide(explore)+observe, unseen tag {_pct(unseen_online)}")
 
 
 def main() -> int:

@@ -72,7 +72,7 @@ class OnlineParams(BaseModel):
 
     sd_known: float = 0.0
     sd_tag: float = 0.1
-    sd_unknown: float = 0.6
+    sd_unknown: float = 0.3
     sd_tag_unknown: float = 0.5
     eps_max: float = 0.1
     eps0: float = 0.5

@@ -64,7 +64,7 @@ class RouterParams(BaseModel):
     # gap to that anchor across the training families (plus what is learned online); "ratio" is
     # the earlier cost / p rule with the learner's own standard error.
     unseen_rule: Literal["anchored", "ratio"] = "anchored"
-    kappa_unseen: float = 1.0
+    kappa_unseen: float = 0.0
     learner_params: dict[str, Any] = Field(default_factory=dict)
     online: OnlineParams = Field(default_factory=OnlineParams)
 

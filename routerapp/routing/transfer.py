@@ -160,6 +160,7 @@ def lofo(
     online: bool = True,
     curve_points: Sequence[int] = CURVE_POINTS,
     knn: bool = True,
+    compare_ratio_rule: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Leave each family out in turn; return one plain dict of figures per held-out family.
@@ -195,6 +196,7 @@ def lofo(
             online=online,
             curve_points=curve_points,
             knn=knn,
+            compare_ratio_rule=compare_ratio_rule,
         )
         rows.append(row)
         if on_row is not None:
@@ -212,8 +214,13 @@ def transfer_row(
     online: bool = True,
     curve_points: Sequence[int] = CURVE_POINTS,
     knn: bool = True,
+    compare_ratio_rule: bool = False,
 ) -> dict[str, Any]:
-    """Fit on ``suite``'s train side and return the figures on its (unseen-family) test side."""
+    """Fit on ``suite``'s train side and return the figures on its (unseen-family) test side.
+
+    ``compare_ratio_rule`` also scores the same fitted router with the earlier unseen-tag rule
+    (``unseen_rule="ratio"``: cost / p on the learner's text-classifier mixture), static only.
+    """
     t0 = time.perf_counter()
     router = fit_router(suite.train_outcomes, suite.train_prompts, suite.candidates, params=params)
     fit_s = time.perf_counter() - t0
@@ -264,6 +271,24 @@ def transfer_row(
         }
     if online:
         row["online"] = _online_figures(router, suite, seeds, curve_points)
+    if compare_ratio_rule:
+        old = Router.from_bytes(router.to_bytes())
+        old.params.unseen_rule = "ratio"
+        ro = evaluate(
+            old,
+            suite.test_outcomes,
+            suite.test_prompts,
+            suite.train_outcomes,
+            None,
+            online=False,
+            knn=False,
+        )["policies"]["router"]
+        row["static_ratio_rule"] = {
+            "gap_closed": ro["gap_closed"],
+            "accuracy": ro["accuracy"],
+            "cop": ro["cop"],
+            "aiq": ro["aiq"],
+        }
     return row
 
 
