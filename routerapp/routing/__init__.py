@@ -40,8 +40,16 @@ outcome rows, single-threaded BLAS.
 with ``lam*`` the cost-of-pass reached on cross-fitted training predictions (the per-prompt rule
 that minimises *total* USD / correct), on an unseen tag the scale-free ``argmin cost / p``. An
 explicit ``lam`` (USD per correct answer) moves along the cost/accuracy frontier (``math.inf`` =
-most accurate). Both use a lower confidence bound on p, so configurations the router knows little
-about must look clearly better. ``Constraints(allowed_config_ids, allowed_models, max_cost_usd,
+most accurate). Known tags use a lower confidence bound on p, so configurations the router knows
+little about must look clearly better. On a tag never seen in training (``unseen_rule="anchored"``,
+the default) p is each configuration's mean over the training *families* (``types.family_of``),
+not a text-classifier mixture of the known tags, plus what that tag learned online; with
+``kappa_unseen > 0`` a configuration other than ``router.anchor_config_id`` (the best single
+configuration of the training data) must beat it by ``kappa_unseen`` times the spread of its logit
+gap to the anchor across the training families (``router.unseen_margin(tag)``, shrinking as the
+tag's outcomes arrive). The online prior of a new tag is the covariance of the configurations'
+logits across the training families, so a few outcomes of one configuration move the others.
+``unseen_rule="ratio"`` restores the earlier rule. ``Constraints(allowed_config_ids, allowed_models, max_cost_usd,
 max_latency_s, min_accuracy)``: nothing allowed -> NoAllowedCandidateError (message names the
 limits). ``explore=True`` (online serving) allows bounded Thompson exploration: at most 10% of
 decisions on a known tag, 30% on a new one, and never a configuration more than 3x dearer than the
@@ -57,6 +65,13 @@ so share one per process behind a lock, or one per worker.
 
 Batch forms: ``Router.decide_many(prompts, tags, lam=None, constraints=None) -> (choice, p,
 cost)`` and ``Router.sweep(prompts, tags, n_points, constraints=None)`` (CLI, evaluation).
+
+``evaluation.online_curve(router, test_outcomes, test_prompts, train_outcomes, *, points=(50, 100,
+200, 500), seeds=3) -> dict`` (plain data, for a plot): gap_closed of the online replay over the
+first k graded queries, against the best single configuration chosen on train and the oracle on
+the same k prompts. ``transfer.lofo(outcomes, prompts, ...)``: leave-one-family-out rows (static,
+online, curve, AIQ vs zero router, baselines); ``transfer.load_source(data_dir, name)`` builds the
+public sources of ``transfer.SOURCES``.
 
 ``evaluate(router, test_outcomes, test_prompts, train_outcomes, train_prompts=None, *,
 sweep_points=25, online=True, knn=True, seed=0) -> dict``: ``{"n_prompts", "n_configs",

@@ -166,7 +166,7 @@ def _evaluate(
             router.candidates,
             learner="knn",
             seed=seed,
-            params={"folds": 0, "kappa": 0.0, "policy": "ratio"},
+            params={"folds": 0, "kappa": 0.0, "policy": "ratio", "unseen_rule": "ratio"},
             unknown_configs="drop",
         )
         kch, _, _ = kr.decide_many(texts, tags, constraints=cons)

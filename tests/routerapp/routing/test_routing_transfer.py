@@ -142,6 +142,8 @@ def test_lofo_rows_and_summary(train):
     assert tricky["best_single_train"]["config_id"] == "mid|single"
     for key in ("knn", "random", "oracle", "online"):
         assert key in tricky
+    # The kNN baseline stays RouterBench's (nearest prompts, cost / p): it trusts the wording.
+    assert tricky["knn"]["gap_closed"] < 0.0
     assert set(tricky["online"]["curve"]) == {"20"}
     s = summarise(rows)
     assert s["n_families"] == 3 and 0 <= s["floor_met"] <= 3
