@@ -586,6 +586,14 @@ class Query(models.Model):
         null=True, blank=True, help_text="When graded_correct was set (feeds online learning)"
     )
     budget_flags = models.JSONField(default=list, blank=True, help_text="Soft budgets exceeded")
+    # Crash recovery. A worker run claims the query by bumping ``runs`` and numbers its
+    # samples from ``sample_offset``; while it runs it refreshes ``heartbeat_at``, so the
+    # reaper can tell a dead run (stale heartbeat) from a long one. ``dispatched_at``: when
+    # the query was last handed to the broker (a lost message is dispatched again).
+    runs = models.PositiveSmallIntegerField(default=0, help_text="Worker runs started")
+    sample_offset = models.PositiveIntegerField(default=0, help_text="First index of this run")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     benchmark_run = models.ForeignKey(
         BenchmarkRun, null=True, blank=True, on_delete=models.CASCADE, related_name="queries"
     )
@@ -601,6 +609,11 @@ class Query(models.Model):
             models.Index(fields=["team", "end_user", "created_at"], name="query_team_end_user"),
             models.Index(fields=["status", "created_at"], name="query_status_created"),
             models.Index(fields=["graded_at"], name="query_graded_at"),
+            models.Index(
+                fields=["status", "heartbeat_at"],
+                name="query_unfinished",
+                condition=Q(status__in=["queued", "running"]),
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(cost_usd__gte=0), name="query_cost_non_negative"),
@@ -639,6 +652,11 @@ class Sample(models.Model):
     logprobs = models.JSONField(
         null=True, blank=True, help_text="OpenAI logprobs content, kept when the request asked"
     )
+    # How its tokens were counted: a workers.ledger method (exact, usage, chunks...), or, for
+    # a sample whose process died while generating it, the upper bound it is billed at:
+    # ``stream_bound`` (UTF-8 bytes of the text it had streamed, at most max_tokens) or
+    # ``reservation_share`` (its share of the reservation: the prompt bound plus max_tokens).
+    count_method = models.CharField(max_length=24, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -151,7 +151,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["routerapp.api.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["routerapp.api.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "routerapp.api.errors.openai_exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -183,14 +183,29 @@ if QUERY_HARD_TIME_LIMIT_S <= QUERY_SOFT_TIME_LIMIT_S:
 TRAINING_SOFT_TIME_LIMIT_S = env_int("COSTPASS_TRAINING_SOFT_TIME_LIMIT_S", 3600, minimum=1)
 TRAINING_HARD_TIME_LIMIT_S = env_int("COSTPASS_TRAINING_HARD_TIME_LIMIT_S", 3700, minimum=2)
 CELERY_VISIBILITY_TIMEOUT_S = max(QUERY_HARD_TIME_LIMIT_S, TRAINING_HARD_TIME_LIMIT_S) + 300
-# A query still "running" this long after its hard time limit lost its process: it is failed,
-# billed for the samples it wrote, and its reservation released (task queries_reap, beat).
+# Crash recovery (services.execution, task queries_reap run by Celery beat). A running query's
+# process refreshes its heartbeat every QUERY_HEARTBEAT_S; one silent for QUERY_STALE_S lost its
+# process: the samples it was generating are billed at an upper bound and it is queued again
+# (at most QUERY_MAX_ATTEMPTS runs, each within its reservation) or failed and settled. A queued
+# query nobody took within QUERY_REDISPATCH_S is handed to the broker again (a lost message, a
+# restarted Redis); one still queued after QUERY_QUEUE_TIMEOUT_S is failed and released.
+QUERY_HEARTBEAT_S = env_float("COSTPASS_QUERY_HEARTBEAT_S", 5.0, minimum=0.1)
+QUERY_STALE_S = env_float("COSTPASS_QUERY_STALE_S", 30.0, minimum=1.0)
+if QUERY_STALE_S <= 2 * QUERY_HEARTBEAT_S:
+    raise ImproperlyConfigured(
+        "COSTPASS_QUERY_STALE_S must be more than twice COSTPASS_QUERY_HEARTBEAT_S"
+    )
+QUERY_MAX_ATTEMPTS = env_int("COSTPASS_QUERY_MAX_ATTEMPTS", 3, minimum=1)
+QUERY_REDISPATCH_S = env_float("COSTPASS_QUERY_REDISPATCH_S", 60.0, minimum=1.0)
+QUERY_QUEUE_TIMEOUT_S = env_float("COSTPASS_QUERY_QUEUE_TIMEOUT_S", 3600.0, minimum=1.0)
+REAP_INTERVAL_S = env_float("COSTPASS_REAP_INTERVAL_S", 15.0, minimum=0.5)
+# Rows from before heartbeats (none set) fall back to the hard time limit plus this grace.
 REAP_GRACE_S = env_int("COSTPASS_REAP_GRACE_S", 300, minimum=0)
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-queries": {
         "task": "costpass.queries_reap",
-        "schedule": 300.0,
-        "options": {"queue": "default"},
+        "schedule": REAP_INTERVAL_S,
+        "options": {"queue": "default", "expires": REAP_INTERVAL_S * 4},
     },
 }
 

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from workers.celery import app
+
+# Errors of a service that is restarting (the database, the broker): the task is sent again
+# later rather than acknowledged as failed with its query unfinished. If even the retry cannot
+# be sent, the query row (still queued or running) is the durable record: the reaper
+# (queries_reap) dispatches it again.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerError, RedisConnectionError)
 
 
 @app.task(
@@ -13,6 +22,11 @@ from workers.celery import app
     reject_on_worker_lost=True,
     soft_time_limit=settings.QUERY_SOFT_TIME_LIMIT_S,
     time_limit=settings.QUERY_HARD_TIME_LIMIT_S,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=12,
 )
 def query_execute(query_id: str) -> str:
     """Run one query with its chosen configuration; return its final status."""
@@ -59,7 +73,8 @@ def rollup_refresh(group: dict) -> None:
 
 @app.task(name="costpass.queries_reap", soft_time_limit=120, time_limit=180)
 def queries_reap() -> int:
-    """Fail and settle queries whose process died mid-run (scheduled by Celery beat)."""
+    """Recover queries whose process died mid-run or whose message was lost: bill, queue
+    again or fail and settle (scheduled by Celery beat every REAP_INTERVAL_S)."""
     from routerapp.services.execution import queries_reap_stale
 
     return queries_reap_stale()

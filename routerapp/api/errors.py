@@ -104,6 +104,21 @@ def openai_exception_handler(exc: Exception, context: dict) -> Response | None:
             ),
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
+    if isinstance(exc, RecursionError | UnicodeError):
+        # Input the parser let through that breaks a later step (a structure too deep to
+        # walk, text that cannot be encoded): the request's fault, whatever step noticed.
+        log.warning("refused input: %s: %s", type(exc).__name__, exc)
+        return Response(
+            error_body(
+                "the request is nested too deeply"
+                if isinstance(exc, RecursionError)
+                else "the request contains text that is not valid Unicode (e.g. a lone "
+                "UTF-16 surrogate)",
+                "invalid_request_error",
+                "invalid_value",
+            ),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "not found")
     response = exception_handler(exc, context)

@@ -275,3 +275,30 @@ def budget_policy_update(
         changes=audit_diff(old, locked, AUDITED_POLICY_FIELDS),
     )
     return locked
+
+
+def budget_reserve_more(*, usage_ids: list[int], amount: Decimal) -> None:
+    """Add ``amount`` USD to an existing reservation held in the windows ``usage_ids`` (a
+    query run again after its worker died). Hard policies take it only while
+    ``spent + reserved + amount <= limit`` (the same conditional UPDATE as
+    ``budget_reserve``); raise BudgetExceeded naming the first that cannot. Run it inside a
+    transaction: a refusal then leaves nothing reserved anywhere."""
+    if amount < 0:
+        raise ValueError("a reservation cannot be negative")
+    if not usage_ids or amount == 0:
+        return
+    windows = BudgetUsage.objects.filter(pk__in=usage_ids).select_related("policy")
+    for usage in sorted(windows, key=lambda u: (not u.policy.is_hard, u.pk)):
+        policy = usage.policy
+        rows = BudgetUsage.objects.filter(pk=usage.pk)
+        if policy.is_hard:
+            rows = rows.filter(spent_usd__lte=policy.limit_usd - amount - F("reserved_usd"))
+        if not rows.update(reserved_usd=F("reserved_usd") + amount):
+            usage.refresh_from_db()
+            left = max(ZERO, policy.limit_usd - usage.spent_usd - usage.reserved_usd)
+            raise BudgetExceeded(
+                f"budget '{policy.name}' ({policy.get_period_display().lower()}, "
+                f"limit ${policy.limit_usd.normalize():f}) has ${left.normalize():f} left; "
+                f"a new run may cost up to ${amount.normalize():f} more than was reserved",
+                param="budget",
+            )

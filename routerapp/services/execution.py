@@ -4,29 +4,82 @@ written as it finishes, the ledger priced, the budget settled, all in one place.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, F, Max, Q, Sum
 from django.utils import timezone
 
+from routerapp.errors import BudgetExceeded
 from routerapp.models import Configuration, ModelEndpoint, Query, Sample
 from routerapp.services.attempts import Attempt, Attempts, NoTargetLeft, may_fall_back
 from routerapp.services.breakers import target_busy
-from routerapp.services.budgets import budget_settle
-from routerapp.services.pricing import endpoint_prices
-from routerapp.services.streaming import EventSink, query_events_publisher, query_finished_notify
+from routerapp.services.budgets import budget_reserve_more, budget_settle
+from routerapp.services.pricing import endpoint_prices, prompt_token_bound, worst_case_cost
+from routerapp.services.streaming import (
+    EventSink,
+    query_events_publisher,
+    query_finished_notify,
+    query_progress,
+)
 from workers.engines.resilience import RETRY_LOG, UpstreamError
 from workers.ledger import Prices, cost_of_tokens, cost_usd
+from workers.strategies.base import SampleStarted
 
 log = logging.getLogger(__name__)
 
 # How often a running query re-reads its cancel flag: cheap enough per token, quick to react.
 CANCEL_POLL_S = 0.25
+
+# Upper bounds a sample is billed at when the process generating it died (Sample.count_method).
+STREAM_BOUND = "stream_bound"
+RESERVATION_SHARE = "reservation_share"
+LOST_FINISH_REASON = "lost"
+
+T = TypeVar("T")
+
+# Errors of a database connection that a restart of the server (or a network blip) breaks:
+# the statement did not run, a new connection can run it again.
+DB_TRANSIENT = (OperationalError, InterfaceError)
+
+
+def db_retry(fn: Callable[[], T], *, what: str, deadline_s: float = 30.0) -> T:
+    """Run ``fn`` (one whole transaction), again on a fresh connection while the database is
+    unreachable, for up to ``deadline_s``; then raise its last error.
+
+    Inside an outer transaction nothing can be retried (the transaction is lost): the error
+    is raised at once."""
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_exponential,
+    )
+
+    if connection.in_atomic_block:
+        return fn()
+
+    def reconnect(state: Any) -> None:
+        log.warning("database unavailable while %s (%s); retrying", what, state.outcome.exception())
+        connection.close()
+
+    for attempt in Retrying(
+        retry=retry_if_exception_type(DB_TRANSIENT),
+        stop=stop_after_delay(deadline_s),
+        wait=wait_exponential(multiplier=0.1, max=3.0),
+        before_sleep=reconnect,
+        reraise=True,
+    ):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable")  # Retrying either returns or raises
 
 
 def engines_preload(*, queues: list[str] | None) -> None:
@@ -57,17 +110,70 @@ class CancelPoll:
     """`should_cancel` for a running query: re-reads its cancel flag at most every
     CANCEL_POLL_S, cheap enough to call between tokens, quick enough to stop a sample."""
 
-    def __init__(self, query_id: Any):
+    def __init__(self, query_id: Any, heartbeat: Heartbeat | None = None):
         self.query_id = query_id
+        self.heartbeat = heartbeat
         self._next_poll = 0.0
         self._cancelled = False
 
     def __call__(self) -> bool:
+        if self.heartbeat is not None and self.heartbeat.lost:
+            # Another run took this query over (this one was thought dead): stop generating.
+            return True
         now = time.monotonic()
         if not self._cancelled and now >= self._next_poll:
             self._next_poll = now + CANCEL_POLL_S
-            self._cancelled = Query.objects.filter(pk=self.query_id, cancel_requested=True).exists()
+            try:
+                self._cancelled = Query.objects.filter(
+                    pk=self.query_id, cancel_requested=True
+                ).exists()
+            except DB_TRANSIENT:  # the database is restarting: keep generating, ask again later
+                if not connection.in_atomic_block:
+                    connection.close()
         return self._cancelled
+
+
+class Heartbeat:
+    """While a query runs, refresh its ``heartbeat_at`` every QUERY_HEARTBEAT_S from a thread,
+    so the reaper can tell a dead run from a long one. ``lost`` turns true when the row says
+    another attempt owns the query (this run was taken for dead): the run then stops.
+
+    Use as a context manager around the run."""
+
+    def __init__(self, query_id: Any, run: int):
+        self.query_id = query_id
+        self.attempt = run
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{query_id}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        from django.db import connections
+
+        try:
+            while not self._stop.wait(settings.QUERY_HEARTBEAT_S):
+                try:
+                    owned = Query.objects.filter(
+                        pk=self.query_id, status=Query.Status.RUNNING, runs=self.attempt
+                    ).update(heartbeat_at=timezone.now())
+                except DB_TRANSIENT:  # restarting: the next beat reconnects
+                    connections.close_all()
+                    continue
+                if not owned:
+                    self.lost = True
+                    return
+        finally:
+            connections.close_all()  # this thread's own connection
 
 
 def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
@@ -97,6 +203,7 @@ def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
             cached_prompt_tokens=cached,
             reasoning_tokens=reasoning,
         ),
+        "count_method": str(getattr(candidate, "count_method", "") or "")[:24],
     }
 
 
@@ -149,13 +256,20 @@ def apply_result(
 class _Run:
     """Callbacks the strategy calls while it runs one query."""
 
-    def __init__(self, query: Query, offset: int, events: EventSink | None = None):
+    def __init__(
+        self,
+        query: Query,
+        offset: int,
+        events: EventSink | None = None,
+        heartbeat: Heartbeat | None = None,
+    ):
         self.query = query
         self.offset = offset
         self.prices = endpoint_prices(configuration_of(query).endpoint)
         # Token deltas and finished samples go to whoever streams this query (API, playground).
+        # The channel is also the record of what a run had generated if its process dies.
         self.events = events if events is not None else query_events_publisher(query.pk)
-        self.should_cancel = CancelPoll(query.pk)
+        self.should_cancel = CancelPoll(query.pk, heartbeat)
         self.tokens_sent = 0  # token deltas published (a client may have seen them)
         # Prices of the other endpoints a cascade runs on, by name (see load_stages).
         self.stage_prices: dict[str, Prices] = {}
@@ -179,18 +293,36 @@ class _Run:
         if text and isinstance(text, str):  # a token delta of one sample
             self.tokens_sent += 1
             self.events.token(self.offset + int(getattr(event, "index", 0)), text)
+        elif isinstance(event, SampleStarted):  # sent to the engine: it may bill from now on
+            self.events.start(self.offset + int(event.index))
 
     def save_candidate(self, candidate: Any) -> None:
-        """Write one finished (or aborted) sample and bump the query's running totals."""
+        """Write one finished (or aborted) sample and bump the query's running totals.
+
+        Indices at or past this run's offset are this run's own: written when the sample
+        finishes, rewritten with its final fields (chosen, score) when the strategy ends, or
+        holding the upper bound a recovery billed while this run was taken for dead (then
+        replaced by the real figures). Once the query has finished its ledger is closed and
+        nothing is rewritten (a bound stays: it is at least what was generated)."""
         prices = self.stage_prices.get(getattr(candidate, "endpoint", None) or "", self.prices)
-        defaults = sample_fields(candidate, prices)
+        fields = sample_fields(candidate, prices)
         index = self.offset + int(candidate.index)
-        with transaction.atomic():
-            _, created = Sample.objects.update_or_create(
-                query=self.query, index=index, defaults=defaults
-            )
-            if created:
-                Query.objects.filter(pk=self.query.pk).update(samples_done=F("samples_done") + 1)
+
+        def write() -> None:
+            with transaction.atomic():
+                query = Query.objects.select_for_update().only("status").get(pk=self.query.pk)
+                existing = Sample.objects.filter(query_id=self.query.pk, index=index).first()
+                if existing is None:
+                    Sample.objects.create(query_id=self.query.pk, index=index, **fields)
+                    Query.objects.filter(pk=self.query.pk).update(
+                        samples_done=F("samples_done") + 1
+                    )
+                elif not query.is_finished:
+                    for name, value in fields.items():
+                        setattr(existing, name, value)
+                    existing.save()
+
+        db_retry(write, what=f"writing sample {index} of query {self.query.pk}")
 
 
 def query_run(*, query_id: str, events: EventSink | None = None) -> str:
@@ -199,24 +331,27 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
     ``events`` receives token deltas and finished samples (default: the query's shared event
     channel, see services.streaming); the end is always announced on the shared channel.
 
-    Idempotent under redelivery: a finished query is left as it is; a query whose worker died
-    mid-run keeps the samples it had written (they were generated, so they are billed) and runs
-    again with new sample indices.
+    Idempotent under redelivery: a finished query, or one another live run owns, is left as
+    it is. A query whose run died (its heartbeat stale) is taken over (see ``_claim``): the
+    samples its dead run had written stay billed, the ones it was still generating are billed
+    at an upper bound, and the new run numbers its samples after all of them and runs only
+    if its reservation (topped up under the budgets, 402 semantics) covers its worst case.
+    Database errors are retried for a while, then raised (the task retries, the reaper
+    recovers what it leaves behind).
     """
+    claim = db_retry(lambda: _claim(query_id), what=f"claiming query {query_id}")
+    if isinstance(claim, str):
+        return claim
+    query, run_number = claim
+    with Heartbeat(query.pk, run_number) as heartbeat:
+        return _run_claimed(query, query.sample_offset, events, heartbeat)
+
+
+def _run_claimed(query: Query, offset: int, events: EventSink | None, heartbeat: Heartbeat) -> str:
+    """Run a query this process has claimed: attempts on its configuration and fallbacks."""
     from celery.exceptions import SoftTimeLimitExceeded
 
-    started = Query.objects.filter(
-        pk=query_id, status__in=[Query.Status.QUEUED, Query.Status.RUNNING]
-    ).update(status=Query.Status.RUNNING, started_at=timezone.now())
-    query = Query.objects.select_related("configuration__endpoint", "configuration__strategy").get(
-        pk=query_id
-    )
-    if not started:
-        return query.status
-    if query.cancel_requested:
-        query_finish_cancelled(query=query)
-        return Query.Status.CANCELLED
-    offset = Sample.objects.filter(query=query).count()
+    query_id = str(query.pk)
     configuration = configuration_of(query)
     here = queue_of(configuration)
     # A fallback on another worker pool is handed over to it (see _hand_off).
@@ -224,29 +359,34 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
     attempts.billed = Sample.objects.filter(query=query).aggregate(usd=Sum("cost_usd"))[
         "usd"
     ] or Decimal(0)
-    run = _Run(query, offset, events)
+    run = _Run(query, offset, events, heartbeat)
     while True:
         try:
             attempt = attempts.next()
         except NoTargetLeft as exc:
             attempts.save()
             run.events.flush()
-            query_fail(query_id=query_id, error=f"EndpointsUnavailable: {exc}")
+            _fail_retrying(query_id, f"EndpointsUnavailable: {exc}")
             return Query.Status.FAILED
         if queue_of(attempt.configuration) != here:
             # The fallback runs on another worker pool: hand the query over to it.
             attempts.save()
             run.events.flush()
             return _hand_off(query)
-        run = _Run(query, offset, events)
+        run = _Run(query, offset, events, heartbeat)
         try:
             result = _run_attempt(query, attempt, run)
         except SoftTimeLimitExceeded:
-            attempts.save()
             run.events.flush()
-            query_fail(query_id=query_id, error="the query ran past its time limit")
+            if heartbeat.lost:  # another run owns the query now: it closes the ledger
+                return Query.Status.RUNNING
+            attempts.save()
+            _fail_retrying(query_id, "the query ran past its time limit")
             return Query.Status.FAILED
         except Exception as exc:
+            if heartbeat.lost:
+                run.events.flush()
+                return Query.Status.RUNNING
             written = Sample.objects.filter(query=query)
             last = written.aggregate(n=Max("index"))["n"]
             attempts.failed(attempt, exc, index=max(offset, -1 if last is None else last + 1))
@@ -261,12 +401,19 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
                 log.exception("query %s failed", query_id)
             attempts.save()
             run.events.flush()
-            query_fail(query_id=query_id, error=f"{type(exc).__name__}: {exc}")
+            _fail_retrying(query_id, f"{type(exc).__name__}: {exc}")
             return Query.Status.FAILED
+        run.events.flush()
+        if heartbeat.lost:  # another run owns the query now: keep what this one generated
+            for candidate in result.candidates:
+                run.save_candidate(candidate)
+            return Query.Status.RUNNING
         attempts.succeeded(attempt)
         attempts.save()
-        run.events.flush()
-        return query_complete(query=query, result=result, offset=offset, run=run)
+        complete = functools.partial(
+            query_complete, query=query, result=result, offset=offset, run=run
+        )
+        return db_retry(complete, what=f"completing query {query_id}")
 
 
 def queue_of(configuration: Configuration) -> str:
@@ -319,6 +466,180 @@ def _run_attempt(query: Query, attempt: Attempt, run: _Run) -> Any:
             )
     finally:
         RETRY_LOG.reset(token)
+
+
+def _fail_retrying(query_id: str, error: str) -> None:
+    db_retry(lambda: query_fail(query_id=query_id, error=error), what=f"failing query {query_id}")
+
+
+def _heartbeat_stale_before(now: dt.datetime) -> dt.datetime:
+    return now - dt.timedelta(seconds=settings.QUERY_STALE_S)
+
+
+def _claim(query_id: str) -> tuple[Query, int] | str:
+    """Take a query for this run, in one transaction; return (query, attempt number), or
+    the query's status when it is not this run's to take (finished, or running elsewhere
+    with a live heartbeat, or failed here because a rerun cannot fit its budget).
+
+    A query left running by a dead run (stale heartbeat) or queued again by the reaper is
+    recovered first: its lost samples are billed at an upper bound (``samples_recover``);
+    then the rerun's worst case must fit in what is left of the reservation, topped up under
+    the same budgets when it does not; a hard budget that cannot cover the top-up fails the
+    query (billed what it generated). After QUERY_MAX_ATTEMPTS runs the query fails."""
+    now = timezone.now()
+    with transaction.atomic():
+        query = (
+            Query.objects.select_for_update(of=("self",))
+            .select_related("configuration__endpoint", "configuration__strategy")
+            .filter(pk=query_id)
+            .first()
+        )
+        if query is None:
+            return Query.Status.FAILED.value
+        if query.status == Query.Status.RUNNING:
+            dead = query.runs > 0 and (
+                query.heartbeat_at is None or query.heartbeat_at < _heartbeat_stale_before(now)
+            )
+            if not dead:  # a live run (or an inline one, never taken over) owns it
+                return str(query.status)
+            # Taken over from a dead run (a redelivered message). A query queued again was
+            # recovered by whoever queued it (the reaper; a hand-off to another pool ends
+            # its run cleanly).
+            samples_recover(query=query)
+        elif query.status != Query.Status.QUEUED:
+            return str(query.status)
+        if query.cancel_requested:
+            _close(query, Query.Status.CANCELLED)
+            return Query.Status.CANCELLED.value
+        if query.runs > 0:
+            if query.runs >= settings.QUERY_MAX_ATTEMPTS:
+                _close(
+                    query,
+                    Query.Status.FAILED,
+                    f"the query's worker stopped {query.runs} times without finishing it; "
+                    "the samples it generated are billed",
+                )
+                return Query.Status.FAILED.value
+            refused = _reserve_rerun(query)
+            if refused:
+                _close(query, Query.Status.FAILED, refused)
+                return Query.Status.FAILED.value
+        last = Sample.objects.filter(query=query).aggregate(m=Max("index"))["m"]
+        query.sample_offset = 0 if last is None else last + 1
+        query.runs += 1
+        query.status = Query.Status.RUNNING
+        query.started_at = query.started_at or now
+        query.heartbeat_at = now
+        query.save(
+            update_fields=[
+                "sample_offset",
+                "runs",
+                "status",
+                "started_at",
+                "heartbeat_at",
+                "reserved_usd",
+            ]
+        )
+        return query, query.runs
+
+
+def _reserve_rerun(query: Query) -> str:
+    """Make the reservation cover what the query has already been billed plus a whole new
+    run's worst case, reserving the difference under its budgets; return "" or, when a hard
+    budget cannot cover it, why the rerun is refused (nothing reserved then)."""
+    configuration = configuration_of(query)
+    billed = Sample.objects.filter(query=query).aggregate(usd=Sum("cost_usd"))["usd"] or Decimal(0)
+    worst = worst_case_cost(configuration, prompt_token_bound(query.prompt, query.messages))
+    extra = billed + worst - query.reserved_usd
+    if extra <= 0:
+        return ""
+    try:
+        with transaction.atomic():
+            budget_reserve_more(usage_ids=query.budget_windows, amount=extra)
+    except BudgetExceeded as exc:
+        return (
+            "the worker running this query stopped before it finished; the samples it "
+            f"generated (${billed.normalize():f}) are billed, and a new run is refused: "
+            f"{exc.message}"
+        )
+    query.reserved_usd += extra
+    return ""
+
+
+def samples_recover(*, query: Query) -> int:
+    """Bill the samples the query's last run was generating when its process died: each
+    sample of that run that was sent to the engine and never written becomes an aborted
+    Sample row (finish reason ``lost``) billed at an upper bound, named in ``count_method``:
+
+    - ``stream_bound``: its text was on the query's event channel; billed the UTF-8 bytes of
+      that text (a byte-level tokenizer emits at least one byte per token), at most max_tokens,
+      plus the prompt bound;
+    - ``reservation_share``: nothing of it was streamed (or the channel is gone, e.g. Redis
+      restarted): billed the prompt bound plus max_tokens, its share of the reservation.
+
+    Idempotent (an index with a row is skipped). Call with the query row locked. Return how
+    many samples it billed."""
+    from workers.strategies import get_strategy
+
+    if query.runs == 0 or query.configuration is None:
+        return 0
+    configuration = query.configuration
+    strategy = get_strategy(configuration.strategy.strategy)
+    params = strategy.validate_params(configuration.strategy.params)
+    first = query.sample_offset
+    indices = range(first, first + strategy.planned_samples(params))
+    written = set(
+        Sample.objects.filter(query=query, index__in=list(indices)).values_list("index", flat=True)
+    )
+    progress = query_progress(query.pk)
+    prompt = min(prompt_token_bound(query.prompt, query.messages), configuration.max_prompt_tokens)
+    prices = endpoint_prices(configuration.endpoint)
+    lost = []
+    for index in indices:
+        if index in written:
+            continue
+        if progress is None:  # no record of the run at all: every planned sample may have run
+            text, method = "", RESERVATION_SHARE
+        elif index in progress.texts:
+            text, method = progress.texts[index], STREAM_BOUND
+        elif index in progress.started:
+            text, method = "", RESERVATION_SHARE
+        else:
+            continue  # never sent to the engine
+        completion = (
+            min(params.max_tokens, len(text.encode()))
+            if method == STREAM_BOUND
+            else params.max_tokens
+        )
+        lost.append(
+            Sample(
+                query=query,
+                index=index,
+                text=text,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                finish_reason=LOST_FINISH_REASON,
+                aborted=True,
+                count_method=method,
+                cost_usd=cost_of_tokens(prompt, completion, prices),
+            )
+        )
+    Sample.objects.bulk_create(lost)
+    if lost:
+        log.warning(
+            "query %s: billed %d samples of a dead run at an upper bound", query.pk, len(lost)
+        )
+    return len(lost)
+
+
+def _close(query: Query, status: str, error: str = "") -> None:
+    """Finish a locked query that is not running anywhere: bill its samples, settle."""
+    _bill_written_samples(query)
+    query.status = status
+    if error:
+        query.error = error[:4000]
+    _finish(query)
+    query.save()
 
 
 class PromptTooLong(ValueError):
@@ -455,27 +776,107 @@ def query_finish_cancelled(*, query: Query) -> None:
 
 
 def queries_reap_stale(*, now: Any = None) -> int:
-    """Fail the queries that have been running longer than any worker may run one (their worker
-    or web process died without a redelivery): bill the samples they wrote and release the rest
-    of their reservation. Return how many were reaped. Run periodically (Celery beat)."""
+    """Recover the queries whose process died or whose message was lost; return how many.
+    Run periodically (Celery beat, every REAP_INTERVAL_S).
+
+    - Running, heartbeat silent for QUERY_STALE_S (or, for rows without a heartbeat, started
+      longer ago than the hard time limit plus REAP_GRACE_S): the samples it was generating
+      are billed at an upper bound (``samples_recover``); a worker run is queued again (it
+      reruns within its reservation, see ``_claim``) while attempts are left, else, and for a
+      query the web process ran itself (its caller is gone with it), it is failed and settled.
+    - Queued and not taken within QUERY_REDISPATCH_S of its last dispatch: handed to the
+      broker again (a message lost with a restarted Redis, or acknowledged by a worker that
+      could not reach the database); queued for longer than QUERY_QUEUE_TIMEOUT_S: failed, its
+      reservation released.
+    """
     now = now or timezone.now()
-    limit = dt.timedelta(seconds=settings.QUERY_HARD_TIME_LIMIT_S + settings.REAP_GRACE_S)
-    stale = Query.objects.filter(status=Query.Status.RUNNING, started_at__lt=now - limit)
+    legacy = now - dt.timedelta(seconds=settings.QUERY_HARD_TIME_LIMIT_S + settings.REAP_GRACE_S)
+    stale = Query.objects.filter(status=Query.Status.RUNNING).filter(
+        Q(heartbeat_at__lt=_heartbeat_stale_before(now))
+        | Q(heartbeat_at__isnull=True, started_at__lt=legacy)
+    )
     reaped = 0
+    requeue: list[Query] = []
     for query_id in stale.values_list("pk", flat=True)[:1000]:
         with transaction.atomic():
-            locked = Query.objects.select_for_update().get(pk=query_id)
+            locked = (
+                Query.objects.select_for_update(of=("self",))
+                .select_related("configuration__endpoint", "configuration__strategy")
+                .get(pk=query_id)
+            )
             if locked.status != Query.Status.RUNNING:
                 continue
-            _bill_written_samples(locked)
-            locked.status = Query.Status.FAILED
-            locked.error = (
-                "the process running this query stopped without finishing it; the samples it "
-                "had written are billed"
-            )
-            _finish(locked)
-            locked.save()
+            if locked.heartbeat_at is not None and locked.heartbeat_at >= _heartbeat_stale_before(
+                now
+            ):
+                continue
+            samples_recover(query=locked)
             reaped += 1
+            if 0 < locked.runs < settings.QUERY_MAX_ATTEMPTS and not locked.cancel_requested:
+                # Its samples are recovered; the rerun's claim checks the reservation.
+                locked.status = Query.Status.QUEUED
+                locked.dispatched_at = now
+                locked.save(update_fields=["status", "dispatched_at"])
+                requeue.append(locked)
+                continue
+            _close(
+                locked,
+                Query.Status.CANCELLED if locked.cancel_requested else Query.Status.FAILED,
+                ""
+                if locked.cancel_requested
+                else (
+                    "the process running this query stopped without finishing it; the samples "
+                    "it had written are billed, and the ones it was generating at an upper bound"
+                ),
+            )
+    lost_before = now - dt.timedelta(seconds=settings.QUERY_REDISPATCH_S)
+    waiting = Query.objects.filter(status=Query.Status.QUEUED).filter(
+        Q(dispatched_at__lt=lost_before) | Q(dispatched_at__isnull=True, created_at__lt=lost_before)
+    )
+    expired = now - dt.timedelta(seconds=settings.QUERY_QUEUE_TIMEOUT_S)
+    for query_id in waiting.values_list("pk", flat=True)[:1000]:
+        with transaction.atomic():
+            locked = (
+                Query.objects.select_for_update(of=("self",))
+                .select_related("configuration__endpoint")
+                .get(pk=query_id)
+            )
+            if locked.status != Query.Status.QUEUED:
+                continue
+            reaped += 1
+            if locked.created_at < expired:
+                _close(
+                    locked,
+                    Query.Status.FAILED,
+                    "no worker took this query in time; nothing was generated after its "
+                    "last run, its reservation is released",
+                )
+                continue
+            locked.dispatched_at = now
+            locked.save(update_fields=["dispatched_at"])
+            requeue.append(locked)
+    for query in requeue:
+        query_dispatch(query=query)
     if reaped:
-        log.warning("reaped %d stale running queries", reaped)
+        log.warning("recovered %d stale queries (%d dispatched again)", reaped, len(requeue))
     return reaped
+
+
+def query_dispatch(*, query: Query) -> bool:
+    """Hand a queued query to its engine's queue (by task name); return False, logged, when
+    the broker cannot be reached (the query stays queued and the reaper tries again)."""
+    from workers.celery import app
+    from workers.queues import queue_for_engine
+
+    endpoint = configuration_of(query).endpoint
+    try:
+        app.send_task(
+            "costpass.query_execute",
+            args=[str(query.pk)],
+            queue=queue_for_engine(endpoint.engine, endpoint.queue),
+            ignore_result=True,
+        )
+    except Exception as exc:  # broker down: the row is the durable record, retried later
+        log.warning("could not dispatch query %s again: %s", query.pk, exc)
+        return False
+    return True

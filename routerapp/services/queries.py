@@ -152,9 +152,13 @@ def query_create(
 
     # A query this process will run itself starts running at once (saves a round trip).
     inline = defer_dispatch and _runs_inline(configuration, strategy.planned_samples(params))
+    now = timezone.now()
     query = Query.objects.create(
         status=Query.Status.RUNNING if inline else Query.Status.QUEUED,
-        started_at=timezone.now() if inline else None,
+        started_at=now if inline else None,
+        # The reaper's clocks: a running query's heartbeat, a queued one's last dispatch.
+        heartbeat_at=now if inline else None,
+        dispatched_at=now,
         team=team,
         api_key=api_key,
         user=user if getattr(user, "is_authenticated", False) else None,
@@ -267,12 +271,13 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
     engine is asked for token events only when ``events`` (a services.streaming sink) wants
     them. With ``events``, a cancel request (client gone, or the jobs API) aborts the sample.
     """
+    from routerapp.services import execution
     from routerapp.services.attempts import Attempts, NoTargetLeft, may_fall_back
 
     if query.status != Query.Status.RUNNING:  # created queued: take it, unless taken
         now = timezone.now()
         started = Query.objects.filter(pk=query.pk, status=Query.Status.QUEUED).update(
-            status=Query.Status.RUNNING, started_at=now
+            status=Query.Status.RUNNING, started_at=now, heartbeat_at=now
         )
         if not started:
             return _current_status(query), None
@@ -287,7 +292,10 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
             _inline_fail(query, attempts, partials, f"EndpointsUnavailable: {exc}")
             return Query.Status.FAILED.value, None
         try:
-            result = _inline_attempt(query, attempt, sink)
+            # The heartbeat tells the reaper this process is alive; if it dies, the query is
+            # failed and settled within QUERY_STALE_S instead of staying "running".
+            with execution.Heartbeat(query.pk, query.runs):
+                result = _inline_attempt(query, attempt, sink)
         except Exception as exc:  # the endpoint failed: fall back, or fail billing what was made
             sample = attempts.failed(attempt, exc, index=len(partials), persist=False)
             if sample is not None:

@@ -43,6 +43,9 @@ DB_CHECK_S = 1.0
 REDIS_FLUSH_S = 0.02
 
 TOKEN, SAMPLE, END, IDLE = "token", "sample", "end", "idle"
+# Sample ``index`` was sent to the engine. Readers skip it; crash recovery reads it (a sample
+# that started may have been billed by the engine even if it never streamed a token).
+START = "start"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class EventSink(Protocol):
     """Where the process running a query publishes its events."""
 
     def token(self, index: int, text: str) -> None: ...
+
+    def start(self, index: int) -> None: ...
 
     def sample(self, index: int) -> None: ...
 
@@ -105,6 +110,9 @@ class NullSink:
     """Publishes nothing (an inline query nobody streams)."""
 
     def token(self, index: int, text: str) -> None:
+        pass
+
+    def start(self, index: int) -> None:
         pass
 
     def sample(self, index: int) -> None:
@@ -158,6 +166,9 @@ class RedisSink:
             self._last_flush = now
             self._xadd(self._pending_entries())
 
+    def start(self, index: int) -> None:
+        self._xadd([{"k": START, "i": str(index)}])
+
     def sample(self, index: int) -> None:
         self._xadd([*self._pending_entries(), {"k": SAMPLE, "i": str(index)}])
 
@@ -175,6 +186,7 @@ class CacheSink:
         self.key = _cache_key(query_id)
         self.texts: dict[int, str] = {}
         self.samples: list[int] = []
+        self.started: list[int] = []
         self.status = ""
         self._dirty = False
         self._last_flush = 0.0
@@ -183,7 +195,12 @@ class CacheSink:
         try:
             cache.set(
                 self.key,
-                {"texts": self.texts, "samples": self.samples, "end": self.status},
+                {
+                    "texts": self.texts,
+                    "samples": self.samples,
+                    "started": self.started,
+                    "end": self.status,
+                },
                 timeout=STREAM_TTL_S,
             )
         except Exception:  # best effort, as for Redis
@@ -196,6 +213,10 @@ class CacheSink:
         self._dirty = True
         if time.monotonic() - self._last_flush >= CACHE_FLUSH_S:
             self._write()
+
+    def start(self, index: int) -> None:
+        self.started.append(index)
+        self._write()
 
     def sample(self, index: int) -> None:
         self.samples.append(index)
@@ -218,6 +239,9 @@ class LocalSink:
 
     def token(self, index: int, text: str) -> None:
         self.queue.put(QueryEvent(TOKEN, index=index, text=text))
+
+    def start(self, index: int) -> None:
+        pass
 
     def sample(self, index: int) -> None:
         self.queue.put(QueryEvent(SAMPLE, index=index))
@@ -251,6 +275,49 @@ def query_events_publisher(query_id: Any) -> EventSink:
     if client is not None:
         return RedisSink(query_id, client)
     return CacheSink(query_id)
+
+
+@dataclass
+class QueryProgress:
+    """What a query's event channel recorded: the samples sent to the engine (``started``),
+    the text each sample streamed (``texts``) and the samples that finished (``finished``)."""
+
+    started: set[int]
+    texts: dict[int, str]
+    finished: set[int]
+
+
+def query_progress(query_id: Any) -> QueryProgress | None:
+    """Return what a query's event channel holds, or None when it holds nothing at all (never
+    published, expired, or lost with a restarted Redis) or cannot be read."""
+    client = redis_client()
+    if client is None:
+        snapshot = cache.get(_cache_key(query_id))
+        if not snapshot:
+            return None
+        return QueryProgress(
+            started={int(i) for i in snapshot.get("started") or []},
+            texts={int(i): t for i, t in (snapshot.get("texts") or {}).items()},
+            finished={int(i) for i in snapshot.get("samples") or []},
+        )
+    try:
+        entries = client.xrange(_stream_key(query_id))
+    except Exception:  # Redis unreachable: no record (the caller bills the conservative bound)
+        log.warning("could not read the events of query %s", query_id)
+        return None
+    if not entries:
+        return None
+    progress = QueryProgress(started=set(), texts={}, finished=set())
+    for _, fields in entries:
+        values = {k.decode(): v.decode("utf-8", errors="replace") for k, v in fields.items()}
+        kind, index = values.get("k"), int(values.get("i", 0) or 0)
+        if kind == START:
+            progress.started.add(index)
+        elif kind == TOKEN:
+            progress.texts[index] = progress.texts.get(index, "") + values.get("t", "")
+        elif kind == SAMPLE:
+            progress.finished.add(index)
+    return progress
 
 
 def publish_end(*, query_id: Any, status: str) -> None:
