@@ -363,12 +363,21 @@ class BudgetUsageInline(admin.TabularInline):
 
 @admin.register(m.BudgetPolicy)
 class BudgetPolicyAdmin(AuditedAdmin):
-    list_display = ["name", "team", "api_key", "period", "limit_usd", "mode", "enabled"]
+    list_display = [
+        "name",
+        "team",
+        "api_key",
+        "end_user",
+        "period",
+        "limit_usd",
+        "mode",
+        "enabled",
+    ]
     list_editable = ["limit_usd", "mode", "enabled"]
     list_filter = ["period", "mode", "enabled", "team"]
-    search_fields = ["name", "team__name", "api_key__prefix"]
+    search_fields = ["name", "team__name", "api_key__prefix", "end_user"]
     inlines = [BudgetUsageInline]
-    audited_fields = ["team", "api_key", "period", "limit_usd", "mode", "enabled"]
+    audited_fields = ["team", "api_key", "end_user", "period", "limit_usd", "mode", "enabled"]
 
 
 @admin.register(m.RouterVersion)

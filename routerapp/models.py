@@ -322,6 +322,12 @@ class BudgetPolicy(models.Model):
         related_name="budgets",
         help_text="Empty: the policy covers the whole team",
     )
+    end_user = models.CharField(
+        max_length=256,
+        blank=True,
+        default="",
+        help_text="Set: the policy covers only this end user's queries (OpenAI's `user` field)",
+    )
     name = models.CharField(max_length=100)
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
     limit_usd = usd_field()
@@ -504,6 +510,12 @@ class Query(models.Model):
     task = models.CharField(max_length=64, blank=True, help_text="Caller's task tag")
     answer_kind = models.CharField(max_length=16, blank=True)
     gold = models.TextField(blank=True, help_text="Reference answer (benchmark runs)")
+    tags = models.JSONField(
+        default=list,
+        db_default=Value([], output_field=models.JSONField()),
+        blank=True,
+        help_text="The caller's tags (x-costpass-tags header); also in QueryTag for grouping",
+    )
     end_user = models.CharField(
         max_length=256, blank=True, help_text="The caller's end user (OpenAI's `user` field)"
     )
@@ -667,6 +679,25 @@ class Sample(models.Model):
 
     def __str__(self) -> str:
         return f"sample {self.index} of {self.query_id}"
+
+
+class QueryTag(models.Model):
+    """One tag of a query, a row per tag, so usage can be grouped and filtered by tag on any
+    database (a query with two tags counts in both groups)."""
+
+    query = models.ForeignKey(Query, on_delete=models.CASCADE, related_name="tag_rows")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    tag = models.CharField(max_length=64)
+    created_at = models.DateTimeField(help_text="The query's creation time (for the index)")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["query", "tag"], name="querytag_unique_query_tag")
+        ]
+        indexes = [models.Index(fields=["team", "tag", "created_at"], name="querytag_team_tag")]
+
+    def __str__(self) -> str:
+        return f"{self.tag} on {self.query_id}"
 
 
 class AuditLog(models.Model):

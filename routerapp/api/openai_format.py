@@ -68,6 +68,7 @@ def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
         "extracted_answer": query.extracted_answer or None,
         "votes": query.votes,
         "budget_flags": query.budget_flags or [],
+        "tags": query.tags or [],
         "poll_url": poll_url(query),
         # Every (configuration, target) tried, in order: fallbacks and their retries.
         "attempts": [

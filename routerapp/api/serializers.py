@@ -111,6 +111,12 @@ class ConstraintFields(serializers.Serializer):
 
 class QueryCreateInput(ConstraintFields):
     prompt = StrictCharField(required=False, allow_blank=False, trim_whitespace=False)
+    user = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=256,
+        help_text="Your end user (as OpenAI's `user`): usage and budgets per end user",
+    )
     messages = serializers.ListField(
         child=MessageInput(), required=False, allow_empty=False, max_length=10_000
     )
@@ -168,6 +174,8 @@ class QueryOut(serializers.ModelSerializer):
             "id",
             "status",
             "task",
+            "end_user",
+            "tags",
             "prompt",
             "messages",
             "configuration",
@@ -278,6 +286,7 @@ class ApiKeyUpdateInput(serializers.Serializer):
 class BudgetOut(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
+    end_user = serializers.CharField(allow_blank=True, required=False)
     api_key = serializers.CharField(allow_null=True, help_text="Prefix of the key it covers")
     period = serializers.ChoiceField(choices=BudgetPolicy.Period.choices)
     mode = serializers.ChoiceField(choices=BudgetPolicy.Mode.choices)
@@ -308,6 +317,13 @@ class BudgetCreateInput(serializers.Serializer):
         max_length=32,
         help_text="Id or prefix of one of the team's keys; empty: the whole team",
     )
+    end_user = StrictCharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=256,
+        help_text="Only this end user's queries (the OpenAI `user` they name); empty: all",
+    )
     enabled = StrictBooleanField(required=False, default=True)
 
 
@@ -324,8 +340,16 @@ class UsageQueryInput(serializers.Serializer):
         choices=["day", "week", "month", "all"], default="month", help_text="UTC calendar window"
     )
     group_by = serializers.ChoiceField(
-        choices=["model", "strategy", "configuration", "key", "task", "user"], required=False
+        choices=["model", "strategy", "configuration", "key", "task", "user", "tag"],
+        required=False,
     )
+    user = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=256,
+        help_text="Only this end user's queries (empty: those that named none)",
+    )
+    tag = StrictCharField(required=False, max_length=64, help_text="Only queries with this tag")
     start = serializers.DateTimeField(required=False, help_text="Overrides the period's start")
     end = serializers.DateTimeField(required=False, help_text="Overrides the period's end")
 
@@ -359,5 +383,6 @@ class UsageOut(serializers.Serializer):
     start = serializers.DateTimeField(allow_null=True)
     end = serializers.DateTimeField()
     group_by = serializers.CharField(allow_null=True)
+    filters = serializers.DictField(child=serializers.CharField(allow_null=True))
     totals = UsageFiguresOut()
     groups = UsageGroupOut(many=True)

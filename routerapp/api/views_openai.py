@@ -47,11 +47,13 @@ from routerapp.errors import InvalidInput, NotFound
 from routerapp.models import Query, Sample
 from routerapp.selectors.catalog import catalog_model, catalog_models
 from routerapp.services.queries import (
+    TAGS_HEADER,
     query_cancel,
     query_create,
     query_enqueue,
     query_run_inline,
     query_runs_inline,
+    query_tags_parse,
 )
 from routerapp.services.streaming import END, IDLE, TOKEN, LocalSink, query_events, query_wait
 
@@ -252,6 +254,7 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBas
             messages=messages,
             task=data.get("task", ""),
             end_user=data.get("user") or "",
+            tags=query_tags_parse(request.headers.get(TAGS_HEADER)),
             constraints=constraints_from(data),
             source=Query.Source.CHAT,
             defer_dispatch=True,

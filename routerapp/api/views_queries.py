@@ -12,7 +12,13 @@ from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers import FeedbackInput, QueryCreateInput, QueryOut
 from routerapp.models import Query
 from routerapp.selectors.queries import query_get_for_team
-from routerapp.services.queries import query_cancel, query_create, query_feedback
+from routerapp.services.queries import (
+    TAGS_HEADER,
+    query_cancel,
+    query_create,
+    query_feedback,
+    query_tags_parse,
+)
 from routerapp.services.routing import RequestConstraints
 
 
@@ -58,6 +64,8 @@ class QueryListCreate(APIView):
             prompt=data.get("prompt", ""),
             messages=data.get("messages"),
             task=data.get("task", ""),
+            end_user=data.get("user", ""),
+            tags=query_tags_parse(request.headers.get(TAGS_HEADER)),
             constraints=constraints_from(data),
             source=Query.Source.API,
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -181,14 +182,68 @@ class BudgetDetail(APIView):
         return Response(BudgetOut(budget_status(policy)).data)
 
 
+class UsageCSVRenderer(BaseRenderer):
+    """``?format=csv``: the usage as CSV, one row per group (or one of totals), for
+    spreadsheets and chargeback."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+    COLUMNS = [
+        "queries",
+        "done",
+        "failed",
+        "cancelled",
+        "running",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost_usd",
+        "reserved_usd",
+        "graded",
+        "correct",
+        "accuracy",
+        "cost_of_pass_usd",
+    ]
+
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> bytes:
+        import csv
+        import io
+
+        if not isinstance(data, dict) or "totals" not in data:  # an error body
+            return JSONRenderer().render(data)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        group = data.get("group_by") or "total"
+        writer.writerow(["team", "start", "end", group, *self.COLUMNS])
+        rows = (data.get("groups") or []) if data.get("group_by") else [data["totals"]]
+        for row in rows:
+            key = row.get("key", "") if data.get("group_by") else "total"
+            writer.writerow(
+                [data["team"], data["start"] or "", data["end"], key]
+                + ["" if row.get(c) is None else row.get(c) for c in self.COLUMNS]
+            )
+        return out.getvalue().encode()
+
+
 class Usage(APIView):
     schema = ApiAutoSchema()
+    renderer_classes = [JSONRenderer, UsageCSVRenderer]
 
     @extend_schema(
         parameters=[
             OpenApiParameter("period", str, enum=["day", "week", "month", "all"]),
             OpenApiParameter(
-                "group_by", str, enum=["model", "strategy", "configuration", "key", "task", "user"]
+                "group_by",
+                str,
+                enum=["model", "strategy", "configuration", "key", "task", "user", "tag"],
+            ),
+            OpenApiParameter("user", str, description="Only this end user's queries"),
+            OpenApiParameter("tag", str, description="Only queries with this tag"),
+            OpenApiParameter(
+                "format", str, enum=["json", "csv"], description="csv: one row per group"
             ),
             OpenApiParameter("start", OpenApiTypes.DATETIME, description="Overrides the start"),
             OpenApiParameter("end", OpenApiTypes.DATETIME, description="Overrides the end"),
@@ -199,7 +254,7 @@ class Usage(APIView):
     )
     def get(self, request: Request) -> Response:
         require_scope(request.user, "usage")
-        for name in ("period", "group_by", "start", "end"):
+        for name in ("period", "group_by", "start", "end", "tag"):
             if name in request.query_params and not request.query_params[name].strip():
                 raise InvalidInput(f"{name} must not be empty", param=name)
         form = UsageQueryInput(data=request.query_params)

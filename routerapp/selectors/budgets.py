@@ -24,6 +24,7 @@ def budget_status(policy: BudgetPolicy, now: Any = None) -> dict[str, Any]:
         "id": policy.pk,
         "name": policy.name,
         "api_key": policy.api_key.prefix if policy.api_key is not None else None,
+        "end_user": policy.end_user,
         "period": policy.period,
         "mode": policy.mode,
         "enabled": policy.enabled,

@@ -542,3 +542,52 @@ def decision_mix(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
         "total": sum(sum(v) for v in series.values()),
         "routed_total": sum(routed),
     }
+
+
+# End users and tags are not rollup dimensions: these two panels aggregate the log itself,
+# over the period and with the same dimension filters, at most TOP_GROUPS groups by spend.
+TOP_GROUPS = 50
+
+
+def spend_by_end_user_or_tag(
+    *, team: Team, filters: DashboardFilters, dimension: str
+) -> list[dict[str, Any]]:
+    """Return [{key, queries, cost_usd, prompt_tokens, completion_tokens, graded, correct}]
+    per end user (``dimension="user"``) or tag (``"tag"``), dearest first."""
+    from django.db.models import Count, Q, Sum
+
+    from routerapp.models import Query
+
+    field = {"user": "end_user", "tag": "tag_rows__tag"}[dimension]
+    start = dt.datetime.combine(filters.start, dt.time.min, tzinfo=dt.UTC)
+    end = dt.datetime.combine(filters.end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    qs = Query.objects.filter(
+        team=team, created_at__gte=start, created_at__lt=end, status__in=Query.FINISHED
+    )
+    if filters.configuration:
+        qs = qs.filter(configuration__slug=filters.configuration)
+    if filters.model:
+        qs = qs.filter(configuration__endpoint__name=filters.model)
+    if filters.strategy:
+        qs = qs.filter(configuration__strategy__strategy=filters.strategy)
+    if filters.task:
+        qs = qs.filter(task="" if filters.task == NO_TASK else filters.task)
+    if filters.api_key is not None:
+        qs = qs.filter(api_key_id=filters.api_key)
+    if filters.traffic == Traffic.LIVE:
+        qs = qs.exclude(source=Query.Source.BENCHMARK)
+    elif filters.traffic == Traffic.BENCHMARK:
+        qs = qs.filter(source=Query.Source.BENCHMARK)
+    rows = (
+        qs.values(field)
+        .annotate(
+            queries=Count("id"),
+            cost_usd=Sum("cost_usd"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            graded=Count("id", filter=Q(graded_correct__isnull=False)),
+            correct=Count("id", filter=Q(graded_correct=True)),
+        )
+        .order_by("-cost_usd", field)[:TOP_GROUPS]
+    )
+    return [{"key": r.pop(field) or "", **r} for r in rows]

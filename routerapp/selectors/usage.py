@@ -11,7 +11,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from routerapp.errors import InvalidInput
-from routerapp.models import Query, Team
+from routerapp.models import Query, QueryTag, Team
 
 PERIODS = ("day", "week", "month", "all")
 GROUP_BY = {
@@ -22,6 +22,8 @@ GROUP_BY = {
     "task": ("task",),
     # OpenAI's `user` field: the caller's own end user ("" when the request named none).
     "user": ("end_user",),
+    # The x-costpass-tags header: a query with several tags counts in each of their groups.
+    "tag": ("tag_rows__tag",),
 }
 ZERO = Decimal("0")
 
@@ -79,8 +81,11 @@ def usage_for_team(
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
     now: dt.datetime | None = None,
+    user: str | None = None,
+    tag: str | None = None,
 ) -> dict[str, Any]:
-    """Return the team's usage over ``period`` (or [start, end)), in total and per group.
+    """Return the team's usage over ``period`` (or [start, end)), in total and per group,
+    optionally only of one end user (``user``) and / or one tag (``tag``).
 
     Only the team's own queries are counted. Raise InvalidInput for an unknown period or
     group_by, or start after end."""
@@ -97,6 +102,10 @@ def usage_for_team(
     qs = Query.objects.filter(team=team, created_at__lt=window_end)
     if window_start is not None:
         qs = qs.filter(created_at__gte=window_start)
+    if user is not None:
+        qs = qs.filter(end_user=user)
+    if tag is not None:
+        qs = qs.filter(pk__in=QueryTag.objects.filter(team=team, tag=tag).values("query_id"))
     body: dict[str, Any] = {
         "object": "usage",
         "team": team.name,
@@ -104,6 +113,7 @@ def usage_for_team(
         "start": window_start.isoformat() if window_start else None,
         "end": window_end.isoformat(),
         "group_by": group_by,
+        "filters": {"user": user, "tag": tag},
         "totals": _shape(_totals(qs)),
         "groups": [],
     }
@@ -114,7 +124,9 @@ def usage_for_team(
         for row in rows.annotate(**_annotations()):
             key = row[fields[0]]
             entry = {
-                "key": key if key is not None else ("" if group_by in ("task", "user") else None)
+                "key": key
+                if key is not None
+                else ("" if group_by in ("task", "user", "tag") else None)
             }
             if group_by == "key":
                 entry["name"] = row["api_key__name"]

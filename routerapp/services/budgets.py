@@ -35,12 +35,16 @@ def period_start(period: str, now: dt.datetime) -> dt.date:
     raise ValueError(f"unknown budget period {period!r}")
 
 
-def policies_for(team: Team, api_key: ApiKey | None) -> list[BudgetPolicy]:
-    """Return the enabled policies that cover a request: the team's and the key's own."""
+def policies_for(team: Team, api_key: ApiKey | None, end_user: str = "") -> list[BudgetPolicy]:
+    """Return the enabled policies that cover a request: the team's and the key's own, and
+    those of the request's end user (OpenAI's `user` field) when it names one."""
     scope = Q(api_key__isnull=True)
     if api_key is not None:
         scope |= Q(api_key=api_key)
-    return list(BudgetPolicy.objects.filter(scope, team=team, enabled=True).order_by("id"))
+    users = Q(end_user="")
+    if end_user:
+        users |= Q(end_user=end_user)
+    return list(BudgetPolicy.objects.filter(scope, users, team=team, enabled=True).order_by("id"))
 
 
 @dataclass
@@ -192,7 +196,15 @@ def budget_settle(*, usage_ids: list[int], reserved: Decimal, spent: Decimal) ->
     )
 
 
-AUDITED_POLICY_FIELDS = ["name", "api_key", "period", "limit_usd", "mode", "enabled"]
+AUDITED_POLICY_FIELDS = [
+    "name",
+    "api_key",
+    "end_user",
+    "period",
+    "limit_usd",
+    "mode",
+    "enabled",
+]
 
 
 def _check_policy_values(*, team: Team, values: dict) -> None:
@@ -204,6 +216,8 @@ def _check_policy_values(*, team: Team, values: dict) -> None:
         )
     if "mode" in values and values["mode"] not in BudgetPolicy.Mode.values:
         raise InvalidInput(f"mode must be one of {sorted(BudgetPolicy.Mode.values)}", param="mode")
+    if len(values.get("end_user") or "") > 256:
+        raise InvalidInput("end_user must be at most 256 characters", param="end_user")
     if "name" in values and not str(values["name"]).strip():
         raise InvalidInput("a budget needs a name", param="name")
     key = values.get("api_key")
@@ -223,9 +237,12 @@ def budget_policy_create(
     enabled: bool = True,
     actor: Any = None,
     actor_api_key: ApiKey | None = None,
+    end_user: str = "",
 ) -> BudgetPolicy:
-    """Create a budget policy for the team (or one of its keys); the audit log records it."""
+    """Create a budget policy for the team (or one of its keys, or one end user of it: the
+    OpenAI `user` its requests name); the audit log records it."""
     values = {
+        "end_user": (end_user or "").strip(),
         "name": name.strip(),
         "limit_usd": limit_usd,
         "period": period,

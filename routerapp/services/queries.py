@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
-from routerapp.models import ApiKey, BudgetPolicy, ModelEndpoint, Query, Sample, Team
+from routerapp.models import ApiKey, BudgetPolicy, ModelEndpoint, Query, QueryTag, Sample, Team
 from routerapp.selectors.access import permitted_configuration_slugs
 from routerapp.services.budgets import (
     ZERO,
@@ -93,6 +93,7 @@ def query_create(
     benchmark_run: Any = None,
     defer_dispatch: bool = False,
     end_user: str = "",
+    tags: list[str] | None = None,
 ) -> Query:
     """Validate a request, route it, reserve its worst-case cost under the covering budgets,
     store it and enqueue it once the transaction commits. Raise a ServiceError (nothing written)
@@ -122,6 +123,7 @@ def query_create(
     end_user = (end_user or "").strip()
     if len(end_user) > MAX_END_USER_CHARS:
         raise InvalidInput(f"user must be at most {MAX_END_USER_CHARS} characters", param="user")
+    tags = query_tags_clean(tags)
 
     text = prompt_text(prompt, messages)
     tokens_bound = prompt_token_bound(prompt, messages)
@@ -132,7 +134,7 @@ def query_create(
     decision = decide(
         prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound, team=team
     )
-    policies = policies_for(team, api_key)
+    policies = policies_for(team, api_key, end_user)
     decision = _within_budget(
         team,
         api_key,
@@ -167,6 +169,7 @@ def query_create(
         messages=messages,
         task=task,
         end_user=end_user,
+        tags=tags,
         gold=gold,
         answer_kind=answer_kind,
         constraints=constraints.as_json(),
@@ -181,6 +184,10 @@ def query_create(
         budget_flags=reservation.soft_flags,
         benchmark_run=benchmark_run,
     )
+    if tags:
+        QueryTag.objects.bulk_create(
+            [QueryTag(query=query, team=team, tag=t, created_at=query.created_at) for t in tags]
+        )
     if not defer_dispatch:
         transaction.on_commit(lambda: query_enqueue(query=query))
     from routerapp import metrics
@@ -204,6 +211,37 @@ def _decision_reason(decision: RoutingDecision) -> str:
     if decision.reason.startswith("only"):
         return "only"
     return "best_single" if "best single" in decision.reason else "cheapest"
+
+
+MAX_TAGS = 10
+MAX_TAG_CHARS = 64
+TAGS_HEADER = "x-costpass-tags"
+
+
+def query_tags_parse(header: str | None) -> list[str]:
+    """Return the tags of an ``x-costpass-tags`` header: comma-separated (``search, env=prod``),
+    blanks dropped, duplicates once. Raise InvalidInput naming the header when it has too many
+    or a bad one."""
+    if header is None:
+        return []
+    return query_tags_clean([t for t in header.split(",") if t.strip()])
+
+
+def query_tags_clean(tags: list[str] | None) -> list[str]:
+    """Return tags validated: at most MAX_TAGS of 1..MAX_TAG_CHARS printable characters."""
+    cleaned = list(dict.fromkeys(t.strip() for t in tags or []))
+    if len(cleaned) > MAX_TAGS:
+        raise InvalidInput(
+            f"{TAGS_HEADER} has {len(cleaned)} tags; at most {MAX_TAGS}", param=TAGS_HEADER
+        )
+    for tag in cleaned:
+        if not tag or len(tag) > MAX_TAG_CHARS or not tag.isprintable():
+            raise InvalidInput(
+                f"{TAGS_HEADER}: each tag must be 1 to {MAX_TAG_CHARS} printable characters "
+                f"(got {tag[:80]!r})",
+                param=TAGS_HEADER,
+            )
+    return cleaned
 
 
 def _within_budget(

@@ -266,6 +266,32 @@ def _decisions(team: Team, f: D.DashboardFilters) -> Panel:
     )
 
 
+def _by(dimension: str, label: str, empty_key: str) -> Callable[[Team, D.DashboardFilters], Panel]:
+    def build(team: Team, f: D.DashboardFilters) -> Panel:
+        rows = D.spend_by_end_user_or_tag(team=team, filters=f, dimension=dimension)
+        if not rows:
+            return Panel(empty=NO_QUERIES)
+        return Panel(
+            columns=[label, "queries", "USD", "USD / query", "tokens", "graded", "accuracy"],
+            rows=[
+                [
+                    r["key"] or empty_key,
+                    num(r["queries"]),
+                    usd(r["cost_usd"]),
+                    usd(r["cost_usd"] / r["queries"]),
+                    num(r["prompt_tokens"] + r["completion_tokens"]),
+                    num(r["graded"]),
+                    pct(r["correct"] / r["graded"]) if r["graded"] else "—",
+                ]
+                for r in rows
+            ],
+            note=f"The {D.TOP_GROUPS} dearest, from the query log. The usage API "
+            f"(GET /api/v1/usage?group_by={dimension}) filters and exports them as CSV too.",
+        )
+
+    return build
+
+
 PANELS: dict[str, tuple[str, Callable[[Team, D.DashboardFilters], Panel]]] = {
     "spend": ("Spend against budgets", _spend),
     "cost-of-pass": ("Cost-of-pass by configuration and task", _cop),
@@ -273,6 +299,11 @@ PANELS: dict[str, tuple[str, Callable[[Team, D.DashboardFilters], Panel]]] = {
     "latency": ("Latency p50 / p95 / p99", _latency),
     "tokens": ("Tokens per query", _tokens),
     "decisions": ("Router decision mix", _decisions),
+    "end-users": ("Spend by end user", _by("user", "end user", "(none named)")),
+    "tags": (
+        "Spend by tag (x-costpass-tags; a query counts under each of its tags)",
+        _by("tag", "tag", "(untagged)"),
+    ),
 }
 
 

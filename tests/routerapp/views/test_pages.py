@@ -166,7 +166,7 @@ def test_team_switcher_only_switches_to_own_teams(member, configs) -> None:  # t
 def _panels(client, qs: str = "") -> dict[str, str]:  # type: ignore[no-untyped-def]
     page = client.get(f"/dashboards/?{qs}").content.decode()
     slugs = re.findall(r'hx-get="/dashboards/panel/([a-z-]+)', page)
-    assert len(slugs) == 6
+    assert len(slugs) == 8
     return {s: client.get(f"/dashboards/panel/{s}?{qs}").content.decode() for s in slugs}
 
 
