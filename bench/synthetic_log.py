@@ -65,6 +65,7 @@ COLUMNS = [
     "created_at", "started_at", "finished_at", "latency_ms", "error", "cancel_requested",
     "feedback_correct", "feedback_score", "graded_correct", "budget_flags", "benchmark_run_id",
     "end_user", "request_options", "cached_prompt_tokens", "reasoning_tokens", "billed_prices",
+    "attempts",
 ]  # fmt: skip
 
 
@@ -324,7 +325,7 @@ def write(cols: dict[str, np.ndarray], catalog: Catalog) -> int:
             "synthetic failure" if status == "failed" else "", "f",
             ("t" if cols["correct"][i] else "f") if graded and not bench else "\\N", "\\N",
             ("t" if cols["correct"][i] else "f") if graded else "\\N", "[]", "\\N",
-            "", "{}", "0", "0", "{}",
+            "", "{}", "0", "0", "{}", "[]",
         ]  # fmt: skip
         buf.write("\t".join(row))
         buf.write("\n")

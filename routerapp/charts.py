@@ -546,3 +546,31 @@ def evaluation_figure(evaluation: dict[str, Any]) -> Figure | None:
             height=380,
         ),
     }
+
+
+def spend_by_group_figure(rows: list[dict[str, Any]], label: str, empty_key: str) -> Figure:
+    """Horizontal bars of spend per end user or tag (dearest on top), hover with queries."""
+    rows = list(reversed(rows))
+    names = [r["key"] or empty_key for r in rows]
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": "USD",
+                "x": [_f(r["cost_usd"]) for r in rows],
+                "y": names,
+                "customdata": [r["queries"] for r in rows],
+                "marker": {"color": colour(0)},
+                "hovertemplate": "%{y}: $%{x:.6g} over %{customdata} queries<extra></extra>",
+            }
+        ],
+        "layout": _layout(
+            x_title="USD in the period",
+            y_title=label,
+            height=_rows_height(len(rows)),
+            xaxis={"tickformat": "$.2~g", "range": [0, _top([r["cost_usd"] for r in rows])]},
+            yaxis={"type": "category"},
+            showlegend=False,
+        ),
+    }

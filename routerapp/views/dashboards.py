@@ -272,6 +272,7 @@ def _by(dimension: str, label: str, empty_key: str) -> Callable[[Team, D.Dashboa
         if not rows:
             return Panel(empty=NO_QUERIES)
         return Panel(
+            figures=[charts.spend_by_group_figure(rows, label, empty_key)],
             columns=[label, "queries", "USD", "USD / query", "tokens", "graded", "accuracy"],
             rows=[
                 [
