@@ -471,6 +471,7 @@ def _run_attempt(query: Query, attempt: Attempt, run: _Run) -> Any:
                 on_event=run.on_event,
                 should_cancel=run.should_cancel,
                 engines=engines,
+                task=query.task,
             )
     finally:
         RETRY_LOG.reset(token)

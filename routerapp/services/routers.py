@@ -276,7 +276,19 @@ def router_version_fit(*, version_id: int) -> RouterVersion:
             _activate_if_floor_passes(version)
     if version.trained_on.get("calibration") and not version.is_active:
         calibration_extend(version=version)
+    if version.trained_on.get("source") == "log":
+        _refit_difficulty_classifiers()
     return version
+
+
+def _refit_difficulty_classifiers() -> None:
+    """The difficulty-adaptive strategies' classifiers learn from the same log as the router."""
+    from routerapp.services.difficulty import difficulty_classifiers_refit
+
+    try:
+        difficulty_classifiers_refit()
+    except Exception:  # a classifier refit must never fail a router version
+        log.exception("refitting the difficulty classifiers failed")
 
 
 def _activate_if_floor_passes(version: RouterVersion) -> None:

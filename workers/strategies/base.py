@@ -357,20 +357,27 @@ class RunContext:
             endpoint=endpoint,
         )
 
-    def absorb(self, child: RunContext, key: str) -> None:
-        """Add a finished sub-run's candidates and ledger to this run; its ledger is also
-        kept apart under ``key`` (its endpoint) so that each stage is priced at its own
-        endpoint's prices."""
+    def absorb(self, child: RunContext, key: str | None = None) -> None:
+        """Add a finished sub-run's candidates and ledger to this run. With ``key`` (its
+        endpoint) its ledger is also kept apart so that each stage is priced at its own
+        endpoint's prices (cascades); None: it ran on this run's endpoint."""
         self.candidates.extend(child.candidates)
         self.cancelled = self.cancelled or child.cancelled
         self._methods.extend(child._methods)
-        stage = self.stage_ledgers.setdefault(key, Ledger())
-        for part in (self.ledger, stage):
+        if child.answer_text is not None:
+            self.answer_text = child.answer_text
+        if key is None:
+            parts = [self.ledger]
+        else:
+            parts = [self.ledger, self.stage_ledgers.setdefault(key, Ledger())]
+        for part in parts:
             for f in fields(Ledger):
                 if f.name in ("wall_s", "token_count_method"):
                     continue
                 setattr(part, f.name, getattr(part, f.name) + getattr(child.ledger, f.name))
-        stage.token_count_method = worst_count_method(stage.token_count_method, *child._methods)
+        if key is not None:
+            stage = self.stage_ledgers[key]
+            stage.token_count_method = worst_count_method(stage.token_count_method, *child._methods)
 
     def add_scorer_usage(
         self, prompt_tokens: int, completion_tokens: int, wall_s: float = 0.0

@@ -149,3 +149,36 @@ def test_step_search_bills_every_step_and_every_prm_call(prm_url: str) -> None:
     assert trace["kind"] == "search" and trace["scorer"] == "prm"
     assert trace["scorer_calls"] == query.scorer_calls
     assert query.answer.endswith(trace["best"]["text"][-40:])
+
+
+def test_difficulty_adaptive_bills_probe_and_class_and_its_classifier_refits_on_the_log():
+    from routerapp.models import AuditLog, StrategyConfig
+    from routerapp.services.difficulty import difficulty_classifiers_refit, probe_rows
+
+    params = {
+        "probe_tokens": 8,
+        "classifier": {"intercept": -20},  # every prompt is hard: probe + short-1@3
+        "hard": {"strategy": "short_m_at_k", "params": {"k": 3, "m": 1, "max_tokens": 8}},
+    }
+    query = run_query("difficulty_adaptive", params, name="diff")
+    assert_fully_billed(query)
+    assert query.samples_done == 4 and query.trace["class"] == "hard"
+    # The log: graded probes whose low entropy went with right answers.
+    sc = StrategyConfig.objects.get(name="diff")
+    for i in range(40):
+        right = i % 2 == 0
+        Query.objects.create(
+            team=query.team, prompt=f"p{i}", configuration=query.configuration, status="done",
+            gold="9", answer_kind="math", extracted_answer="9", graded_correct=True,
+            trace={"kind": "difficulty", "features": {"entropy": 0.1 if right else 1.5,
+                   "length": 8, "task": ""}, "probe_answer": "9" if right else "4", "ran": "x"},
+        )  # fmt: skip
+    rows = probe_rows(strategy_config=sc)
+    assert len(rows) == 41 and sum(r["probe_correct"] for r in rows) >= 20
+    assert difficulty_classifiers_refit() == {"diff": "refit on 41 probes"}
+    sc.refresh_from_db()
+    fitted = sc.params["classifier"]
+    assert fitted["fitted_on"] == 41 and fitted["w_entropy"] < 0
+    assert (
+        AuditLog.objects.filter(object_repr__contains="diff").exists() or AuditLog.objects.exists()
+    )

@@ -119,3 +119,17 @@ def test_search_tree_shows_kept_and_pruned_nodes(member) -> None:  # type: ignor
     assert "beam with the prm step scorer: 2 steps, 3 steps generated, 1 pruned" in html
     assert "scorer calls billed: 3" in html
     assert "#2 ← #0 · -1.700" in html and "#3 ← #1 · -0.300 · done" in html
+
+
+def test_difficulty_class_is_shown(member) -> None:  # type: ignore[no-untyped-def]
+    m, client = member
+    trace = {"kind": "difficulty", "features": {"entropy": 1.234, "length": 31, "task": "gsm"},
+             "p_probe_right": 0.12, "class": "hard", "ran": "short_m_at_k",
+             "thresholds": {"easy_above": 0.7, "hard_below": 0.3}, "classifier_fitted_on": 0,
+             "probe_answer": "4"}  # fmt: skip
+    q = finished(m.team, trace)
+    html = client.get(f"/queries/{q.pk}/live", HTTP_HX_REQUEST="true").content.decode()
+    assert 'data-kind="difficulty"' in html
+    assert "class <strong>hard</strong> (p(probe right) 0.120" in html
+    assert "so it ran <strong>short_m_at_k</strong>" in html
+    assert "1.234 nats / token" in html and "the default prior (not fitted yet)" in html

@@ -6,7 +6,7 @@ from workers.strategies import STRATEGIES, UnknownStrategyError, get_strategy
 SLUGS = {
     "single", "best_of_n", "majority_vote", "weighted_vote",
     "short_m_at_k", "first_finish", "confidence_early_stop", "adaptive_consistency",
-    "cascade", "step_search",
+    "cascade", "step_search", "difficulty_adaptive",
 }  # fmt: skip
 
 

@@ -33,9 +33,14 @@ PARAMS = {
         "threshold": 0.9,
     },
     "step_search": {"max_steps": 2, "step_tokens": 8, "max_tokens": 16, "expand": 2},
+    "difficulty_adaptive": {
+        "probe_tokens": 16,
+        "normal": {"strategy": "majority_vote", "params": {"n": 2, "max_tokens": 16}},
+        "hard": {"strategy": "first_finish", "params": {"k": 2, "max_tokens": 16}},
+    },
 }
 # Strategies that decide as they go may draw fewer samples than planned (never more).
-ADAPTIVE = {"adaptive_consistency", "cascade", "step_search"}
+ADAPTIVE = {"adaptive_consistency", "cascade", "step_search", "difficulty_adaptive"}
 
 
 def check_ledger(result):
