@@ -301,6 +301,7 @@ def write(cols: dict[str, np.ndarray], catalog: Catalog) -> int:
     if connection.vendor != "postgresql":
         return _write_orm(cols, catalog)
     buf = io.StringIO()
+    extra_columns, extra_values = _default_columns()
     version_id = str(catalog.router_version.pk) if catalog.router_version else "\\N"
     decisions = [json.dumps({"configuration": s, "reason": "router"}) for s in slugs]
     for i in range(n):
@@ -327,16 +328,39 @@ def write(cols: dict[str, np.ndarray], catalog: Catalog) -> int:
             ("t" if cols["correct"][i] else "f") if graded else "\\N", "[]", "\\N",
             "", "{}", "0", "0", "{}", "[]",
         ]  # fmt: skip
-        buf.write("\t".join(row))
+        buf.write("\t".join(row + extra_values))
         buf.write("\n")
     buf.seek(0)
     with transaction.atomic(), connection.cursor() as cursor:
         raw = cursor.cursor  # psycopg 3 cursor under Django's wrapper
-        sql = f"COPY routerapp_query ({', '.join(COLUMNS)}) FROM STDIN"
+        sql = f"COPY routerapp_query ({', '.join(COLUMNS + extra_columns)}) FROM STDIN"
         with raw.copy(sql) as copy:
             while chunk := buf.read(1 << 20):
                 copy.write(chunk)
     return n
+
+
+def _default_columns() -> tuple[list[str], list[str]]:
+    """Columns of Query that COLUMNS does not name and that need a value (NOT NULL without a
+    database default), with their model default in COPY's text format: a column added later
+    never breaks the bulk load."""
+    from django.db.models import JSONField
+    from django.db.models.fields import NOT_PROVIDED
+
+    columns, values = [], []
+    for f in Query._meta.concrete_fields:
+        if f.column in COLUMNS or f.null or f.db_default is not NOT_PROVIDED:
+            continue
+        default = f.get_default()
+        if isinstance(f, JSONField):
+            text = json.dumps(default)
+        elif isinstance(default, bool):
+            text = "t" if default else "f"
+        else:
+            text = "" if default is None else str(default)
+        columns.append(f.column)
+        values.append(text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n"))
+    return columns, values
 
 
 def _write_orm(cols: dict[str, np.ndarray], catalog: Catalog) -> int:
