@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             raw_cpu = sum(r["raw_cpu_s"] for r in rows)
             entry["cpu_vs_raw_engine_pct"] = 100 * (sum(r["cpu_s"] for r in rows) / raw_cpu - 1)
         report["strategies"][label] = entry
+        if args.json:  # after every strategy, so that a long run leaves what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2, default=str))
         print(
             f"{label:30s} acc={entry['accuracy']:.3f} samples={entry['mean_samples']:5.2f} "
             f"gen_tok={entry['mean_generated_tokens']:7.1f} "
