@@ -290,11 +290,11 @@ print(raw)
 """
 
 
-def setup_upstream(py: str, env: dict[str, str], upstream_url: str) -> str:
+def setup_upstream(py: str, env: dict[str, str], upstream_url: str, cwd: Path = REPO) -> str:
     """Register the upstream as the only configuration (SETUP); return the new API key."""
     out = subprocess.run(
         [py, "manage.py", "shell", "-c", SETUP % {"upstream": upstream_url}],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         check=True,
         capture_output=True,
@@ -327,9 +327,10 @@ def children(pid: int) -> list[int]:
 
 
 def start_gateway(
-    py: str, env: dict[str, str], args: argparse.Namespace, port: int
+    py: str, env: dict[str, str], args: argparse.Namespace, port: int, cwd: Path = REPO
 ) -> subprocess.Popen:
-    """gunicorn as in `make run` (gthread, access log), pinned to the gateway's core."""
+    """gunicorn as in `make run` (gthread, access log), pinned to the gateway's core, serving
+    the code of ``cwd`` (a checkout of the repository)."""
     return subprocess.Popen(
         pinned(
             args.gateway_cpu,
@@ -354,11 +355,117 @@ def start_gateway(
                 os.devnull,
             ],
         ),
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def compare_trees(args: argparse.Namespace) -> None:
+    """Gateway overhead of two checkouts of the product (e.g. main before and after a change),
+    served alternately in one run, each on its own fresh database; medians over rounds and the
+    ratio new / old (the machine's load drifts: only the ratio is comparable)."""
+    import statistics
+
+    import httpx
+
+    trees = {"old": Path(args.compare_trees[0]).resolve(), "new": Path(args.compare_trees[1])}
+    trees["new"] = trees["new"].resolve()
+    base = dict(os.environ)
+    base["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
+    base["COSTPASS_LOG_LEVEL"] = base.get("COSTPASS_LOG_LEVEL", "WARNING")
+    base.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
+    base["DJANGO_DEBUG"] = "false"
+    py = sys.executable
+    up_port = free_port()
+    upstream = subprocess.Popen(
+        pinned(
+            args.client_cpu, [py, str(REPO / "bench" / "fake_upstream.py"), "--port", str(up_port)]
+        ),
+        stdout=subprocess.DEVNULL,
+    )
+    results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    envs: dict[str, dict[str, str]] = {}
+    keys: dict[str, str] = {}
+    try:
+        wait_port(up_port, upstream)
+        up_url = f"http://127.0.0.1:{up_port}/v1"
+        for name, tree in trees.items():
+            env = {**base, "DATABASE_URL": bench_database(base, f"_bench_{name}")}
+            subprocess.run(
+                [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=tree, env=env, check=True
+            )
+            keys[name] = setup_upstream(py, env, up_url, cwd=tree)
+            envs[name] = env
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {int(args.client_cpu.split(",")[0])})
+        for round_ in range(args.rounds):
+            for name, tree in trees.items():
+                port = free_port()
+                gunicorn = start_gateway(py, envs[name], args, port, cwd=tree)
+                try:
+                    wait_port(port, gunicorn)
+                    check = httpx.post(
+                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                        json=BODY,
+                        headers={"Authorization": f"Bearer {keys[name]}"},
+                        timeout=60,
+                    )
+                    if check.status_code != 200:
+                        raise SystemExit(f"{name} gateway check failed: {check.status_code}")
+                    target = raw_request(
+                        f"http://127.0.0.1:{port}", "/v1/chat/completions", BODY, keys[name]
+                    )
+                    print(f"  round {round_ + 1}, {name} ({tree}):")
+                    cpu0 = proc_cpu_seconds([gunicorn.pid])
+                    phases = asyncio.run(
+                        run_phases(target, args.duration, args.warmup, (), tuple(args.concurrency))
+                    )
+                    cpu = proc_cpu_seconds([gunicorn.pid]) - cpu0
+                finally:
+                    gunicorn.terminate()
+                    try:
+                        gunicorn.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        gunicorn.kill()
+                served = sum(p.completed for p in phases.values())
+                row: dict[str, float] = {"cpu_ms_per_request": cpu / max(1, served) * 1000}
+                for label, phase in phases.items():
+                    row[f"{label}_rps"] = phase.rps
+                    row[f"{label}_p50_ms"] = phase.pct(50)
+                    row[f"{label}_p99_ms"] = phase.pct(99)
+                results[name].append(row)
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=20)
+    names = list(results["old"][0])
+    median = {
+        name: {k: round(statistics.median(r[k] for r in rows), 2) for k in names}
+        for name, rows in results.items()
+    }
+    ratio = {k: round(median["new"][k] / median["old"][k], 3) for k in names if median["old"][k]}
+    print("\nmedians over rounds (old | new | new/old):")
+    for k in names:
+        print(f"  {k:>22} {median['old'][k]:9.2f} {median['new'][k]:9.2f} {ratio.get(k, 0):7.3f}")
+    if args.json_out:
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "old": median["old"],
+                    "new": median["new"],
+                    "ratio_new_old": ratio,
+                    "trees": {k: str(v) for k, v in trees.items()},
+                    "labels": args.labels,
+                    "rounds": args.rounds,
+                    "duration_s": args.duration,
+                    "concurrency": args.concurrency,
+                    "raw": results,
+                },
+                indent=2,
+            )
+        )
+        print(f"wrote {args.json_out}")
 
 
 def compare_metrics(args: argparse.Namespace) -> None:
@@ -494,7 +601,18 @@ def main() -> None:
         "report both and their ratio (closed loop at each --concurrency, --rounds times)",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compare-trees",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="serve two checkouts of the product alternately (each on its own database) and "
+        "report both and their ratio new / old (closed loop at each --concurrency)",
+    )
+    parser.add_argument("--labels", nargs=2, default=["old", "new"], help="what OLD and NEW are")
     args = parser.parse_args()
+    if args.compare_trees:
+        compare_trees(args)
+        return
     if args.compare_metrics:
         compare_metrics(args)
         return

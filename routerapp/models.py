@@ -539,6 +539,8 @@ class Query(models.Model):
     decision = models.JSONField(default=dict, blank=True, help_text="Alternatives weighed")
     attempts = models.JSONField(
         default=list,
+        # Rows written without the column (bulk COPY, code of an earlier release) get [] too.
+        db_default=Value([], output_field=models.JSONField()),
         blank=True,
         help_text="Every configuration tried (fallbacks), its target, outcome, retries and cost",
     )

@@ -323,9 +323,26 @@ def endpoint_retry_in(endpoint: ModelEndpoint, now: float | None = None) -> floa
     return min(waits) if waits else 0.0
 
 
-def endpoint_health(endpoint: ModelEndpoint, now: float | None = None) -> list[dict[str, Any]]:
+def endpoints_health() -> list[dict[str, Any]]:
+    """Return every target of every enabled endpoint with its breaker's state (the UI)."""
+    snapshot = _load_snapshot()
+    now = time.time()
+    return [
+        row
+        for endpoint in ModelEndpoint.objects.filter(enabled=True).order_by("name")
+        for row in endpoint_health(endpoint, now, snapshot=snapshot)
+    ]
+
+
+def endpoint_health(
+    endpoint: ModelEndpoint,
+    now: float | None = None,
+    *,
+    snapshot: dict[str, BreakerState] | None = None,
+) -> list[dict[str, Any]]:
     """Return each target of an endpoint with its breaker's state, for the UI and the admin."""
-    snapshot = _load_snapshot()  # fresh: what an operator looks at must not lag
+    if snapshot is None:
+        snapshot = _load_snapshot()  # fresh: what an operator looks at must not lag
     now = time.time() if now is None else now
     policy = breaker_policy()
     out = []

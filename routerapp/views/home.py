@@ -8,6 +8,7 @@ from django.shortcuts import render
 from routerapp.models import BenchmarkRun, Configuration, RouterVersion
 from routerapp.selectors.dashboards import DashboardFilters, dashboard_summary
 from routerapp.selectors.queries import queries_in_flight, queries_recent
+from routerapp.services.breakers import endpoints_health
 from routerapp.views.common import team_view
 
 
@@ -15,7 +16,10 @@ from routerapp.views.common import team_view
 def home(request: HttpRequest) -> HttpResponse:
     team = request.team  # type: ignore[attr-defined]
     filters = DashboardFilters.last_days(30)
+    health = endpoints_health()
     context = {
+        "health": health,
+        "unhealthy": [h for h in health if h["state"] != "closed"],
         "summary": dashboard_summary(team=team, filters=filters),
         "filters": filters,
         "recent": queries_recent(team=team, limit=8),

@@ -20,7 +20,12 @@ import openai
 import pytest
 
 from routerapp.models import BudgetUsage, Deployment, ModelEndpoint, Query, Sample
-from routerapp.services.breakers import endpoint_health, health_cache_clear
+from routerapp.services.breakers import (
+    breaker_snapshot,
+    endpoint_health,
+    endpoint_targets,
+    health_cache_clear,
+)
 from routerapp.services.streaming import redis_client
 from tests.conftest import REPO
 from tests.factories import BudgetPolicyFactory
@@ -83,14 +88,14 @@ def _clear_breakers() -> None:
 @pytest.fixture
 def setup(live_server, upstreams, make_caller, settings):  # type: ignore[no-untyped-def]
     """Two configurations: `cheap` (chosen first: the cheapest worst case) on upstream A and
-    `dear` on upstream B; a budget; breakers that open after 2 failures for 1 s."""
+    `dear` on upstream B; a budget; breakers that open after 2 failures for 2 s."""
     settings.HEALTH_CACHE_S = 0.0
     settings.BREAKER_FAILURES = 2
-    settings.BREAKER_COOLDOWN_S = 1.0
     a, b = upstreams
     a.fault()
     b.fault()
     _clear_breakers()
+    settings.BREAKER_COOLDOWN_S = 2.0
     cheap = make_configuration(a.url, name="cheap", strategy_name="single-cheap")
     dear = make_configuration(b.url, name="dear", strategy_name="single-dear")
     ModelEndpoint.objects.filter(pk=dear.endpoint_id).update(
@@ -239,16 +244,18 @@ def test_breaker_opens_the_router_skips_it_and_a_probe_closes_it(setup) -> None:
     _, ext, _ = _ask(client)
     assert [x["configuration"] for x in ext["attempts"]] == [dear.slug]
     assert ext["decision_reason"] and a.stats()["completions"] == 2
-    # After the cool-down one probe goes through; it fails: open again, for longer (2 s).
-    time.sleep(1.1)
+    # After the cool-down one probe goes through; it fails: open again, for twice as long.
+    [target] = endpoint_targets(cheap.endpoint)
+    time.sleep(max(0.0, breaker_snapshot()[target.key].open_until - time.time()) + 0.05)
+    probed = time.time()
     _, ext, _ = _ask(client)
     assert [x["outcome"] for x in ext["attempts"]] == ["failed", "ok"]
     assert a.stats()["completions"] == 3
-    [health] = endpoint_health(cheap.endpoint)
-    assert health["state"] == "open" and health["retry_in_s"] > 1.5
+    state = breaker_snapshot()[target.key]
+    assert state.trips == 2 and state.open_until >= probed + 4.0  # twice the first cool-down
     # The endpoint recovers; the next probe succeeds and closes the breaker.
     a.fault()
-    time.sleep(2.1)
+    time.sleep(max(0.0, state.open_until - time.time()) + 0.05)
     _, ext, query = _ask(client)
     assert [(x["configuration"], x["outcome"]) for x in ext["attempts"]] == [(cheap.slug, "ok")]
     [health] = endpoint_health(cheap.endpoint)
@@ -271,7 +278,7 @@ def test_every_endpoint_open_is_503_with_retry_after(setup, live_server) -> None
     with pytest.raises(openai.APIStatusError) as err:
         _ask(client)
     assert err.value.status_code == 503
-    assert err.value.response.headers["Retry-After"] in {"1", "2"}
+    assert err.value.response.headers["Retry-After"] in {"1", "2", "3"}
     assert err.value.body["code"] == "endpoints_unavailable"
     # The two failed queries were billed nothing (no upstream generated anything) and their
     # reservations were released.
