@@ -600,6 +600,14 @@ class Query(models.Model):
         null=True, blank=True, help_text="When graded_correct was set (feeds online learning)"
     )
     budget_flags = models.JSONField(default=list, blank=True, help_text="Soft budgets exceeded")
+    # Data retention (services.retention): when the texts are deleted, what the router reads of
+    # the prompt is kept as a sketch (token bag + markers, routing.features.prompt_sketch) with
+    # the prompt's id, so its training data and online learning do not change.
+    text_deleted_at = models.DateTimeField(
+        null=True, blank=True, help_text="When prompt, messages, answer and samples' texts went"
+    )
+    router_sketch = models.TextField(blank=True, default="", db_default="")
+    prompt_uid = models.CharField(max_length=32, blank=True, default="", db_default="")
     # Crash recovery. A worker run claims the query by bumping ``runs`` and numbers its
     # samples from ``sample_offset``; while it runs it refreshes ``heartbeat_at``, so the
     # reaper can tell a dead run (stale heartbeat) from a long one. ``dispatched_at``: when

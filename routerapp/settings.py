@@ -207,6 +207,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": REAP_INTERVAL_S,
         "options": {"queue": "default", "expires": REAP_INTERVAL_S * 4},
     },
+    "texts-retention": {
+        "task": "costpass.texts_retention",
+        "schedule": 60.0,
+        "options": {"queue": "default", "expires": 240},
+    },
 }
 
 # --- product limits -----------------------------------------------------------------------------
@@ -238,6 +243,15 @@ BREAKER_MAX_COOLDOWN_S = env_float("COSTPASS_BREAKER_MAX_COOLDOWN_S", 300.0, min
 HEALTH_CACHE_S = env_float("COSTPASS_HEALTH_CACHE_S", 1.0, minimum=0.0)
 # Where outcome tables and labelled sets are read from (never copied into the repository).
 SHARED_DATA_DIR = env_str("COSTPASS_SHARED_DATA_DIR", str(BASE_DIR.parent / "shared"))
+
+# --- data retention (services.retention, beat task texts-retention) ----------------------------
+# Prompt, message, answer and sample texts of finished queries are deleted this many days after
+# the query was created (0: kept). Tokens, costs, grades, tags and the router's prompt sketch stay.
+TEXT_RETENTION_DAYS = env_int("COSTPASS_TEXT_RETENTION_DAYS", 0, minimum=0)
+# false: "store no text" mode: texts are deleted as soon as a query has finished and its caller
+# has had TEXT_READ_GRACE_S to read the answer (a synchronous call or a poll).
+STORE_TEXT = env_bool("COSTPASS_STORE_TEXT", True)
+TEXT_READ_GRACE_S = env_int("COSTPASS_TEXT_READ_GRACE_S", 300, minimum=0)
 
 # --- metrics (Prometheus) ---------------------------------------------------------------------
 # Every web and worker process writes its counters into one directory (prometheus_client's

@@ -78,3 +78,12 @@ def queries_reap() -> int:
     from routerapp.services.execution import queries_reap_stale
 
     return queries_reap_stale()
+
+
+@app.task(name="costpass.texts_retention", soft_time_limit=240, time_limit=300)
+def texts_retention() -> int:
+    """Delete the texts the retention settings no longer allow to keep (Celery beat, every
+    minute); the ledger, grades and the router's prompt sketches stay."""
+    from routerapp.services.retention import texts_enforce_retention
+
+    return texts_enforce_retention()

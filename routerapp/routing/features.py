@@ -55,8 +55,35 @@ def _clip_text(text: str) -> str:
     return text[:_HEAD_CHARS] + " " + text[-_TAIL_CHARS:]
 
 
+# A prompt sketch stands in for a prompt whose text was deleted (data retention): the bag of its
+# tokens and its hand-made markers, which is everything the features below read, so a sketch
+# gives exactly the prompt's features. It starts with NUL, which no stored prompt contains.
+SKETCH_PREFIX = "\x00sketch:"
+
+
+def prompt_sketch(text: str) -> str:
+    """Return the sketch of ``text``: same features, no text in reading order."""
+    import json
+
+    if text.startswith(SKETCH_PREFIX):
+        return text
+    counts = Counter(tokenize(text))
+    return SKETCH_PREFIX + json.dumps(
+        {"t": dict(sorted(counts.items())), "h": handcrafted(text).tolist()},
+        separators=(",", ":"),
+    )
+
+
+def _sketch(text: str) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(text[len(SKETCH_PREFIX) :]))
+
+
 def tokenize(text: str) -> list[str]:
     """Return unigram and bigram tokens of ``text`` (numbers folded to '0' x digit count, max 4)."""
+    if text.startswith(SKETCH_PREFIX):
+        return [tok for tok, n in _sketch(text)["t"].items() for _ in range(int(n))]
     toks = [
         _DIGIT_CLASS[min(len(t), 4)] if t[0].isdigit() else t[:24]
         for t in _TOKEN_RE.findall(_clip_text(text).lower())
@@ -66,6 +93,8 @@ def tokenize(text: str) -> list[str]:
 
 def handcrafted(text: str) -> np.ndarray:
     """Return the hand-made marker vector of ``text`` in HANDCRAFTED_NAMES order."""
+    if text.startswith(SKETCH_PREFIX):
+        return np.asarray(_sketch(text)["h"], dtype=np.float64)
     n = len(text)
     if n == 0 or not text.strip():
         return np.zeros(len(HANDCRAFTED_NAMES), dtype=np.float64)

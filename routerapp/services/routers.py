@@ -110,13 +110,38 @@ def log_outcome_tables(*, team: Team | None = None) -> tuple[pd.DataFrame, pd.Da
         "prompt_tokens",
         "completion_tokens",
         "latency_ms",
+        "text_deleted_at",
+        "router_sketch",
+        "prompt_uid",
     )
+    from routerapp.services.retention import router_prompt
+
     outcomes, prompts = [], {}
-    for prompt, messages, task, slug, model, strategy, correct, cost, p_tok, c_tok, lat in rows:
-        text = prompt or next(
-            (m["content"] for m in reversed(messages or []) if m.get("role") == "user"), ""
+    for (
+        prompt,
+        messages,
+        task,
+        slug,
+        model,
+        strategy,
+        correct,
+        cost,
+        p_tok,
+        c_tok,
+        lat,
+        deleted,
+        sketch,
+        stored_uid,
+    ) in rows:
+        # A query whose text retention deleted keeps its prompt's sketch: same features, same id.
+        text, uid = router_prompt(
+            prompt=prompt,
+            messages=messages,
+            task=task,
+            text_deleted_at=deleted,
+            sketch=sketch,
+            uid=stored_uid,
         )
-        uid = prompt_uid(text, task)
         prompts[uid] = {"prompt_uid": uid, "dataset": task, "prompt": text}
         outcomes.append(
             {

@@ -187,12 +187,18 @@ class LiveRouter:
                     "configuration__slug",
                     "graded_correct",
                     "cost_usd",
+                    "text_deleted_at",
+                    "router_sketch",
                 )[:5000]
             )
-            for prompt, messages, task, slug, correct, cost in rows:
+            for prompt, messages, task, slug, correct, cost, deleted, sketch in rows:
                 text = prompt or next(
                     (m["content"] for m in reversed(messages or []) if m.get("role") == "user"), ""
                 )
+                if deleted is not None and sketch:  # retention deleted the text: its sketch
+                    from routerapp.services.retention import router_sketch_text
+
+                    text = router_sketch_text(sketch)
                 self.router.observe(
                     text, task or None, slug, correct=bool(correct), cost_usd=float(cost)
                 )
