@@ -410,7 +410,7 @@ def compare_trees(args: argparse.Namespace) -> None:
                         f"http://127.0.0.1:{port}/v1/chat/completions",
                         json=BODY,
                         headers={"Authorization": f"Bearer {keys[name]}"},
-                        timeout=60,
+                        timeout=300,  # a first request on a saturated machine can be slow
                     )
                     if check.status_code != 200:
                         raise SystemExit(f"{name} gateway check failed: {check.status_code}")
@@ -435,6 +435,9 @@ def compare_trees(args: argparse.Namespace) -> None:
                     row[f"{label}_rps"] = phase.rps
                     row[f"{label}_p50_ms"] = phase.pct(50)
                     row[f"{label}_p99_ms"] = phase.pct(99)
+                print(
+                    f"    gateway CPU per request: {row['cpu_ms_per_request']:.2f} ms", flush=True
+                )
                 results[name].append(row)
     finally:
         upstream.terminate()

@@ -377,3 +377,50 @@ def test_least_busy_sends_to_the_deployment_with_fewest_requests_in_flight(setup
         _, ext, _ = _ask(client)
         targets.add(ext["attempts"][0]["target"])
     assert targets == {"cheap/a", "cheap/b"}  # equally idle: both serve
+
+
+@pytest.mark.worker
+def test_a_worker_falls_back_and_bills_the_failed_attempts_samples(  # type: ignore[no-untyped-def]
+    live_server, upstreams, make_caller, celery_worker_process
+) -> None:
+    """Three-sample votes run in the Celery worker: upstream A answers 503 to every request, so
+    the worker falls back to the next configuration (B, another worker-pool-free HTTP endpoint);
+    the query records both attempts and is billed B's three samples, exactly once (A's 503s
+    generated nothing)."""
+    a, b = upstreams
+    a.fault()
+    b.fault()
+    _clear_breakers()
+    vote = {"n": 3, "max_tokens": 16}
+    cheap = make_configuration(
+        a.url, name="vcheap", strategy="majority_vote", strategy_name="maj3-cheap", params=vote
+    )
+    dear = make_configuration(
+        b.url, name="vdear", strategy="majority_vote", strategy_name="maj3-dear", params=vote
+    )
+    ModelEndpoint.objects.filter(pk=dear.endpoint_id).update(
+        input_usd_per_mtok=DEAR_IN, output_usd_per_mtok=DEAR_OUT
+    )
+    _params(cheap, max_retries=0)
+    caller = make_caller("alpha")
+    BudgetPolicyFactory(team=caller.team, name="monthly", limit_usd=Decimal("5"))
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=caller.raw, max_retries=0)
+    a.fault(mode="error", status=503)  # every request of the first attempt fails
+    completion, ext, query = _ask(client)
+    assert completion.choices[0].message.content == FAKE_REPLY
+    assert ext["configuration"] == dear.slug and ext["strategy"] == "majority_vote"
+    assert [(x["configuration"], x["outcome"]) for x in ext["attempts"]] == [
+        (cheap.slug, "failed"),
+        (dear.slug, "ok"),
+    ]
+    assert [x["configuration"] for x in query.attempts] == [cheap.slug, dear.slug]
+    assert query.configuration_id == dear.pk and query.samples_planned == 3
+    assert b.stats()["completions"] == 3 and a.stats()["completions"] >= 1
+    samples = list(Sample.objects.filter(query=query).order_by("index"))
+    served = [s for s in samples if not s.aborted]
+    assert len(served) == 3 and all(
+        s.cost_usd == _price(s.prompt_tokens, s.completion_tokens, DEAR_IN, DEAR_OUT)
+        for s in served
+    )
+    assert sum(1 for s in samples if s.chosen) == 1
+    _billed_once(query)
