@@ -101,3 +101,34 @@ def wait_for(predicate, timeout: float = 120.0, interval: float = 0.25):  # type
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Retry the teardown flush of transactional tests when Postgres reports a deadlock.
+
+    The session's real Celery worker may still be writing (a debounced rollup refresh, a
+    budget alert) while a test's teardown TRUNCATEs every table; Postgres then aborts one
+    of the two with a deadlock. The worker's task retries on its own; the flush retries here.
+    """
+    from django.core.management.commands import flush
+    from django.db import OperationalError
+
+    handle = flush.Command.handle
+    if getattr(handle, "_retries_deadlocks", False):
+        return
+
+    def handle_retrying(self, **options):  # type: ignore[no-untyped-def]
+        from django.core.management.base import CommandError
+
+        for attempt in range(5):
+            try:
+                return handle(self, **options)
+            except (CommandError, OperationalError) as exc:
+                cause = exc.__cause__ or exc
+                if "deadlock detected" not in str(cause) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        return None
+
+    handle_retrying._retries_deadlocks = True  # type: ignore[attr-defined]
+    flush.Command.handle = handle_retrying  # type: ignore[method-assign]
