@@ -286,6 +286,12 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBas
         status, samples = query_run_inline(query=query)
         if samples is not None:  # completed here: the query object holds its final values
             return _finished_response(query, samples, kind)
+        # Handed over to a worker (a fallback that needs one): wait for it as for any query.
+        if (
+            status == Query.Status.QUEUED
+            and query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S) is None
+        ):
+            return _pending_response(query, kind)
     else:
         query_enqueue(query=query)
         if query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S) is None:

@@ -305,9 +305,11 @@ class Responses(APIView):
             response["x-costpass-query-id"] = str(query.pk)
             return response
         if inline:
-            _, samples = query_run_inline(query=query)
+            status, samples = query_run_inline(query=query)
             if samples is not None:
                 return _answer(query, samples, echo)
+            if status == Query.Status.QUEUED:  # handed over to a worker (a fallback)
+                query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S)
         else:
             query_enqueue(query=query)
             query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S)

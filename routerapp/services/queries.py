@@ -301,7 +301,8 @@ def _runs_inline(configuration: Any, samples_planned: int) -> bool:
 def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sample] | None]:
     """Run a query created with ``defer_dispatch`` in this process; return its final status
     and, when it completed here, its samples (``query`` then holds its final values; None:
-    re-read the row).
+    re-read the row). Status ``queued``: a fallback needed a worker and the query was handed
+    over to one (wait for its end event).
 
     The same strategy, engine, ledger pricing (workers.ledger), budget settlement and end
     hooks (execution._finish) as the worker, with fewer round trips: the samples and the
@@ -320,7 +321,9 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
         if not started:
             return _current_status(query), None
         query.status, query.started_at = Query.Status.RUNNING, now
-    attempts = Attempts(query, runs_here=_runs_inline_alone)
+    # A synchronous caller waits on the query's end event, so a fallback that needs a worker
+    # (a local model, several samples) is handed over to one; a stream stays in this process.
+    attempts = Attempts(query, runs_here=_runs_inline_alone if events else lambda c: True)
     sink = None if events is None else _InlineEvents(events)
     partials: list[Sample] = []  # what failed attempts' requests generated: billed
     while True:
@@ -329,6 +332,12 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
         except NoTargetLeft as exc:
             _inline_fail(query, attempts, partials, f"EndpointsUnavailable: {exc}")
             return Query.Status.FAILED.value, None
+        if not _runs_inline_alone(attempt.configuration):
+            with transaction.atomic():
+                Sample.objects.bulk_create(partials)
+                Query.objects.filter(pk=query.pk).update(samples_done=len(partials))
+                attempts.save()
+            return str(execution._hand_off(query)), None
         try:
             # The heartbeat tells the reaper this process is alive; if it dies, the query is
             # failed and settled within QUERY_STALE_S instead of staying "running".

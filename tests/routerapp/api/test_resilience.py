@@ -424,3 +424,37 @@ def test_a_worker_falls_back_and_bills_the_failed_attempts_samples(  # type: ign
     )
     assert sum(1 for s in samples if s.chosen) == 1
     _billed_once(query)
+
+
+@pytest.mark.worker
+def test_an_inline_query_falls_back_to_a_configuration_that_needs_a_worker(  # type: ignore[no-untyped-def]
+    live_server, upstreams, make_caller, celery_worker_process
+) -> None:
+    """The web process serves a one-sample call itself; when its endpoint is down and the next
+    alternative is a three-sample vote (a worker's job), the query is handed over to a worker
+    and the synchronous caller still gets the answer."""
+    a, b = upstreams
+    a.fault()
+    b.fault()
+    _clear_breakers()
+    cheap = make_configuration(a.url, name="icheap", strategy_name="single-icheap")
+    vote = make_configuration(
+        b.url,
+        name="ivote",
+        strategy="majority_vote",
+        strategy_name="maj3-ivote",
+        params={"n": 3, "max_tokens": 16},
+    )
+    _params(cheap, base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
+    caller = make_caller("alpha")
+    BudgetPolicyFactory(team=caller.team, name="monthly", limit_usd=Decimal("5"))
+    client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=caller.raw, max_retries=0)
+    completion, ext, query = _ask(client)
+    assert completion.choices[0].message.content == FAKE_REPLY
+    assert ext["configuration"] == vote.slug and ext["votes"] == {"4": 3}
+    assert [(x["configuration"], x["outcome"]) for x in ext["attempts"]] == [
+        (cheap.slug, "failed"),
+        (vote.slug, "ok"),
+    ]
+    assert query.samples_planned == 3 and b.stats()["completions"] == 3
+    _billed_once(query)
