@@ -10,7 +10,10 @@ with an all-scopes key and a budget. Then runs
 
 and prints schemathesis' summary. The product's promise is zero 5xx responses
 (check `not_a_server_error`); the other checks (schema conformance, negative data rejection,
-...) are reported as they come.
+...) are reported as they come. Then it sends the hostile bodies of bench/hostile_inputs.py
+(deep nesting, lone surrogates, NUL, invalid UTF-8, huge numbers, NaN, duplicate keys, wrong
+content types: what a schema-driven generator does not produce) to both request endpoints and
+prints each status; any 5xx, or a status other than the expected 4xx, fails the run.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/costpass REDIS_URL=redis://127.0.0.1:6379/0 \\
     CELERY_BROKER_URL=redis://127.0.0.1:6379/0 python bench/api_fuzz.py [--max-time 300]
@@ -27,6 +30,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gateway_overhead import REPO, bench_database, free_port, setup_upstream, wait_port  # noqa: E402
+from hostile_inputs import CASES  # noqa: E402
+
+
+def hostile(base_url: str, key: str) -> int:
+    """Send every hostile body; print its status; return how many did not get the 4xx due."""
+    import httpx
+
+    bad = 0
+    print(f"\nhostile bodies ({len(CASES)} cases):")
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for name, path, body, ctype, expected in CASES:
+            content_type = "application/json" if ctype == "json" else ctype
+            r = client.post(
+                path,
+                content=body,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": content_type},
+            )
+            ok = r.status_code == expected
+            bad += not ok
+            print(f"  {'ok ' if ok else 'BAD'} {r.status_code} (want {expected}) {path:22s} {name}")
+    print(f"hostile bodies: {len(CASES) - bad}/{len(CASES)} answered as expected")
+    return bad
 
 
 def main() -> None:
@@ -110,10 +135,11 @@ def main() -> None:
         )
         print(f"$ {shown}", flush=True)
         result = subprocess.run(command, cwd=REPO, env=env)
+        bad = hostile(f"http://127.0.0.1:{port}", key)
         log.flush()
         text = Path(log.name).read_text()
         print(f"gunicorn log: {log.name}; tracebacks in it: {text.count('Traceback')}")
-        sys.exit(result.returncode)
+        sys.exit(result.returncode or int(bad > 0))
     finally:
         for p in reversed(procs):
             p.terminate()

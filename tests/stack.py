@@ -36,6 +36,14 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30
     raise RuntimeError(f"{what} is not listening on {port}")
 
 
+def children(pid: int) -> list[int]:
+    """Pids of a process's children (a prefork pool, gunicorn's workers)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 @dataclass
 class PrivateRedis:
     """A non-persistent redis-server on its own port (as the default install runs it)."""
@@ -93,11 +101,7 @@ class Worker:
 
     def children(self) -> list[int]:
         """Pids of the pool's child processes (prefork)."""
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        try:
-            return [int(p) for p in path.read_text().split()]
-        except OSError:
-            return []
+        return children(self.proc.pid)
 
     def stop(self) -> None:
         children = self.children()

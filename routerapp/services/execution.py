@@ -586,11 +586,14 @@ def samples_recover(*, query: Query) -> int:
     - ``reservation_share``: nothing of it was streamed (or the channel is gone, e.g. Redis
       restarted): billed the prompt bound plus max_tokens, its share of the reservation.
 
+    A query the web process ran itself (inline) has no such record: its planned samples without
+    a row are billed their reservation share.
+
     Idempotent (an index with a row is skipped). Call with the query row locked. Return how
     many samples it billed."""
     from workers.strategies import get_strategy
 
-    if query.runs == 0 or query.configuration is None:
+    if query.configuration is None:
         return 0
     configuration = query.configuration
     strategy = get_strategy(configuration.strategy.strategy)
@@ -600,7 +603,9 @@ def samples_recover(*, query: Query) -> int:
     written = set(
         Sample.objects.filter(query=query, index__in=list(indices)).values_list("index", flat=True)
     )
-    progress = query_progress(query.pk)
+    # A worker run records what it sends and streams on the query's event channel; a run in
+    # the web process (inline, ``runs`` 0) streams in-process only: no durable record.
+    progress = query_progress(query.pk) if query.runs else None
     prompt = min(prompt_token_bound(query.prompt, query.messages), configuration.max_prompt_tokens)
     prices = endpoint_prices(configuration.endpoint)
     lost = []

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from django.db import connection
 from django.db.models import Sum
@@ -41,6 +42,7 @@ from routerapp.services.routing import RequestConstraints
 from routerapp.services.streaming import RedisSink, redis_client
 from tests.conftest import wait_for
 from tests.routerapp.api.conftest import start_upstream
+from tests.stack import children as tests_stack_children
 from tests.stack import start_redis, start_worker
 from workers.celery import app
 from workers.ledger import cost_of_tokens
@@ -389,3 +391,57 @@ def test_database_connections_dropped_under_load_lose_no_query(
     statuses = [Query.objects.get(pk=q.pk).status for q in queries]
     assert statuses == ["done"] * 6, statuses
     _assert_ledger_exact(queries)
+
+
+def test_sigkilled_web_process_mid_stream_fails_and_bills_its_inline_query(
+    slow_upstream: str, tmp_path: Path
+) -> None:
+    """The gunicorn worker serving an inline chat stream (one sample on a remote endpoint,
+    run by the web process itself) is SIGKILLed mid-answer: within the stale window the query
+    is failed, the sample it was streaming billed at its reservation share (nothing durable
+    recorded its tokens), and the reservation released; not left running for the reaper's
+    old 16 minutes with its tokens unbilled."""
+    from tests.routerapp.api.conftest import start_gunicorn, stop
+
+    configuration = _configuration(slow_upstream, name="webkill", n=1, max_tokens=16)
+    team = Team.objects.create(name="webkill")
+    BudgetPolicy.objects.create(team=team, name="hard", limit_usd=Decimal("1"))
+    from routerapp.services.apikeys import api_key_create
+
+    _, raw = api_key_create(team=team, name="k")
+    web = start_gunicorn(tmp_path, FAST_RECOVERY, workers=1)
+    try:
+        body = {
+            "model": configuration.slug,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            f"{web.url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {raw}"},
+            timeout=30,
+        ) as response:
+            query_id = response.headers["x-costpass-query-id"]
+            for line in response.iter_lines():
+                if line.startswith("data: ") and '"content"' in line:
+                    break  # the first token is out: the sample is mid-way
+            (child,) = tests_stack_children(web.proc.pid)
+            os.kill(child, signal.SIGKILL)
+        assert Query.objects.get(pk=query_id).status == "running"
+        with _fast_recovery_settings():
+
+            def finished() -> bool:
+                queries_reap_stale()
+                return Query.objects.get(pk=query_id).is_finished
+
+            wait_for(finished, timeout=30, interval=0.5)
+    finally:
+        stop(web.proc)
+    query = Query.objects.get(pk=query_id)
+    assert query.status == "failed" and "stopped without finishing" in query.error
+    (sample,) = Sample.objects.filter(query=query)
+    assert sample.count_method == "reservation_share" and sample.completion_tokens == 16
+    assert query.cost_usd == 16 * UNIT > 0
+    _assert_ledger_exact([query])
