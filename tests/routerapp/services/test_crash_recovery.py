@@ -42,7 +42,7 @@ from routerapp.services.routing import RequestConstraints
 from routerapp.services.streaming import RedisSink, redis_client
 from tests.conftest import wait_for
 from tests.routerapp.api.conftest import start_upstream
-from tests.stack import children as tests_stack_children
+from tests.stack import children as process_children
 from tests.stack import start_redis, start_worker
 from workers.celery import app
 from workers.ledger import cost_of_tokens
@@ -427,7 +427,7 @@ def test_sigkilled_web_process_mid_stream_fails_and_bills_its_inline_query(
             for line in response.iter_lines():
                 if line.startswith("data: ") and '"content"' in line:
                     break  # the first token is out: the sample is mid-way
-            (child,) = tests_stack_children(web.proc.pid)
+            (child,) = process_children(web.proc.pid)
             os.kill(child, signal.SIGKILL)
         assert Query.objects.get(pk=query_id).status == "running"
         with _fast_recovery_settings():
