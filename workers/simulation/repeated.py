@@ -22,7 +22,8 @@ seed (``n_draws`` independent draws, averaged), and the strategy is applied to t
   time, and the strategy's own stopping rule
   (:func:`workers.strategies.adaptive_consistency.stop_decision`) decides after each window;
   only the samples taken are billed and voted. Its first samples are the same draws as
-  ``majority_vote@k``'s under the same rng, so the two are paired.
+  ``majority_vote@k``'s (the same seeded draws), so the two are paired: any accuracy
+  difference comes from stopping early.
 
 Cost: each drawn sample bills its input once (one request per sample) and its output
 tokens up to where it was stopped. With ``cost_usd_est`` present, a sample's input cost is
@@ -251,8 +252,12 @@ def simulate(
         for cfg in configs:
             # One generator per (prompt, config): results do not depend on row order of
             # other prompts or on which other configs are simulated.
+            # Adaptive consistency draws exactly majority@k's samples (paired comparison).
+            stream = (
+                f"majority_vote@{cfg.k}" if cfg.strategy == "adaptive_consistency" else cfg.name
+            )
             rng = np.random.default_rng(
-                [seed, _stable_hash(cfg.name), _stable_hash("|".join(map(str, key)))]
+                [seed, _stable_hash(stream), _stable_hash("|".join(map(str, key)))]
             )
             acc = {"correct": 0.0, "output_tokens": 0.0, "samples": 0.0, "cost_usd": 0.0}
             for _ in range(n_draws):

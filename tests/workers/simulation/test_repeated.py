@@ -119,3 +119,19 @@ def test_adaptive_consistency_draws_to_the_cap_on_a_split_vote():
     assert out.iloc[0]["correct"] == 1.0
     with pytest.raises(ValueError):
         SimConfig("adaptive_consistency", 5, rule="esc", window=1)
+
+
+def test_adaptive_consistency_is_paired_with_majority_at_the_same_k():
+    # Without an early stop (threshold unreachable), adaptive consistency is majority@k exactly.
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    rows = [{"prompt_id": f"p{p}", "sample_idx": i, "pred": str(rng.integers(0, 4)),
+             "correct": int(rng.random() < 0.3), "output_tokens_est": 10}
+            for p in range(20) for i in range(12)]  # fmt: skip
+    cfgs = [SimConfig("majority_vote", 8),
+            SimConfig("adaptive_consistency", 8, threshold=0.999999, window=2)]  # fmt: skip
+    out = simulate(pd.DataFrame(rows), cfgs, n_draws=3).pivot(
+        index="prompt_id", columns="config", values="correct"
+    )
+    assert (out["majority_vote@8"] == out["adaptive_consistency@8:beta0.999999w2"]).all()
