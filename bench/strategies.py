@@ -83,6 +83,28 @@ def _configs(k: int, max_tokens: int) -> list[tuple[str, str, dict[str, Any]] | 
                 "threshold": 0.8,
             },
         ),
+        (
+            "difficulty_adaptive(probe|maj@3|short-1@k)",
+            "difficulty_adaptive",
+            {
+                "probe_tokens": max_tokens,
+                "normal": {"strategy": "majority_vote", "params": {**common, "n": 3}},
+                "hard": {"strategy": "short_m_at_k", "params": {**common, "k": k, "m": 1}},
+            },
+        ),
+        (
+            f"step_search(beam2x2,logprob,{max(1, max_tokens // 16)} steps)",
+            "step_search",
+            {
+                **common,
+                "method": "beam",
+                "scorer": "logprob",
+                "beam_width": 2,
+                "expand": 2,
+                "step_tokens": 16,
+                "max_steps": max(1, max_tokens // 16),
+            },
+        ),
     ]
 
 
@@ -100,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default="",
         help="comma-separated strategy slugs to run (default: all)",
+    )
+    ap.add_argument(
+        "--no-raw",
+        action="store_true",
+        help="skip the raw-engine comparison runs (the strategy layer's overhead)",
     )
     ap.add_argument(
         "--threads", type=int, default=int(os.environ.get("COSTPASS_LLAMA_THREADS", "1"))
@@ -144,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cost": cost_usd(led, DEMO_PRICES),
                 "cpu_s": cpu,
             }
-            if slug in RAW_COMPARABLE:
+            if slug in RAW_COMPARABLE and not args.no_raw:
                 # The same request straight to the engine: no events, extraction or vote.
                 cfg = p.sampling(
                     p.n if hasattr(p, "n") else 1, top_logprobs=1 if slug == "weighted_vote" else 0
@@ -181,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_usd": str(total_cost),
             "cost_of_pass_usd": str(total_cost / correct) if correct else "inf",
         }
-        if slug in RAW_COMPARABLE:
+        if slug in RAW_COMPARABLE and not args.no_raw:
             raw = sum(r["raw_wall_s"] for r in rows)
             entry["mean_raw_engine_wall_s"] = raw / n
             entry["wall_vs_raw_engine_pct"] = 100 * (sum(r["wall_s"] for r in rows) / raw - 1)
@@ -189,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             raw_cpu = sum(r["raw_cpu_s"] for r in rows)
             entry["cpu_vs_raw_engine_pct"] = 100 * (sum(r["cpu_s"] for r in rows) / raw_cpu - 1)
         report["strategies"][label] = entry
+        if args.json:  # after every strategy, so that a long run leaves what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2, default=str))
         print(
             f"{label:30s} acc={entry['accuracy']:.3f} samples={entry['mean_samples']:5.2f} "
             f"gen_tok={entry['mean_generated_tokens']:7.1f} "

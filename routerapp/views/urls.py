@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from routerapp.views import auth, benchmarks, dashboards, home, playground, routers
+from routerapp.views import auth, benchmarks, configurations, dashboards, home, playground, routers
 
 urlpatterns = [
     path("", home.home, name="home"),
@@ -23,6 +23,7 @@ urlpatterns = [
     path("benchmarks/<int:run_id>/", benchmarks.benchmark_detail, name="ui-benchmark"),
     path("benchmarks/<int:run_id>/live", benchmarks.benchmark_live, name="ui-benchmark-live"),
     path("benchmarks/<int:run_id>/cancel", benchmarks.benchmark_cancel, name="ui-benchmark-cancel"),
+    path("configurations/", configurations.configurations, name="ui-configurations"),
     path("routers/", routers.routers, name="ui-routers"),
     path("routers/live", routers.routers_live, name="ui-routers-live"),
     path("routers/train", routers.router_train, name="ui-router-train"),

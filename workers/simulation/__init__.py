@@ -1,6 +1,14 @@
 """Offline strategy simulation: outcomes and costs of strategies derived from repeated
 samples, so routers can learn strategy choices without re-running models."""
 
+from workers.simulation.cascade import CascadeSim, simulate_cascades
 from workers.simulation.repeated import STRATEGIES, SimConfig, simulate, simulate_prompt
 
-__all__ = ["STRATEGIES", "SimConfig", "simulate", "simulate_prompt"]
+__all__ = [
+    "STRATEGIES",
+    "CascadeSim",
+    "SimConfig",
+    "simulate",
+    "simulate_cascades",
+    "simulate_prompt",
+]
