@@ -380,6 +380,26 @@ class BudgetPolicyAdmin(AuditedAdmin):
     audited_fields = ["team", "api_key", "end_user", "period", "limit_usd", "mode", "enabled"]
 
 
+@admin.register(m.BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    list_display = [
+        "policy",
+        "period_start",
+        "threshold",
+        "spent_usd",
+        "limit_usd",
+        "created_at",
+        "delivered_at",
+        "webhook_status",
+        "email_status",
+    ]
+    list_filter = ["threshold", "policy__team"]
+    readonly_fields = [f.name for f in m.BudgetAlert._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
 @admin.register(m.RouterVersion)
 class RouterVersionAdmin(admin.ModelAdmin):
     list_display = [

@@ -332,6 +332,18 @@ class BudgetPolicy(models.Model):
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
     limit_usd = usd_field()
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.HARD_REJECT)
+    alert_thresholds = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Percent of the limit spent that raise an alert, e.g. [50, 80, 100]; "
+        "empty = COSTPASS_BUDGET_ALERT_THRESHOLDS",
+    )
+    alert_webhook_url = models.URLField(
+        blank=True, help_text="Alerts are POSTed here as JSON, signed (x-costpass-signature)"
+    )
+    alert_emails = models.CharField(
+        max_length=500, blank=True, help_text="Comma-separated addresses that get alerts"
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -373,6 +385,34 @@ class BudgetUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.policy} from {self.period_start}"
+
+
+class BudgetAlert(models.Model):
+    """A budget crossed one of its alert thresholds in one period: raised once (the unique
+    constraint), then delivered to the policy's webhook and email addresses."""
+
+    policy = models.ForeignKey(BudgetPolicy, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateField()
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit")
+    spent_usd = usd_field()
+    limit_usd = usd_field()
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_status = models.CharField(max_length=300, blank=True)
+    email_status = models.CharField(max_length=300, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["policy", "period_start", "threshold"], name="budgetalert_once_per_period"
+            )
+        ]
+        indexes = [models.Index(fields=["delivered_at"], name="budgetalert_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.policy} at {self.threshold}% from {self.period_start}"
 
 
 class RouterVersion(models.Model):

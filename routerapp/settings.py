@@ -207,6 +207,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": REAP_INTERVAL_S,
         "options": {"queue": "default", "expires": REAP_INTERVAL_S * 4},
     },
+    "budget-alerts": {
+        "task": "costpass.budget_alerts_deliver",
+        "schedule": 60.0,
+        "options": {"queue": "default", "expires": 240},
+    },
     "texts-retention": {
         "task": "costpass.texts_retention",
         "schedule": 60.0,
@@ -252,6 +257,19 @@ TEXT_RETENTION_DAYS = env_int("COSTPASS_TEXT_RETENTION_DAYS", 0, minimum=0)
 # has had TEXT_READ_GRACE_S to read the answer (a synchronous call or a poll).
 STORE_TEXT = env_bool("COSTPASS_STORE_TEXT", True)
 TEXT_READ_GRACE_S = env_int("COSTPASS_TEXT_READ_GRACE_S", 300, minimum=0)
+
+# --- budget alerts (services.alerts) --------------------------------------------------------
+# Percent of a budget's limit spent at which it alerts, unless the policy sets its own.
+BUDGET_ALERT_THRESHOLDS = [
+    int(x) for x in env_list("COSTPASS_BUDGET_ALERT_THRESHOLDS", ["50", "80", "100"])
+]
+# Key of the HMAC-SHA256 signature of alert webhooks (x-costpass-signature: sha256=<hex>).
+ALERT_WEBHOOK_SECRET = env_str("COSTPASS_ALERT_WEBHOOK_SECRET", "")
+ALERT_WEBHOOK_TIMEOUT_S = env_float("COSTPASS_ALERT_WEBHOOK_TIMEOUT_S", 5.0, minimum=0.1)
+EMAIL_BACKEND = env_str("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("DJANGO_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("DJANGO_EMAIL_PORT", 25, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "costpass@localhost")
 
 # --- metrics (Prometheus) ---------------------------------------------------------------------
 # Every web and worker process writes its counters into one directory (prometheus_client's

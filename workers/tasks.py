@@ -87,3 +87,11 @@ def texts_retention() -> int:
     from routerapp.services.retention import texts_enforce_retention
 
     return texts_enforce_retention()
+
+
+@app.task(name="costpass.budget_alerts_deliver", soft_time_limit=120, time_limit=180)
+def budget_alerts_deliver() -> int:
+    """Send the budget alerts not yet delivered (after a settlement, and every minute)."""
+    from routerapp.services.alerts import budget_alerts_deliver as deliver
+
+    return deliver()

@@ -286,6 +286,12 @@ class ApiKeyUpdateInput(serializers.Serializer):
 class BudgetOut(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
+    alert_thresholds = serializers.ListField(child=serializers.IntegerField(), required=False)
+    alert_webhook_url = serializers.CharField(allow_blank=True, required=False)
+    alert_emails = serializers.CharField(allow_blank=True, required=False)
+    alerts = serializers.ListField(
+        child=serializers.DictField(), required=False, help_text="Raised this period"
+    )
     end_user = serializers.CharField(allow_blank=True, required=False)
     api_key = serializers.CharField(allow_null=True, help_text="Prefix of the key it covers")
     period = serializers.ChoiceField(choices=BudgetPolicy.Period.choices)
@@ -325,10 +331,30 @@ class BudgetCreateInput(serializers.Serializer):
         help_text="Only this end user's queries (the OpenAI `user` they name); empty: all",
     )
     enabled = StrictBooleanField(required=False, default=True)
+    alert_thresholds = serializers.ListField(
+        child=StrictIntegerField(min_value=1, max_value=1000),
+        required=False,
+        max_length=20,
+        help_text="Percents of the limit that raise an alert (default [50, 80, 100])",
+    )
+    alert_webhook_url = serializers.URLField(required=False, allow_blank=True, max_length=200)
+    alert_emails = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, help_text="Comma-separated"
+    )
 
 
 class BudgetUpdateInput(serializers.Serializer):
     name = StrictCharField(max_length=100, required=False)
+    alert_thresholds = serializers.ListField(
+        child=StrictIntegerField(min_value=1, max_value=1000),
+        required=False,
+        max_length=20,
+        help_text="Percents of the limit that raise an alert (default [50, 80, 100])",
+    )
+    alert_webhook_url = serializers.URLField(required=False, allow_blank=True, max_length=200)
+    alert_emails = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, help_text="Comma-separated"
+    )
     limit_usd = serializers.DecimalField(**_MONEY, max_value=Decimal("1e11"), required=False)
     period = serializers.ChoiceField(choices=BudgetPolicy.Period.choices, required=False)
     mode = serializers.ChoiceField(choices=BudgetPolicy.Mode.choices, required=False)

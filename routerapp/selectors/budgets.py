@@ -33,6 +33,21 @@ def budget_status(policy: BudgetPolicy, now: Any = None) -> dict[str, Any]:
         "spent_usd": str(spent),
         "reserved_usd": str(reserved),
         "left_usd": str(max(ZERO, policy.limit_usd - spent - reserved)),
+        "alert_thresholds": list(policy.alert_thresholds or []),
+        "alert_webhook_url": policy.alert_webhook_url,
+        "alert_emails": policy.alert_emails,
+        # The alerts this window raised (each threshold once), for the API and the UI.
+        "alerts": [
+            {
+                "threshold_percent": a.threshold,
+                "spent_usd": str(a.spent_usd),
+                "raised_at": a.created_at.isoformat(),
+                "delivered": a.delivered_at is not None,
+                "webhook": a.webhook_status,
+                "email": a.email_status,
+            }
+            for a in policy.alerts.filter(period_start=start).order_by("threshold")
+        ],
     }
 
 

@@ -305,6 +305,13 @@ def spend_over_time(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
                 "limit_usd": policy.limit_usd,
                 "scope": f"key {policy.api_key.name}" if policy.api_key else "whole team",
                 "spent": spent,
+                # Alerts raised in the period shown (each threshold once per budget window).
+                "alerts": [
+                    {"threshold_percent": a.threshold, "raised_at": a.created_at.isoformat()}
+                    for a in policy.alerts.filter(
+                        created_at__date__gte=filters.start, created_at__date__lte=filters.end
+                    ).order_by("created_at")
+                ],
             }
         )
     return {"days": days, "spend": spend, "total": sum(spend, ZERO), "budgets": budgets}

@@ -204,6 +204,9 @@ AUDITED_POLICY_FIELDS = [
     "limit_usd",
     "mode",
     "enabled",
+    "alert_thresholds",
+    "alert_webhook_url",
+    "alert_emails",
 ]
 
 
@@ -216,6 +219,17 @@ def _check_policy_values(*, team: Team, values: dict) -> None:
         )
     if "mode" in values and values["mode"] not in BudgetPolicy.Mode.values:
         raise InvalidInput(f"mode must be one of {sorted(BudgetPolicy.Mode.values)}", param="mode")
+    thresholds = values.get("alert_thresholds")
+    if thresholds is not None and (
+        not isinstance(thresholds, list)
+        or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 < t <= 1000 for t in thresholds
+        )
+    ):
+        raise InvalidInput(
+            "alert_thresholds must be a list of percents between 1 and 1000",
+            param="alert_thresholds",
+        )
     if len(values.get("end_user") or "") > 256:
         raise InvalidInput("end_user must be at most 256 characters", param="end_user")
     if "name" in values and not str(values["name"]).strip():
@@ -238,11 +252,17 @@ def budget_policy_create(
     actor: Any = None,
     actor_api_key: ApiKey | None = None,
     end_user: str = "",
+    alert_thresholds: list[int] | None = None,
+    alert_webhook_url: str = "",
+    alert_emails: str = "",
 ) -> BudgetPolicy:
     """Create a budget policy for the team (or one of its keys, or one end user of it: the
     OpenAI `user` its requests name); the audit log records it."""
     values = {
         "end_user": (end_user or "").strip(),
+        "alert_thresholds": list(alert_thresholds or []),
+        "alert_webhook_url": alert_webhook_url,
+        "alert_emails": alert_emails,
         "name": name.strip(),
         "limit_usd": limit_usd,
         "period": period,
@@ -273,7 +293,16 @@ def budget_policy_update(
 ) -> BudgetPolicy:
     """Change a policy's name, limit, period, mode or enabled flag; the audit log records old
     and new values. Raise InvalidInput for an unknown field or a bad value."""
-    allowed = {"name", "limit_usd", "period", "mode", "enabled"}
+    allowed = {
+        "name",
+        "limit_usd",
+        "period",
+        "mode",
+        "enabled",
+        "alert_thresholds",
+        "alert_webhook_url",
+        "alert_emails",
+    }
     unknown = sorted(set(changes) - allowed)
     if unknown:
         raise InvalidInput(f"cannot change {unknown}; changeable: {sorted(allowed)}")

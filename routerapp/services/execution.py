@@ -718,6 +718,10 @@ def _finish(query: Query, *, aborted_completion_tokens: int | None = None) -> No
     if query.graded_correct is not None and query.graded_at is None:
         query.graded_at = query.finished_at
     budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
+    if query.budget_windows and query.cost_usd > 0:
+        from routerapp.services.alerts import budget_alerts_raise
+
+        budget_alerts_raise(usage_ids=query.budget_windows)
     # The dashboards' daily rollup: its group is refreshed (debounced, off the request path)
     # once this is committed; robust, because a rollup failure must not fail a finished query.
     from routerapp.services.rollups import rollup_schedule

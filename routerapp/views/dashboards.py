@@ -64,6 +64,13 @@ def _spend(team: Team, f: D.DashboardFilters) -> Panel:
         note += " No budget is set for this team: an admin can add one under Budget policies in the admin."
     else:
         note += " Budget lines count everything their scope spent (the team, or one key), whatever the filters."
+    alerts = [
+        f"{b['name']} reached {a['threshold_percent']}% on {a['raised_at'][:10]}"
+        for b in data["budgets"]
+        for a in b.get("alerts", [])
+    ]
+    if alerts:
+        note += " Alerts this period: " + "; ".join(alerts) + "."
     return Panel(figures=[charts.spend_figure(data)], columns=columns, rows=rows, note=note)
 
 
