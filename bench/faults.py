@@ -557,6 +557,8 @@ KINDS = {
         ("jobs_cpu", 1),
     ],
     "client": [("disconnect", 4), ("cancel", 4), ("stream_k4", 1), ("jobs_k4", 1)],
+    # Queries the web process runs itself (one remote sample), so a kill finds some mid-way.
+    "web_kill": [("stream_single", 5), ("chat_single", 3), ("stream_k4", 1), ("jobs_k4", 1)],
 }
 
 
@@ -564,7 +566,7 @@ def run_load(
     stack: Stack, n: int, seconds: float, fault: str, pool: ThreadPoolExecutor
 ) -> list[Any]:
     """Submit ``n`` requests spread over ``seconds``; return their futures."""
-    kinds, weights = zip(*KINDS["client" if fault == "client" else "default"], strict=True)
+    kinds, weights = zip(*KINDS.get(fault, KINDS["default"]), strict=True)
     route = "flaky" if fault == "upstream" else "fake"
     futures = []
     for _ in range(n):
@@ -587,14 +589,15 @@ def query_rows(db_url: str, since_ids: set[str]) -> tuple[dict[str, dict], dict[
         rows = conn.execute(
             """
             SELECT q.id::text, q.status, q.error, q.cost_usd, q.reserved_usd,
-                   COALESCE(SUM(s.cost_usd), 0), COUNT(s.id), q.runs
+                   COALESCE(SUM(s.cost_usd), 0), COUNT(s.id), q.runs,
+                   COUNT(s.id) FILTER (WHERE s.finish_reason = 'lost')
             FROM routerapp_query q LEFT JOIN routerapp_sample s ON s.query_id = q.id
             GROUP BY q.id
             """
         ).fetchall()
     new = {}
     costs = {}
-    for qid, status, error, cost, reserved, samples_usd, n_samples, attempts in rows:
+    for qid, status, error, cost, reserved, samples_usd, n_samples, runs, lost_samples in rows:
         costs[qid] = cost
         if qid not in since_ids:
             new[qid] = {
@@ -604,7 +607,8 @@ def query_rows(db_url: str, since_ids: set[str]) -> tuple[dict[str, dict], dict[
                 "reserved": reserved,
                 "samples_usd": samples_usd,
                 "samples": n_samples,
-                "attempts": attempts,
+                "runs": runs,
+                "lost_samples": lost_samples,
             }
     return new, costs
 
@@ -677,6 +681,43 @@ def all_ids(db_url: str) -> set[str]:
 # --- one window ----------------------------------------------------------------------------
 
 
+def in_flight(db_url: str) -> dict[str, int]:
+    """Queries queued, running on a worker, and running in the web process, right now."""
+    import psycopg
+
+    try:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                """
+                SELECT COUNT(*) FILTER (WHERE status = 'queued'),
+                       COUNT(*) FILTER (WHERE status = 'running' AND runs > 0),
+                       COUNT(*) FILTER (WHERE status = 'running' AND runs = 0)
+                FROM routerapp_query
+                """
+            ).fetchone()
+    except psycopg.OperationalError:
+        return {"queued": 0, "running_worker": 0, "running_inline": 0}
+    return {"queued": row[0], "running_worker": row[1], "running_inline": row[2]}
+
+
+# What each fault should hit: it is injected once the database shows one (or after 5 s).
+TARGET = {
+    "worker_kill": "running_worker",
+    "web_kill": "running_inline",
+    "redis_restart": "queued",
+    "postgres_restart": "running_worker",
+}
+
+
+def wait_target(stack: Stack, fault: str) -> dict[str, int]:
+    deadline = time.monotonic() + 5
+    while True:
+        now = in_flight(stack.db_url)
+        if fault not in TARGET or now[TARGET[fault]] > 0 or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
+
+
 def inject(stack: Stack, fault: str, rep: int) -> str:
     """Inject one fault; return what was done."""
     if fault == "worker_kill":
@@ -714,10 +755,8 @@ def run_window(
         target=lambda: futures.extend(run_load(stack, n, load_s, fault, pool))
     )
     loader.start()
-    if fault == "redis_restart":
-        time.sleep(load_s * 0.6)  # a backlog of multi-sample queries is queued by now
-    else:
-        time.sleep(load_s * 0.35)
+    time.sleep(load_s * 0.3)
+    hit = wait_target(stack, fault)
     action = inject(stack, fault, rep)
     loader.join()
     outcomes = [f.result() for f in futures]
@@ -767,7 +806,9 @@ def run_window(
         "finished": sum(r["status"] == "done" for r in rows.values()),
         "cancelled": sum(r["status"] == "cancelled" for r in rows.values()),
         "failed_with_message": sum(bool(r["error"]) for r in failed),
-        "rerun": sum(r["attempts"] > 1 for r in rows.values()),
+        "in_flight_at_fault": hit,
+        "rerun": sum(r["runs"] > 1 for r in rows.values()),
+        "bound_billed_samples": sum(r["lost_samples"] for r in rows.values()),
         "lost": len(lost),
         "stuck": len(stuck),
         "double_billed": double,
@@ -801,7 +842,8 @@ def main() -> None:
                     w = run_window(stack, fault, rep, args.per_window, pool)
                     windows.append(w)
                     print(
-                        f"{fault:17s} rep {rep}: {w['queries']:3d} queries, {w['action']}; "
+                        f"{fault:17s} rep {rep}: {w['queries']:3d} queries, {w['action']} "
+                        f"(in flight: {w['in_flight_at_fault']}); "
                         f"lost {w['lost']} stuck {w['stuck']} double {w['double_billed']} "
                         f"overspend {w['overspend_usd']} violations {w['invariant_violations']}",
                         flush=True,
@@ -821,6 +863,7 @@ COLUMNS = (
     "cancelled",
     "failed_with_message",
     "rerun",
+    "bound_billed_samples",
     "lost",
     "stuck",
     "double_billed",
