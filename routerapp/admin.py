@@ -118,6 +118,16 @@ class ModelEndpointForm(forms.ModelForm):
                 data["engine_params"] = validate_engine_params(engine, params)
             except ValueError as exc:
                 self.add_error("engine_params", str(exc))
+        if engine:
+            from workers.strategies.request_options import ENGINE_FEATURES
+
+            # A flag the engine cannot act on would route requests it then cannot honour.
+            features = ENGINE_FEATURES.get(engine, frozenset())
+            for flag in ("json_mode", "json_schema", "tools", "images", "audio"):
+                if data.get(f"supports_{flag}") and flag not in features:
+                    self.add_error(
+                        f"supports_{flag}", f"the {engine} engine cannot pass this through"
+                    )
         return data
 
 

@@ -556,11 +556,17 @@ class Query(models.Model):
         blank=True,
         help_text="The caller's tags (x-costpass-tags header); also in QueryTag for grouping",
     )
+    # Database defaults too, so bulk loaders that name their columns (COPY) need not know them.
     end_user = models.CharField(
-        max_length=256, blank=True, help_text="The caller's end user (OpenAI's `user` field)"
+        max_length=256,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The caller's end user (OpenAI's `user` field)",
     )
     request_options = models.JSONField(
         default=dict,
+        db_default={},
         blank=True,
         help_text="OpenAI request fields the query honours (sampling, n, response_format, "
         "tools, logprobs)",

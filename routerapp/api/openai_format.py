@@ -37,10 +37,52 @@ def usage(query: Query) -> dict[str, Any]:
 
 def finish_reason(query: Query, samples: list[Sample]) -> str:
     """OpenAI's finish reason of the returned answer: the chosen sample's, 'stop' otherwise."""
-    chosen = next((s for s in samples if s.chosen), None)
-    if chosen is not None and chosen.finish_reason == "length":
+    return sample_finish_reason(next((s for s in samples if s.chosen), None))
+
+
+def sample_finish_reason(sample: Sample | None) -> str:
+    if sample is not None and sample.tool_calls:
+        return "tool_calls"
+    if sample is not None and sample.finish_reason == "length":
         return "length"
     return "stop"
+
+
+def _wants_logprobs(query: Query) -> bool:
+    return bool((query.request_options or {}).get("logprobs"))
+
+
+def _choice_samples(query: Query, samples: list[Sample]) -> list[Sample | None]:
+    """The samples returned as choices: every sample for OpenAI's ``n`` (one-sample
+    strategies draw n), else the chosen one (None when no sample was chosen)."""
+    if int((query.request_options or {}).get("n", 1)) > 1:
+        return [*sorted(samples, key=lambda s: s.index)]
+    return [next((s for s in samples if s.chosen), None)]
+
+
+def chat_logprobs(query: Query, sample: Sample | None) -> dict[str, Any] | None:
+    if not _wants_logprobs(query) or sample is None:
+        return None
+    return {"content": sample.logprobs or [], "refusal": None}
+
+
+def text_logprobs(query: Query, sample: Sample | None) -> dict[str, Any] | None:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset."""
+    if not _wants_logprobs(query) or sample is None:
+        return None
+    content = sample.logprobs or []
+    offsets, at = [], 0
+    for entry in content:
+        offsets.append(at)
+        at += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in content],
+        "token_logprobs": [e["logprob"] for e in content],
+        "top_logprobs": [
+            {t["token"]: t["logprob"] for t in e.get("top_logprobs") or []} for e in content
+        ],
+        "text_offset": offsets,
+    }
 
 
 def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
@@ -104,44 +146,64 @@ def response_model(query: Query) -> str:
 
 
 def completion_body(query: Query, samples: list[Sample], kind: str) -> dict[str, Any]:
-    """A finished query as a `chat.completion` or `text_completion` object."""
-    reason = finish_reason(query, samples)
-    if kind == CHAT:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": query.answer, "refusal": None},
-            "logprobs": None,
-            "finish_reason": reason,
-        }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": query.answer, "logprobs": None, "finish_reason": reason}
-        obj = "text_completion"
-    return {
-        "id": completion_id(query, kind),
-        "object": obj,
-        "created": int(query.created_at.timestamp()),
-        "model": response_model(query),
-        "system_fingerprint": None,
-        "choices": [choice],
-        "usage": usage(query),
-        "costpass": extension(query, samples),
-    }
-
-
-def pending_body(query: Query, kind: str) -> dict[str, Any]:
-    """A query still running when the synchronous wait ran out (HTTP 202): where to poll."""
+    """A finished query as a `chat.completion` or `text_completion` object: one choice (the
+    chosen sample: the strategy's answer), or with OpenAI's ``n`` one choice per sample."""
+    chosen = _choice_samples(query, samples)
+    choices: list[dict[str, Any]] = []
+    for i, sample in enumerate(chosen):
+        # One choice: the strategy's answer (it may post-process the sample's text).
+        text = query.answer if len(chosen) == 1 or sample is None else sample.text
+        reason = sample_finish_reason(sample)
+        if kind == CHAT:
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if sample is not None and sample.tool_calls:
+                message["tool_calls"] = sample.tool_calls
+                message["content"] = text or None
+            choices.append(
+                {
+                    "index": i,
+                    "message": message,
+                    "logprobs": chat_logprobs(query, sample),
+                    "finish_reason": reason,
+                }
+            )
+        else:
+            choices.append(
+                {
+                    "index": i,
+                    "text": text,
+                    "logprobs": text_logprobs(query, sample),
+                    "finish_reason": reason,
+                }
+            )
     return {
         "id": completion_id(query, kind),
         "object": "chat.completion" if kind == CHAT else "text_completion",
         "created": int(query.created_at.timestamp()),
         "model": response_model(query),
-        "choices": [],
-        "usage": None,
-        "costpass": {
-            **extension(query, None),
-            "message": f"still running; poll GET {poll_url(query)} for the result",
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": usage(query),
+        "costpass": extension(query, samples),
+    }
+
+
+def timeout_body(query: Query, waited_s: float) -> dict[str, Any]:
+    """OpenAI's error shape for a query that outlived the synchronous wait: it goes on, and
+    the error says where to poll for its result (never a completion without choices)."""
+    return {
+        "error": {
+            "message": (
+                f"the query is still running after {waited_s:g}s; it continues and is billed "
+                f"as usual: poll GET {poll_url(query)} for its result"
+            ),
+            "type": "timeout",
+            "param": None,
+            "code": "query_timeout",
+            "query_id": str(query.pk),
+            "poll_url": poll_url(query),
         },
+        "costpass": extension(query, None),
     }
 
 
@@ -154,6 +216,9 @@ def chunk(
     reason: str | None = None,
     extra: dict[str, Any] | None = None,
     choices: bool = True,
+    index: int = 0,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One `chat.completion.chunk` (or streamed `text_completion`)."""
     body: dict[str, Any] = {
@@ -171,10 +236,14 @@ def chunk(
             delta["role"] = "assistant"
         if content is not None:
             delta["content"] = content
-        body["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]
+        if tool_calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+        body["choices"] = [
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+        ]
     else:
         body["choices"] = [
-            {"index": 0, "text": content or "", "logprobs": None, "finish_reason": reason}
+            {"index": index, "text": content or "", "logprobs": logprobs, "finish_reason": reason}
         ]
     if extra:
         body.update(extra)

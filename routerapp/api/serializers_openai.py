@@ -1,9 +1,12 @@
-"""Request validation and (documented) response shapes of the OpenAI-compatible endpoints.
+"""The documented request and response shapes of the OpenAI-compatible endpoints.
 
-Requests accept OpenAI's fields; sampling knobs the configuration owns (temperature, max_tokens,
-top_p, seed, stop, ...) are accepted and ignored: the chosen configuration's strategy fixes
-them, which is what bounds the budget reservation. costpass's own fields (strategy,
-max_cost_usd, min_accuracy, max_latency_s, task, allowed_models) narrow the router's choice.
+Requests are validated against the official `openai` types (api.openai_request); these
+serializers document the main fields for the OpenAPI schema. Every OpenAI field is honoured,
+routed to configurations that honour it, or refused with a 400 naming it: sampling fields
+override a one-sample configuration's sampling and bound every sample (and the reservation) of
+a multi-sample one; response_format, tools and logprobs go to endpoints flagged for them.
+costpass's own fields (strategy, max_cost_usd, min_accuracy, max_latency_s, task,
+allowed_models) narrow the router's choice.
 """
 
 from __future__ import annotations
@@ -38,42 +41,59 @@ class _OpenAIRequest(ConstraintFields):
     stream = StrictBooleanField(required=False, default=False)
     stream_options = StreamOptions(required=False, allow_null=True)
     n = StrictIntegerField(
-        required=False, allow_null=True, min_value=1, max_value=1, help_text="Only 1"
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=16,
+        help_text="Choices to return; only one-sample configurations can (others are routed "
+        "around)",
     )
     max_tokens = StrictIntegerField(
-        required=False, allow_null=True, min_value=1, help_text="Accepted, not applied"
+        required=False, allow_null=True, min_value=1, help_text="Bounds every sample"
     )
     temperature = StrictFloatField(
         required=False,
         allow_null=True,
         min_value=0.0,
         max_value=2.0,
-        help_text="Accepted, not applied",
+        help_text="Replaces a one-sample strategy's; bounds a multi-sample one's",
     )
     top_p = StrictFloatField(
         required=False,
         allow_null=True,
         min_value=0.0,
         max_value=1.0,
-        help_text="Accepted, not applied",
+        help_text="Replaces a one-sample strategy's; bounds a multi-sample one's",
     )
-    seed = StrictIntegerField(required=False, allow_null=True, help_text="Accepted, not applied")
-    user = StrictCharField(required=False, allow_blank=True, max_length=256)
+    seed = StrictIntegerField(required=False, allow_null=True, help_text="Base seed of the samples")
+    stop = serializers.JSONField(required=False, help_text="A string or up to 4 strings")
+    logprobs = serializers.JSONField(
+        required=False, help_text="Chat: true; completions: top alternatives per token (0-5)"
+    )
+    user = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=256,
+        help_text="Your end user: stored on the query (usage group_by=user)",
+    )
 
 
 class ChatCompletionInput(_OpenAIRequest):
     messages = serializers.ListField(child=MessageInput(), allow_empty=False, max_length=10_000)
     max_completion_tokens = StrictIntegerField(
-        required=False, allow_null=True, min_value=1, help_text="Accepted, not applied"
+        required=False, allow_null=True, min_value=1, help_text="Bounds every sample"
+    )
+    top_logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=20)
+    response_format = serializers.DictField(
+        required=False, help_text="json_object / json_schema: endpoints flagged for them"
     )
     tools = serializers.ListField(
-        child=serializers.DictField(), required=False, allow_null=True, help_text="Not supported"
+        child=serializers.DictField(),
+        required=False,
+        allow_null=True,
+        help_text="Function tools: endpoints flagged for tools; votes compare tool calls",
     )
-
-    def validate_tools(self, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise serializers.ValidationError("tools are not supported by this gateway")
-        return value
+    tool_choice = serializers.JSONField(required=False)
 
 
 @extend_schema_field(
@@ -173,6 +193,7 @@ class ChatMessageOut(serializers.Serializer):
     role = serializers.CharField()
     content = serializers.CharField(allow_null=True)
     refusal = serializers.CharField(allow_null=True)
+    tool_calls = serializers.ListField(child=serializers.DictField(), required=False)
 
 
 class ChatChoiceOut(serializers.Serializer):

@@ -8,7 +8,11 @@ Where a query runs: one sample on a remote OpenAI-compatible endpoint runs in th
 (services.queries.query_runs_inline: the queue hop would cost more than the call); everything
 else goes to the Celery workers and this request waits for its end (events from
 services.streaming) for at most SYNC_WAIT_S. When the wait runs out the query goes on, and the
-answer is HTTP 202 with where to poll.
+answer is an OpenAI-shaped timeout error (HTTP 504, x-should-retry: false: a retry would pay
+twice) that carries the query id and where to poll; never a completion without choices.
+
+Request bodies are validated against the official `openai` types (api.openai_request): every
+field is honoured, routed to configurations that honour it, or refused with a 400 naming it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from rest_framework.views import APIView
 from routerapp.api import openai_format as fmt
 from routerapp.api.auth import admit_request, require_scope
 from routerapp.api.errors import error_body
+from routerapp.api.openai_request import OpenAIRequest, parse_request
 from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers_openai import (
     ChatCompletionInput,
@@ -84,6 +89,7 @@ _ERRORS = {
         (409, "The query was cancelled (x-should-retry: false)"),
         (422, "No configuration satisfies the constraints"),
         (502, "The model endpoint failed; tokens it generated are billed (x-should-retry: false)"),
+        (504, "Still running after the synchronous wait: error.query_id / error.poll_url"),
     ]
 }
 # One server-sent event: `data` is a JSON chunk (chat.completion.chunk / text_completion, the
@@ -147,11 +153,12 @@ def _finished_response(query: Query, samples: list[Sample], kind: str) -> Respon
     return response
 
 
-def _pending_response(query: Query, kind: str) -> Response:
-    response = Response(fmt.pending_body(query, kind), status=202)
+def _timeout_response(query: Query) -> Response:
+    response = Response(fmt.timeout_body(query, settings.SYNC_WAIT_S), status=504)
     response["Location"] = fmt.poll_url(query)
-    response["Retry-After"] = "5"
     response["x-costpass-query-id"] = str(query.pk)
+    # The query goes on and will be billed: a client retrying on its own would pay twice.
+    response["x-should-retry"] = "false"
     return response
 
 
@@ -167,11 +174,13 @@ def _run_inline_thread(query: Query, sink: LocalSink) -> None:
 
 
 def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any]) -> Iterator[bytes]:
-    """The SSE body: token deltas for a one-sample query, the chosen answer at once for a
-    multi-sample strategy, then the finish chunk carrying `usage` and the `costpass` object
-    (the real cost), and with stream_options.include_usage a final usage chunk, then [DONE].
-    A client that goes away cancels its query; what was generated is still billed."""
-    single = query.samples_planned == 1
+    """The SSE body: token deltas of a one-sample query as they come; otherwise (a
+    multi-sample strategy, OpenAI's ``n`` or ``logprobs``) each choice whole at the end. Then
+    the finish chunk carrying `usage` and the `costpass` object (the real cost), and with
+    stream_options.include_usage a final usage chunk, then [DONE]. A client that goes away
+    cancels its query; what was generated is still billed."""
+    options = query.request_options or {}
+    live = query.samples_planned == 1 and not options.get("logprobs")
     streamed: list[str] = []
     index: int | None = None
     over = False
@@ -179,7 +188,7 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
         yield fmt.sse(fmt.chunk(query, kind, role=True, content=""))
         ended = False
         for event in events:
-            if event.kind == TOKEN and single:
+            if event.kind == TOKEN and live:
                 if index is None:
                     index = event.index
                 if event.index == index:
@@ -192,14 +201,7 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
                 break
         if not ended:
             over = True  # the query goes on; the client was told where to poll
-            yield fmt.sse(
-                error_body(
-                    f"still running after {settings.SYNC_WAIT_S:g}s; the query continues: poll "
-                    f"GET {fmt.poll_url(query)}",
-                    "timeout",
-                    "still_running",
-                )
-            )
+            yield fmt.sse(fmt.timeout_body(query, settings.SYNC_WAIT_S))
             return
         final, samples = _reload(query.pk)
         over = True
@@ -207,17 +209,42 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
             _, body = _failure(final)
             yield fmt.sse({**body, "costpass": fmt.extension(final, samples)})
             return
-        sent = "".join(streamed)
-        if not sent:
-            rest = final.answer
-        elif final.answer.startswith(sent):
-            rest = final.answer[len(sent) :]
-        else:  # the strategy post-processed the text it streamed; the extension has the answer
-            rest = ""
-        if rest:
-            yield fmt.sse(fmt.chunk(final, kind, content=rest))
         tail = {"usage": fmt.usage(final), "costpass": fmt.extension(final, samples)}
-        yield fmt.sse(fmt.chunk(final, kind, reason=fmt.finish_reason(final, samples), extra=tail))
+        choices = fmt._choice_samples(final, samples)
+        logprobs = fmt.chat_logprobs if kind == fmt.CHAT else fmt.text_logprobs
+        for i, sample in enumerate(choices):
+            text = final.answer if len(choices) == 1 or sample is None else sample.text
+            sent = "".join(streamed) if i == 0 else ""
+            if not sent:
+                rest = text
+            elif text.startswith(sent):
+                rest = text[len(sent) :]
+            else:  # the strategy post-processed the text it streamed; the extension has it
+                rest = ""
+            calls = sample.tool_calls if sample is not None else None
+            if rest or calls or (sample is not None and options.get("logprobs")):
+                yield fmt.sse(
+                    fmt.chunk(
+                        final,
+                        kind,
+                        content=rest,
+                        index=i,
+                        tool_calls=calls,
+                        logprobs=logprobs(final, sample),
+                        role=i > 0,
+                    )
+                )
+        for i, sample in enumerate(choices):
+            last = i == len(choices) - 1
+            yield fmt.sse(
+                fmt.chunk(
+                    final,
+                    kind,
+                    index=i,
+                    reason=fmt.sample_finish_reason(sample),
+                    extra=tail if last else None,
+                )
+            )
         if include_usage:
             yield fmt.sse(fmt.chunk(final, kind, choices=False, extra=tail))
         yield fmt.SSE_DONE
@@ -239,23 +266,32 @@ def _cancel_quietly(query: Query) -> None:
         log.info("query %s not cancelled after the client left", query.pk)
 
 
-def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBase:
+def _serve(request: Request, kind: str) -> HttpResponseBase:
     require_scope(request.user, "query")
+    body = parse_request(request.data, kind)
+    return serve_request(request, body)
+
+
+def serve_request(request: Request, body: OpenAIRequest) -> HttpResponseBase:
+    """Admit, route, reserve and run one validated OpenAI request; answer it (JSON or SSE).
+
+    The pipeline every OpenAI-style endpoint shares: the request's fields become router
+    constraints and RequestOptions (services.request_fields), the rest is the query's."""
     principal = request.user
-    messages = data.get("messages") if kind == fmt.CHAT else None
-    prompt = data.get("prompt", "") if kind == fmt.TEXT else ""
-    text = " ".join(str(m.get("content") or "") for m in messages) if messages else prompt
-    admit_request(request, text)
+    kind = body.kind
+    admit_request(request, body.text)
     try:
         query = query_create(
             team=principal.team,
             api_key=principal.key,
-            prompt=prompt,
-            messages=messages,
-            task=data.get("task", ""),
-            end_user=data.get("user") or "",
+            prompt=body.prompt,
+            messages=body.messages,
+            task=body.constraints.get("task", ""),
+            end_user=body.user,
             tags=query_tags_parse(request.headers.get(TAGS_HEADER)),
-            constraints=constraints_from(data),
+            options=body.options,
+            recorded=body.recorded,
+            constraints=constraints_from(body.constraints),
             source=Query.Source.CHAT,
             defer_dispatch=True,
         )
@@ -264,8 +300,7 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBas
             raise NotFound(exc.message, param="model", code="model_not_found") from exc
         raise
     inline = query_runs_inline(query)
-    if data.get("stream"):
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    if body.stream:
         if inline:
             sink = LocalSink()
             threading.Thread(
@@ -276,7 +311,7 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBas
             query_enqueue(query=query)
             events = query_events(query.pk, timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
         response = StreamingHttpResponse(
-            _stream(query, kind, include_usage, events), content_type="text/event-stream"
+            _stream(query, kind, body.include_usage, events), content_type="text/event-stream"
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -295,10 +330,10 @@ def _serve(request: Request, data: dict[str, Any], kind: str) -> HttpResponseBas
     else:
         query_enqueue(query=query)
         if query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S) is None:
-            return _pending_response(query, kind)
+            return _timeout_response(query)
     final, samples = _reload(query.pk)
     if not final.is_finished:
-        return _pending_response(final, kind)
+        return _timeout_response(final)
     return _finished_response(final, samples, kind)
 
 
@@ -307,8 +342,9 @@ _EXT_DESCRIPTION = (
     "Extra fields: strategy, max_cost_usd, min_accuracy, max_latency_s, task, allowed_models. "
     "The response's `usage` sums every sample's tokens; `costpass` holds the decision, the real "
     "cost and the samples; header x-costpass-cost-usd. `stream: true` answers server-sent "
-    "events in OpenAI's chunk format. HTTP 202 when the query outlives the synchronous wait "
-    "(poll `costpass.poll_url`)."
+    "events in OpenAI's chunk format. Every OpenAI field is honoured (the router chooses among "
+    "configurations that can) or refused with a 400 naming it. HTTP 504 (x-should-retry: "
+    "false) when the query outlives the synchronous wait: `error.poll_url` has its result."
 )
 
 
@@ -321,7 +357,6 @@ class ChatCompletions(APIView):
         responses={
             (200, "application/json"): ChatCompletionOut,
             (200, "text/event-stream"): _SSE_EVENT,
-            (202, "application/json"): ChatCompletionOut,
             **_ERRORS,
         },
         operation_id="chat_completions_create",
@@ -329,9 +364,7 @@ class ChatCompletions(APIView):
         tags=["openai"],
     )
     def post(self, request: Request) -> HttpResponseBase:
-        form = ChatCompletionInput(data=request.data)
-        form.is_valid(raise_exception=True)
-        return _serve(request, form.validated_data, fmt.CHAT)
+        return _serve(request, fmt.CHAT)
 
 
 class Completions(APIView):
@@ -343,7 +376,6 @@ class Completions(APIView):
         responses={
             (200, "application/json"): TextCompletionOut,
             (200, "text/event-stream"): _SSE_EVENT,
-            (202, "application/json"): TextCompletionOut,
             **_ERRORS,
         },
         operation_id="completions_create",
@@ -351,9 +383,7 @@ class Completions(APIView):
         tags=["openai"],
     )
     def post(self, request: Request) -> HttpResponseBase:
-        form = CompletionInput(data=request.data)
-        form.is_valid(raise_exception=True)
-        return _serve(request, form.validated_data, fmt.TEXT)
+        return _serve(request, fmt.TEXT)
 
 
 _EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}

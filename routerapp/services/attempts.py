@@ -35,6 +35,7 @@ from routerapp.models import Configuration, Query, Sample
 from routerapp.services.breakers import Target, breaker_record, endpoint_available, target_pick
 from routerapp.services.budgets import budget_reserve, budget_settle, policies_for
 from routerapp.services.pricing import endpoint_prices, prompt_token_bound, worst_case_cost
+from routerapp.services.request_fields import query_options
 from workers.engines.resilience import UpstreamError
 from workers.ledger import cost_of_tokens
 
@@ -141,7 +142,8 @@ class Attempts:
         """Whether a fallback to ``configuration`` fits the reservation (topping it up under
         the same budget windows when it does not, if the hard budgets allow)."""
         query = self.query
-        need = self.billed + worst_case_cost(configuration, self._bound)
+        # Priced as it would run: the request's fields (n, max_tokens...) applied.
+        need = self.billed + worst_case_cost(configuration, self._bound, query_options(query))
         missing = need - query.reserved_usd
         if missing <= 0:
             return True

@@ -212,6 +212,8 @@ def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
             reasoning_tokens=reasoning,
         ),
         "count_method": str(getattr(candidate, "count_method", "") or "")[:24],
+        "tool_calls": getattr(candidate, "tool_calls", None),
+        "logprobs": getattr(candidate, "logprobs_content", None),
     }
 
 
@@ -450,28 +452,28 @@ def _hand_off(query: Query) -> str:
 
 def _run_attempt(query: Query, attempt: Attempt, run: _Run) -> Any:
     """Run the query's strategy on one attempt's configuration and target."""
+    from routerapp.services.request_fields import query_run_spec
     from workers.engines import get_engine
-    from workers.strategies import get_strategy
 
     configuration = attempt.configuration
     target = attempt.target
     engine = get_engine(target.engine, target.engine_params)
-    strategy = get_strategy(configuration.strategy.strategy)
-    params = strategy.validate_params(configuration.strategy.params)
+    spec = query_run_spec(query, configuration)  # the request's fields applied, as reserved
     _check_prompt_length(engine, query)
-    engines = run.load_stages(strategy, params)  # a cascade's other endpoints
+    engines = run.load_stages(spec.strategy, spec.params)  # a cascade's other endpoints
     token = RETRY_LOG.set(attempt.retries)
     try:
         with target_busy(target, counted=configuration.endpoint.balancing == "least_busy"):
-            return strategy.run(
+            return spec.strategy.run(
                 engine,
                 messages=query.messages or [{"role": "user", "content": query.prompt}],
-                params=params,
+                params=spec.params,
                 answer_kind=query.answer_kind or None,
                 on_event=run.on_event,
                 should_cancel=run.should_cancel,
                 engines=engines,
                 task=query.task,
+                **spec.run_kwargs,
             )
     finally:
         RETRY_LOG.reset(token)

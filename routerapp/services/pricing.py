@@ -6,8 +6,8 @@ from decimal import Decimal
 from typing import Any
 
 from routerapp.models import Configuration, ModelEndpoint
+from routerapp.services.request_fields import strategy_params
 from workers.ledger import Prices, cost_of_tokens
-from workers.strategies import get_strategy
 
 # Chat templates wrap each message in role markers; a generous per-message allowance.
 TEMPLATE_TOKENS_PER_MESSAGE = 16
@@ -31,7 +31,10 @@ def prompt_token_bound(prompt: str, messages: list[dict] | None) -> int:
     count; the chat template adds a fixed allowance per message.
     """
     if messages:
-        body = sum(len(str(m.get("content") or "").encode()) for m in messages)
+        body = sum(
+            len(str(m.get("content") or "").encode()) + len(str(m.get("tool_calls") or "").encode())
+            for m in messages
+        )
         return body + TEMPLATE_TOKENS_FIXED + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
     return len(prompt.encode()) + TEMPLATE_TOKENS_FIXED
 
@@ -58,15 +61,17 @@ def _stage_tokens(strategy: Any, params: Any, prompt_tokens: int) -> tuple[int, 
     return prompt, strategy.max_completion_tokens(params)
 
 
-def worst_case_tokens(configuration: Configuration, prompt_tokens: int) -> tuple[int, int]:
+def worst_case_tokens(
+    configuration: Configuration, prompt_tokens: int, options: Any = None
+) -> tuple[int, int]:
     """Return (prompt, completion) tokens the configuration can bill at most for one query.
 
     Every planned sample may be its own engine request that re-bills the prompt (HTTP engines);
     a scorer or verifier call reads the prompt back with one candidate (at most max_tokens)
-    and a fixed instruction. A cascade sums its stages.
+    and a fixed instruction. A cascade sums its stages. ``options`` (the request's
+    RequestOptions) bound or override the strategy's sampling exactly as the query runs it.
     """
-    strategy = get_strategy(configuration.strategy.strategy)
-    params = strategy.validate_params(configuration.strategy.params)
+    strategy, params = strategy_params(configuration, options)
     prompt = completion = 0
     for _, sub, sub_params in strategy.stages(params):
         p, c = _stage_tokens(sub, sub_params, prompt_tokens)
@@ -74,7 +79,9 @@ def worst_case_tokens(configuration: Configuration, prompt_tokens: int) -> tuple
     return prompt, completion
 
 
-def worst_case_cost(configuration: Configuration, prompt_tokens: int) -> Decimal:
+def worst_case_cost(
+    configuration: Configuration, prompt_tokens: int, options: Any = None
+) -> Decimal:
     """Return the most a query on this configuration can cost: what a budget reserves.
 
     The worker refuses a prompt longer than the configuration's max_prompt_tokens before
@@ -84,8 +91,7 @@ def worst_case_cost(configuration: Configuration, prompt_tokens: int) -> Decimal
     (a cascade) is priced stage by stage at each stage's endpoint's prices.
     """
     prompt_tokens = min(prompt_tokens, configuration.max_prompt_tokens)
-    strategy = get_strategy(configuration.strategy.strategy)
-    params = strategy.validate_params(configuration.strategy.params)
+    strategy, params = strategy_params(configuration, options)
     others = stage_endpoints(strategy, params)
     total = Decimal(0)
     for name, sub, sub_params in strategy.stages(params):

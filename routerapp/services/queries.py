@@ -21,9 +21,11 @@ from routerapp.services.budgets import (
     policies_for,
 )
 from routerapp.services.pricing import prompt_token_bound, worst_case_cost
+from routerapp.services.request_fields import query_run_spec, strategy_params
 from routerapp.services.routing import RequestConstraints, RoutingDecision, decide
 from workers.queues import queue_for_engine
 from workers.strategies import get_strategy
+from workers.strategies.request_options import RequestOptions
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,10 @@ MAX_END_USER_CHARS = 256
 VALID_ROLES = {"system", "user", "assistant", "developer", "tool"}
 
 
-def _check_messages(messages: list[Any]) -> list[dict[str, str]]:
+def _check_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """Return the messages to store and send: role and content (a string, or the content
+    parts when they hold more than text: images, audio), plus an agent loop's tool fields
+    (an assistant's ``tool_calls``, a tool result's ``tool_call_id``, a ``name``)."""
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("messages must be a non-empty list", param="messages")
     clean = []
@@ -46,32 +51,56 @@ def _check_messages(messages: list[Any]) -> list[dict[str, str]]:
                 param=f"messages[{i}].role",
             )
         content = m.get("content")
-        if isinstance(content, list):  # OpenAI content parts: keep the text parts
-            texts = [
-                p.get("text", "")
-                for p in content
-                if isinstance(p, dict) and p.get("type") == "text"
-            ]
-            content = "\n".join(texts)
-        if not isinstance(content, str):
+        if isinstance(content, list):  # OpenAI content parts: plain text when only text
+            parts = [p for p in content if isinstance(p, dict)]
+            if len(parts) != len(content):
+                raise InvalidInput(
+                    f"messages[{i}].content parts must be objects", param=f"messages[{i}].content"
+                )
+            if all(p.get("type") in ("text", "refusal") for p in parts):
+                content = "\n".join(str(p.get("text") or "") for p in parts)
+        if content is None and role == "assistant" and m.get("tool_calls"):
+            content = None  # an assistant turn that only called tools
+        elif not isinstance(content, (str, list)):
             raise InvalidInput(
                 f"messages[{i}].content must be a string", param=f"messages[{i}].content"
             )
-        if "\x00" in content:
+        if "\x00" in _text_of(content):
             raise InvalidInput(
                 f"messages[{i}].content must not contain NUL characters",
                 param=f"messages[{i}].content",
             )
-        clean.append({"role": "system" if role == "developer" else role, "content": content})
-    if not any(m["role"] == "user" and m["content"].strip() for m in clean):
+        entry: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": content,
+        }
+        for extra in ("tool_calls", "tool_call_id", "name"):
+            if m.get(extra) is not None:
+                entry[extra] = m[extra]
+        clean.append(entry)
+    if not any(
+        m["role"] == "user" and (isinstance(m["content"], list) or m["content"].strip())
+        for m in clean
+    ):
         raise InvalidInput("messages need at least one non-empty user message", param="messages")
     return clean
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message content (a string, or the text parts of a list)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and "text" in p
+        )
+    return ""
 
 
 def prompt_text(prompt: str, messages: list[dict[str, str]] | None) -> str:
     """Return the text the router reads: the last user message of a chat, else the prompt."""
     if messages:
-        users = [m["content"] for m in messages if m["role"] == "user"]
+        users = [_text_of(m["content"]) for m in messages if m["role"] == "user"]
         return users[-1] if users else ""
     return prompt
 
@@ -94,6 +123,8 @@ def query_create(
     defer_dispatch: bool = False,
     end_user: str = "",
     tags: list[str] | None = None,
+    options: RequestOptions | None = None,
+    recorded: dict[str, Any] | None = None,
 ) -> Query:
     """Validate a request, route it, reserve its worst-case cost under the covering budgets,
     store it and enqueue it once the transaction commits. Raise a ServiceError (nothing written)
@@ -102,8 +133,14 @@ def query_create(
 
     With ``defer_dispatch`` nothing is enqueued: the caller runs the query with
     ``query_run_inline`` or hands it to the workers with ``query_enqueue``.
+
+    ``options`` are the request's OpenAI fields: only configurations that honour them are
+    routed to (a 400 naming the field when none does), and the query runs, and is reserved,
+    with the sampling they set.
     """
     constraints = constraints or RequestConstraints()
+    if options is not None:
+        constraints = RequestConstraints(**{**constraints.__dict__, "options": options})
     if messages is not None:
         messages = _check_messages(messages)
         prompt = ""
@@ -111,7 +148,11 @@ def query_create(
         raise InvalidInput("prompt must be a non-empty string", param="prompt")
     elif "\x00" in prompt:
         raise InvalidInput("prompt must not contain NUL characters", param="prompt")
-    size = sum(len(m["content"]) for m in messages) if messages else len(prompt)
+    size = (
+        sum(len(str(m["content"] or "")) + len(str(m.get("tool_calls") or "")) for m in messages)
+        if messages
+        else len(prompt)
+    )
     if size > settings.MAX_PROMPT_CHARS:
         raise PayloadTooLarge(
             f"prompt has {size} characters; the limit is {settings.MAX_PROMPT_CHARS}",
@@ -147,10 +188,9 @@ def query_create(
         downgrade_on_budget,
     )
     configuration = decision.configuration
-    reserve = worst_case_cost(configuration, tokens_bound)
+    reserve = worst_case_cost(configuration, tokens_bound, options)
     reservation = budget_reserve(team=team, api_key=api_key, amount=reserve, policies=policies)
-    strategy = get_strategy(configuration.strategy.strategy)
-    params = strategy.validate_params(configuration.strategy.params)
+    strategy, params = strategy_params(configuration, options)
 
     # A query this process will run itself starts running at once (saves a round trip).
     inline = defer_dispatch and _runs_inline(configuration, strategy.planned_samples(params))
@@ -170,6 +210,10 @@ def query_create(
         task=task,
         end_user=end_user,
         tags=tags,
+        request_options={
+            **(options.as_json() if options is not None else {}),
+            **({"recorded": recorded} if recorded else {}),
+        },
         gold=gold,
         answer_kind=answer_kind,
         constraints=constraints.as_json(),
@@ -263,7 +307,10 @@ def _within_budget(
     if not downgrade:
         return decision
     left = hard_budget_left(team=team, api_key=api_key, policies=policies)
-    if left is None or worst_case_cost(decision.configuration, tokens_bound) <= left:
+    if (
+        left is None
+        or worst_case_cost(decision.configuration, tokens_bound, constraints.options) <= left
+    ):
         return decision
     limited = RequestConstraints(**{**constraints.__dict__, "max_cost_usd": left})
     try:
@@ -279,7 +326,7 @@ def _within_budget(
 def query_runs_inline(query: Query) -> bool:
     """Return whether the web process should run this query itself rather than queue it.
 
-    One sample on a remote OpenAI-compatible server is an HTTP call the web process can make as
+    One sample (or OpenAI's n parallel ones) on a remote OpenAI-compatible server is an HTTP call the web process can make as
     cheaply as a worker; the queue hop (broker round trips, worker pick-up, waiting for the
     result) would cost more than the call itself. Local engines (llama.cpp, vLLM) need their
     worker's loaded model, and multi-sample strategies can run for long: those always queue.
@@ -290,11 +337,12 @@ def query_runs_inline(query: Query) -> bool:
 
 
 def _runs_inline(configuration: Any, samples_planned: int) -> bool:
+    # `single` with OpenAI's n draws n independent requests at once: as quick as one.
     return bool(
         settings.INLINE_REMOTE_SINGLE
         and configuration.endpoint.engine == ModelEndpoint.Engine.OPENAI_COMPAT
         and not configuration.endpoint.queue
-        and samples_planned == 1
+        and (samples_planned == 1 or configuration.strategy.strategy == "single")
     )
 
 
@@ -380,19 +428,19 @@ def _inline_attempt(query: Query, attempt: Any, sink: Any) -> Any:
     configuration = attempt.configuration
     target = attempt.target
     engine = get_engine(target.engine, target.engine_params)
-    strategy = get_strategy(configuration.strategy.strategy)
-    params = strategy.validate_params(configuration.strategy.params)
+    spec = query_run_spec(query, configuration)  # the request's fields applied, as reserved
     execution._check_prompt_length(engine, query)
     token = RETRY_LOG.set(attempt.retries)
     try:
         with target_busy(target, counted=configuration.endpoint.balancing == "least_busy"):
-            return strategy.run(
+            return spec.strategy.run(
                 engine,
                 messages=query.messages or [{"role": "user", "content": query.prompt}],
-                params=params,
+                params=spec.params,
                 answer_kind=query.answer_kind or None,
                 on_event=None if sink is None else sink.on_event,
                 should_cancel=None if sink is None else execution.CancelPoll(query.pk),
+                **spec.run_kwargs,
             )
     finally:
         RETRY_LOG.reset(token)

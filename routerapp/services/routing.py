@@ -43,9 +43,16 @@ class RequestConstraints:
     # The configurations the caller's team and key allowlists permit (None: no allowlist);
     # set by the service from the caller, never from the request body.
     permitted: frozenset[str] | None = None
+    # The request's OpenAI fields (workers.strategies.request_options.RequestOptions): only
+    # configurations that honour them are candidates. Stored on the query, not here.
+    options: Any = None
 
     def as_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if v is not None and k != "permitted"}
+        data = {
+            k: v
+            for k, v in self.__dict__.items()
+            if v is not None and k not in ("permitted", "options")
+        }
         if "max_cost_usd" in data:
             data["max_cost_usd"] = str(data["max_cost_usd"])
         return data
@@ -258,12 +265,15 @@ def decide(
     team: Any = None,
 ) -> RoutingDecision:
     """Choose the configuration for one request under its constraints, with the router version
-    that serves the caller's ``team``."""
-    configs = candidate_configurations(constraints)
+    that serves the caller's ``team``. Only configurations that honour the request's OpenAI
+    fields (``constraints.options``) are candidates: a 400 naming the field when none does."""
+    from routerapp.services.request_fields import configurations_honouring
+
+    configs = configurations_honouring(candidate_configurations(constraints), constraints.options)
     worst = {}
     for c in configs:
         try:
-            worst[c.slug] = worst_case_cost(c, prompt_tokens)
+            worst[c.slug] = worst_case_cost(c, prompt_tokens, constraints.options)
         except ValueError as exc:  # a cascade whose stage endpoint is gone or disabled
             log.warning("configuration %s cannot run: %s", c.slug, exc)
     configs = [c for c in configs if c.slug in worst]

@@ -70,6 +70,13 @@ class SamplingConfig:
     is reported back in each sample). ``top_logprobs`` is how many top log-probs to record
     per token (0: none); the chosen token's log-prob is always recorded when the backend can
     give it. Log-probs are those of the model's distribution (temperature 1, before top-p).
+
+    Output constraints of an OpenAI request, honoured by engines that can (see
+    ``workers.strategies.request_options``) and refused with ``ValueError`` by the others,
+    never ignored: ``response_format`` (json_object / json_schema), ``tools`` with
+    ``tool_choice``, and ``passthrough`` (other OpenAI request fields sent as they are,
+    e.g. ``frequency_penalty``). ``token_texts`` asks for each token's text and the top
+    alternatives' texts (``SampleOutput.tokens`` / ``top_tokens``), for OpenAI's logprobs.
     """
 
     n: int = 1
@@ -79,6 +86,16 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = 0
     top_logprobs: int = 0
+    response_format: dict[str, Any] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: Any = None
+    passthrough: tuple[tuple[str, Any], ...] = ()
+    token_texts: bool = False
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the request carries output constraints beyond plain sampling."""
+        return bool(self.response_format or self.tools or self.passthrough)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -131,6 +148,12 @@ class SampleOutput:
     count_method: str = "exact"
     cached_prompt_tokens: int = 0
     reasoning_tokens: int = 0
+    #: OpenAI-shaped tool calls ({"id", "type": "function", "function": {name, arguments}}).
+    tool_calls: list[dict[str, Any]] | None = None
+    #: With ``SamplingConfig.token_texts``: each token's text, and the top alternatives
+    #: (text, log-prob), descending, per token.
+    tokens: list[str] | None = None
+    top_tokens: list[list[tuple[str, float]]] | None = None
 
     @property
     def aborted(self) -> bool:

@@ -250,6 +250,12 @@ class LlamaCppEngine(Engine):
     def stream(
         self, prompt: Prompt, sampling: SamplingConfig, *, token_events: bool = True
     ) -> GenerationStream:
+        if sampling.constrained:
+            # Routing sends response_format / tools only to endpoints that honour them.
+            raise ValueError(
+                "the llama_cpp engine cannot honour response_format, tools or "
+                "pass-through request fields"
+            )
         tokens = self.tokenize_prompt(prompt)
         if len(tokens) + sampling.max_tokens > self.n_ctx:
             raise ValueError(
@@ -299,6 +305,7 @@ class _Sample:
         "tokens",
         "logprobs",
         "tops",
+        "top_ids",
         "decoder",
         "stop",
         "finish",
@@ -315,6 +322,7 @@ class _Sample:
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.tops: list[tuple[float, ...]] = []
+        self.top_ids: list[tuple[int, ...]] = []
         self.decoder = utf8_decoder()
         self.stop = StopChecker(stop)
         self.finish: str | None = None
@@ -423,6 +431,8 @@ class _LlamaCppStream(GenerationStream):
         s.logprobs.append(tok.logprob)
         if tok.top_logprobs is not None:
             s.tops.append(tok.top_logprobs)
+            if cfg.token_texts and tok.top_ids is not None:
+                s.top_ids.append(tok.top_ids)
         if eng.is_eog(tok.token):
             delta, stopped = s.stop.flush() + s.decoder.decode(b"", final=True), True
         else:
@@ -459,7 +469,25 @@ class _LlamaCppStream(GenerationStream):
             top_logprobs=list(s.tops),
             latency_s=s.latency,
             count_method="exact",
+            **self._token_texts(s),
         )
+
+    def _token_texts(self, s: _Sample) -> dict[str, Any]:
+        """Token texts for OpenAI's logprobs, when asked (each piece decoded on its own)."""
+        if not self.sampling.token_texts:
+            return {}
+        piece = self.engine.token_piece
+
+        def text(token: int) -> str:
+            return piece(token).decode("utf-8", errors="replace")
+
+        return {
+            "tokens": [text(t) for t in s.tokens],
+            "top_tokens": [
+                [(text(i), lp) for i, lp in zip(ids, lps, strict=False)]
+                for ids, lps in zip(s.top_ids, s.tops, strict=False)
+            ],
+        }
 
     def result(self) -> GenerationResult:
         if self.running():

@@ -285,13 +285,23 @@ class OpenAICompatEngine(Engine):
                 if prompt.messages is not None
                 else [{"role": "user", "content": prompt.text}]
             )
-            if sampling.top_logprobs > 0:
+            if sampling.top_logprobs > 0 or sampling.token_texts:
                 body["logprobs"] = True
-                body["top_logprobs"] = sampling.top_logprobs
+                if sampling.top_logprobs > 0:
+                    body["top_logprobs"] = sampling.top_logprobs
+            if sampling.tools:
+                body["tools"] = list(sampling.tools)
+                if sampling.tool_choice is not None:
+                    body["tool_choice"] = sampling.tool_choice
         else:
+            if sampling.tools:
+                raise ValueError("tools need an endpoint with api='chat'")
             body["prompt"] = prompt.text if prompt.text is not None else _transcript(prompt)
-            if sampling.top_logprobs > 0:
+            if sampling.top_logprobs > 0 or sampling.token_texts:
                 body["logprobs"] = sampling.top_logprobs
+        if sampling.response_format is not None:
+            body["response_format"] = dict(sampling.response_format)
+        body.update(dict(sampling.passthrough))
         return body
 
     def stream(
@@ -509,6 +519,7 @@ class _HttpStream(GenerationStream):
         choice = data["choices"][0]
         text = _choice_text(choice, eng.params.api)
         lps, tops = _choice_logprobs(choice, eng.params.api, self.sampling.top_logprobs)
+        tokens, top_tokens = self._token_texts(choice)
         usage = data.get("usage") or {}
         prompt_tokens, p_method = self._usage_or_count(usage.get("prompt_tokens"))
         if usage.get("completion_tokens") is not None:
@@ -516,7 +527,7 @@ class _HttpStream(GenerationStream):
         elif lps:
             completion, c_method = len(lps), "logprobs"
         else:
-            completion, c_method = eng.count_text_tokens(text)
+            completion, c_method = eng.count_text_tokens(text or _calls_text(choice))
         cached, reasoning = usage_details(usage, prompt_tokens, completion)
         return SampleOutput(
             index=slot.index,
@@ -531,7 +542,17 @@ class _HttpStream(GenerationStream):
             count_method=worst_count_method(p_method, c_method),
             cached_prompt_tokens=cached,
             reasoning_tokens=reasoning,
+            tool_calls=_choice_tool_calls(choice, eng.params.api),
+            tokens=tokens,
+            top_tokens=top_tokens,
         )
+
+    def _token_texts(
+        self, choice: dict
+    ) -> tuple[list[str] | None, list[list[tuple[str, float]]] | None]:
+        if not self.sampling.token_texts:
+            return None, None
+        return _choice_tokens(choice, self.engine.params.api, self.sampling.top_logprobs)
 
     def _usage_or_count(self, reported: Any) -> tuple[int, str]:
         if reported is not None:
@@ -552,6 +573,9 @@ class _HttpStream(GenerationStream):
         finish: str | None = None
         usage: dict[str, Any] = {}
         aborted = False
+        calls = _ToolCallDeltas()
+        tokens: list[str] | None = [] if self.sampling.token_texts else None
+        top_tokens: list[list[tuple[str, float]]] = []
         try:
             opened = eng.send(body, stream=True)
         except UpstreamError as exc:
@@ -576,6 +600,12 @@ class _HttpStream(GenerationStream):
                     for choice in chunk.get("choices") or []:
                         delta = _delta_text(choice, api)
                         c_lps, c_tops = _choice_logprobs(choice, api, self.sampling.top_logprobs)
+                        if calls.add(choice) and not (delta or c_lps):
+                            chunks += 1  # a tool-call delta is generated text too
+                        if tokens is not None:
+                            c_tokens, c_top_tokens = self._token_texts(choice)
+                            tokens.extend(c_tokens or [])
+                            top_tokens.extend(c_top_tokens or [])
                         if delta or c_lps:
                             chunks += 1
                             parts.append(delta)
@@ -635,6 +665,9 @@ class _HttpStream(GenerationStream):
             count_method=worst_count_method(p_method, c_method),
             cached_prompt_tokens=cached,
             reasoning_tokens=reasoning,
+            tool_calls=calls.result(),
+            tokens=tokens,
+            top_tokens=top_tokens if tokens is not None else None,
         )
 
     def _run_n(self) -> None:
@@ -657,10 +690,11 @@ class _HttpStream(GenerationStream):
             for i, choice in enumerate(choices[: self.sampling.n]):
                 text = _choice_text(choice, eng.params.api)
                 lps, tops = _choice_logprobs(choice, eng.params.api, self.sampling.top_logprobs)
+                tokens, top_tokens = self._token_texts(choice)
                 if lps:
                     completion, method = len(lps), "logprobs"
                 else:
-                    completion, method = eng.count_text_tokens(text)
+                    completion, method = eng.count_text_tokens(text or _calls_text(choice))
                 outs.append(
                     SampleOutput(
                         index=i,
@@ -673,6 +707,9 @@ class _HttpStream(GenerationStream):
                         top_logprobs=tops,
                         latency_s=self.timer.elapsed(),
                         count_method=method,
+                        tool_calls=_choice_tool_calls(choice, eng.params.api),
+                        tokens=tokens,
+                        top_tokens=top_tokens,
                     )
                 )
             if usage.get("prompt_tokens") is not None:
@@ -765,3 +802,78 @@ def _choice_logprobs(
                 vals = sorted((float(v) for v in entry.values()), reverse=True)
                 tops.append(tuple(vals[:k] if k else vals))
     return lps, tops
+
+
+def _choice_tokens(
+    choice: dict, api: str, k: int
+) -> tuple[list[str], list[list[tuple[str, float]]]]:
+    """Return each token's text and its top-``k`` alternatives (text, log-prob), descending."""
+    lp = choice.get("logprobs") or {}
+    tokens: list[str] = []
+    tops: list[list[tuple[str, float]]] = []
+    if api == "chat":
+        for entry in lp.get("content") or []:
+            tokens.append(str(entry.get("token", "")))
+            alts = [(str(t["token"]), float(t["logprob"])) for t in entry.get("top_logprobs") or []]
+            tops.append(sorted(alts, key=lambda a: -a[1])[:k])
+    else:
+        tokens = [str(t) for t in lp.get("tokens") or []]
+        for entry in lp.get("top_logprobs") or []:
+            alts = [(str(t), float(v)) for t, v in (entry or {}).items()]
+            tops.append(sorted(alts, key=lambda a: -a[1])[:k])
+    return tokens, tops
+
+
+def _calls_text(choice: dict) -> str:
+    """The generated text of a reply's tool calls (what a tokenizer bills when no usage)."""
+    calls = _choice_tool_calls(choice, "chat") or []
+    return "".join(c["function"]["name"] + c["function"]["arguments"] for c in calls)
+
+
+def _choice_tool_calls(choice: dict, api: str) -> list[dict[str, Any]] | None:
+    if api != "chat":
+        return None
+    calls = (choice.get("message") or {}).get("tool_calls")
+    if not calls:
+        return None
+    return [
+        {
+            "id": str(c.get("id") or f"call_{i}"),
+            "type": "function",
+            "function": {
+                "name": str((c.get("function") or {}).get("name") or ""),
+                "arguments": str((c.get("function") or {}).get("arguments") or ""),
+            },
+        }
+        for i, c in enumerate(calls)
+    ]
+
+
+class _ToolCallDeltas:
+    """Tool calls of a streamed chat reply, put back together from their deltas (by index:
+    the first delta of a call has its id and name, the others add to its arguments)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, choice: dict) -> bool:
+        """Add a chunk's tool-call deltas; return whether it had any."""
+        parts = (choice.get("delta") or {}).get("tool_calls") or []
+        for part in parts:
+            i = int(part.get("index", len(self.calls)))
+            call = self.calls.setdefault(
+                i, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            if part.get("id"):
+                call["id"] = str(part["id"])
+            function = part.get("function") or {}
+            if function.get("name"):
+                call["function"]["name"] += str(function["name"])
+            if function.get("arguments"):
+                call["function"]["arguments"] += str(function["arguments"])
+        return bool(parts)
+
+    def result(self) -> list[dict[str, Any]] | None:
+        if not self.calls:
+            return None
+        return [self.calls[i] for i in sorted(self.calls)]

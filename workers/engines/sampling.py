@@ -26,6 +26,7 @@ class SampledToken:
     token: int
     logprob: float
     top_logprobs: tuple[float, ...] | None
+    top_ids: tuple[int, ...] | None = None
 
 
 def sample_token(
@@ -48,11 +49,14 @@ def sample_token(
     log_z = float(np.log(np.exp(z).sum()))
     token = int(np.argmax(z)) if temperature == 0 else _sample_scaled(z / temperature, top_p, rng)
     top: tuple[float, ...] | None = None
+    ids: tuple[int, ...] | None = None
     if top_logprobs > 0:
         k = min(top_logprobs, z.shape[0])
         part = np.argpartition(z, -k)[-k:]
-        top = tuple(float(v) - log_z for v in np.sort(z[part])[::-1])
-    return SampledToken(token=token, logprob=float(z[token]) - log_z, top_logprobs=top)
+        part = part[np.argsort(-z[part], kind="stable")]
+        top = tuple(float(z[i]) - log_z for i in part)
+        ids = tuple(int(i) for i in part)
+    return SampledToken(token=token, logprob=float(z[token]) - log_z, top_logprobs=top, top_ids=ids)
 
 
 def _sample_scaled(zt: npt.NDArray[np.float64], top_p: float, rng: np.random.Generator) -> int:

@@ -141,6 +141,12 @@ class VllmEngine(Engine):
     def stream(
         self, prompt: Prompt, sampling: SamplingConfig, *, token_events: bool = True
     ) -> GenerationStream:
+        if sampling.constrained or sampling.token_texts:
+            # Routing sends these only to endpoints that honour them (request_options).
+            raise ValueError(
+                "the vllm engine cannot honour response_format, tools, token "
+                "texts or pass-through request fields"
+            )
         return _VllmStream(self, self.render(prompt), sampling, token_events)
 
     def next_token_logprobs(self, prompt: Prompt, candidates: Sequence[str]) -> dict[str, float]:

@@ -16,11 +16,12 @@ Rules, in order (the first that matches wins):
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 AnswerKind = Literal["math", "mcq", "text"]
 ANSWER_KINDS: tuple[str, ...] = ("math", "mcq", "text")
@@ -193,3 +194,29 @@ def answer_key(answer: str | None, answer_kind: AnswerKind | str) -> str | None:
             return f"{value.numerator}/{value.denominator}"
         return re.sub(r"\s+", "", answer).rstrip(".") or None
     return normalize_text(answer) or None
+
+
+def canonical_json(text: str) -> str | None:
+    """Return the JSON value in ``text`` re-serialised canonically (sorted keys, no spaces),
+    None when ``text`` is not JSON: equal objects vote together whatever their formatting."""
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_tool_calls(calls: list[dict[str, Any]]) -> str:
+    """Return tool calls as one canonical string: names and canonicalised arguments in
+    order, ids left out (every sample invents its own)."""
+    out = []
+    for call in calls:
+        function = call.get("function") or {}
+        args = function.get("arguments") or ""
+        out.append(
+            {
+                "name": function.get("name"),
+                "arguments": (canonical_json(args) or args) if isinstance(args, str) else args,
+            }
+        )
+    return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -9,6 +9,7 @@ the caller's ``on_event`` and polls ``should_cancel`` between tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -26,7 +27,13 @@ from workers.engines.base import (
     SamplingConfig,
     TokenEvent,
 )
-from workers.grading.extract import answer_key, extract_answer, guess_answer_kind
+from workers.grading.extract import (
+    answer_key,
+    canonical_json,
+    canonical_tool_calls,
+    extract_answer,
+    guess_answer_kind,
+)
 from workers.ledger import Ledger, worst_count_method
 
 # -- events passed to on_event ---------------------------------------------------------
@@ -94,6 +101,10 @@ class Candidate:
     endpoint: str | None = None
     token_logprobs: list[float] = field(default_factory=list, repr=False)
     top_logprobs: list[tuple[float, ...]] = field(default_factory=list, repr=False)
+    #: OpenAI-shaped tool calls, when the sample called tools instead of answering.
+    tool_calls: list[dict[str, Any]] | None = None
+    #: OpenAI's ``logprobs.content`` of this sample, when the request asked for log-probs.
+    logprobs_content: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-serialisable fields (without per-token log-probs)."""
@@ -117,6 +128,7 @@ class Candidate:
             "count_method": self.count_method,
             "phase": self.phase,
             "endpoint": self.endpoint,
+            "tool_calls": self.tool_calls,
         }
 
 
@@ -166,6 +178,27 @@ class StrategyResult:
             "trace": self.trace,
             "stage_ledgers": {k: v.to_dict() for k, v in self.stage_ledgers.items()},
         }
+
+
+def openai_logprobs(sample: SampleOutput) -> list[dict[str, Any]] | None:
+    """Return OpenAI's ``logprobs.content`` of a sample whose engine gave token texts."""
+    if sample.tokens is None:
+        return None
+    tops = sample.top_tokens or []
+    content = []
+    for i, (token, logprob) in enumerate(zip(sample.tokens, sample.token_logprobs, strict=False)):
+        content.append(
+            {
+                "token": token,
+                "logprob": logprob,
+                "bytes": list(token.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                    for t, lp in (tops[i] if i < len(tops) else [])
+                ],
+            }
+        )
+    return content
 
 
 # -- per-token statistics --------------------------------------------------------------
@@ -228,7 +261,11 @@ class RunContext:
         *,
         index_offset: int = 0,
         endpoint: str | None = None,
+        output: dict[str, Any] | None = None,
+        vote_on: str | None = None,
     ) -> None:
+        self.output = dict(output or {})
+        self.vote_on = vote_on
         self.engine = engine
         self.prompt = prompt
         self.answer_kind = answer_kind
@@ -277,6 +314,11 @@ class RunContext:
         offset = self.index_offset + len(self.candidates)
         if self.check_cancel():
             return []
+        if self.output:
+            # The request's output constraints apply to every sample the strategy draws.
+            extra = dict(self.output)
+            extra["top_logprobs"] = max(sampling.top_logprobs, int(extra.get("top_logprobs", 0)))
+            sampling = dataclasses.replace(sampling, **extra)
         want_tokens = (
             token_events
             or watcher is not None
@@ -319,7 +361,17 @@ class RunContext:
         return new
 
     def candidate(self, sample: SampleOutput, offset: int, phase: str) -> Candidate:
-        extracted = extract_answer(sample.text, self.answer_kind) if sample.text else None
+        # Votes compare what the caller asked for: tool calls, canonical JSON, or answers.
+        extracted: str | None
+        if sample.tool_calls:
+            extracted = canonical_tool_calls(sample.tool_calls)
+            key: str | None = extracted
+        elif self.vote_on == "json":
+            extracted = canonical_json(sample.text) if sample.text else None
+            key = extracted
+        else:
+            extracted = extract_answer(sample.text, self.answer_kind) if sample.text else None
+            key = answer_key(extracted, self.answer_kind)
         return Candidate(
             index=offset + sample.index,
             text=sample.text,
@@ -331,7 +383,7 @@ class RunContext:
             aborted=sample.aborted,
             seed=sample.seed,
             latency_s=sample.latency_s,
-            answer_key=answer_key(extracted, self.answer_kind),
+            answer_key=key,
             mean_logprob=mean_logprob(sample.token_logprobs),
             confidence=mean_confidence(sample.top_logprobs),
             count_method=sample.count_method,
@@ -341,6 +393,8 @@ class RunContext:
             endpoint=self.endpoint,
             token_logprobs=sample.token_logprobs,
             top_logprobs=sample.top_logprobs,
+            tool_calls=sample.tool_calls,
+            logprobs_content=openai_logprobs(sample),
         )
 
     def child(self, engine: Engine, endpoint: str | None) -> RunContext:
@@ -355,6 +409,8 @@ class RunContext:
             self.should_cancel,
             index_offset=self.index_offset + len(self.candidates),
             endpoint=endpoint,
+            output=self.output,
+            vote_on=self.vote_on,
         )
 
     def absorb(self, child: RunContext, key: str | None = None) -> None:
@@ -524,6 +580,8 @@ class Strategy(ABC):
         answer_kind: str | None = None,
         on_event: OnEvent | None = None,
         should_cancel: ShouldCancel | None = None,
+        output: dict[str, Any] | None = None,
+        vote_on: str | None = None,
         **extra: Any,
     ) -> StrategyResult:
         """Run the strategy on ``messages`` (chat) or ``prompt`` (raw text).
@@ -533,13 +591,17 @@ class Strategy(ABC):
         :class:`TokenDelta` and :class:`SampleFinished` in the calling thread;
         ``should_cancel`` is polled between tokens and, when true, aborts every running
         sample (the result then has ``cancelled=True`` and every token generated so far).
+        ``output`` (``request_options.output_spec``) is applied to every engine request;
+        ``vote_on`` (``json`` / ``tool_calls``) makes votes compare canonical JSON / tool calls.
         """
         p = self.validate_params(params)
         if messages is None and prompt is None:
             raise ValueError("run() needs messages or prompt")
         the_prompt = Prompt.of(messages=messages, prompt=prompt)
         kind = answer_kind or guess_answer_kind(the_prompt.user_text())
-        ctx = RunContext(engine, the_prompt, kind, on_event, should_cancel)
+        ctx = RunContext(
+            engine, the_prompt, kind, on_event, should_cancel, output=output, vote_on=vote_on
+        )
         chosen, votes = self.execute(ctx, p, **extra)
         return ctx.finish(self.slug, chosen, votes, p)
 
@@ -577,12 +639,12 @@ def get_strategy(slug: str) -> Strategy:
 
 
 def first_usable(candidates: Sequence[Candidate]) -> int | None:
-    """Return the index of the first non-aborted candidate with text, else of the first
-    candidate with text, else None (the fallback when no answer could be extracted)."""
+    """Return the index of the first non-aborted candidate with text (or tool calls), else
+    of the first candidate with text, else None (the fallback when no answer could be extracted)."""
     for c in candidates:
-        if not c.aborted and c.text:
+        if not c.aborted and (c.text or c.tool_calls):
             return c.index
     for c in candidates:
-        if c.text:
+        if c.text or c.tool_calls:
             return c.index
     return None

@@ -17,17 +17,20 @@ from workers.strategies.base import (
 
 class SingleParams(SamplingParams):
     temperature: float = Field(default=0.0, ge=0, le=2)
+    #: Independent samples returned side by side (OpenAI's ``n``); the first is the answer.
+    n: int = Field(default=1, ge=1, le=16)
 
 
 @register_strategy("single")
 class Single(Strategy):
-    """One sample; it is the answer (None only when it produced no text)."""
+    """One sample (``n`` with OpenAI's ``n``); the first is the answer (None only when it
+    produced no text)."""
 
     Params = SingleParams
 
     def planned_samples(self, params: SamplingParams) -> int:
-        return 1
+        return int(getattr(params, "n", 1))
 
     def execute(self, ctx: RunContext, params: Any, **extra: Any):
-        ctx.sample(params.sampling(1))
+        ctx.sample(params.sampling(params.n))
         return first_usable(ctx.candidates), None

@@ -47,7 +47,10 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60
 
 
 def start_upstream(
-    tmp: Path, token_delay_ms: float = 0.0, extra_args: tuple[str, ...] = ()
+    tmp: Path,
+    token_delay_ms: float = 0.0,
+    extra_args: tuple[str, ...] = (),
+    replies: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = tmp / f"upstream-{port}.log"
@@ -62,6 +65,7 @@ def start_upstream(
             "--token-delay-ms",
             str(token_delay_ms),
             *extra_args,
+            *(["--replies", "|".join(replies)] if replies else []),
         ],
         stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
@@ -88,6 +92,19 @@ def slow_upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def scripted_upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The upstream with replies that disagree (4, 4, 5 by seed), so sampling fields and
+    votes change what comes back."""
+    proc, url = start_upstream(tmp_path_factory.mktemp("scripted-upstream"), replies=REPLIES)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+REPLIES = ["The answer is 4.", "The answer is 4.", "The answer is 5."]
+
+
 def make_configuration(
     base_url: str,
     *,
@@ -96,6 +113,7 @@ def make_configuration(
     strategy_name: str = "single-fake",
     params: dict | None = None,
     queue: str = "",
+    **endpoint_fields: object,
 ) -> Configuration:
     endpoint, _ = ModelEndpoint.objects.get_or_create(
         name=name,
@@ -105,6 +123,7 @@ def make_configuration(
             "input_usd_per_mtok": FAKE_PRICE_IN,
             "output_usd_per_mtok": FAKE_PRICE_OUT,
             "queue": queue,
+            **endpoint_fields,
         },
     )
     config, _ = StrategyConfig.objects.get_or_create(

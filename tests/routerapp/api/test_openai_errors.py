@@ -60,7 +60,12 @@ def assert_error(r: httpx.Response, status: int, code: str | None, fragment: str
             "messages[0].content",
             "string",
         ),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", ""),
+        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": 99}', "n", ""),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "colour": 1}',
+            "colour",
+            "unknown parameter",
+        ),
         (
             b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "maybe"}',
             "stream",
@@ -68,8 +73,8 @@ def assert_error(r: httpx.Response, status: int, code: str | None, fragment: str
         ),
         (
             b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}',
-            "tools",
-            "not supported",
+            "tools[0].function",
+            "Field required",
         ),
         (
             b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "min_accuracy": 2}',

@@ -1,6 +1,6 @@
 """The OpenAI-compatible API on queries that go through the task queue to a real Celery worker:
 a multi-sample strategy (the chosen answer at once), the real CPU model token by token, the
-synchronous wait running out (202, where to poll), and a client that goes away (its query is
+synchronous wait running out (a timeout error that says where to poll), and a client that goes away (its query is
 cancelled and billed for the tokens it generated)."""
 
 from __future__ import annotations
@@ -137,9 +137,11 @@ def test_client_going_away_cancels_and_bills_what_was_generated(  # type: ignore
     assert query.cost_usd > 0
 
 
-def test_sync_wait_running_out_answers_202_with_where_to_poll(  # type: ignore[no-untyped-def]
+def test_sync_wait_running_out_is_a_timeout_error_with_where_to_poll(  # type: ignore[no-untyped-def]
     live_server, make_caller
 ) -> None:
+    """Never a completion without choices (SDK code doing r.choices[0] would crash): an
+    OpenAI-shaped timeout error carrying the query id, that the SDK does not retry."""
     config = ConfigurationFactory()
     config.endpoint.queue = "test.parked"  # no worker reads it: the query stays queued
     config.endpoint.save()
@@ -152,13 +154,13 @@ def test_sync_wait_running_out_answers_202_with_where_to_poll(  # type: ignore[n
             started = time.monotonic()
             r = http.post("/v1/chat/completions", json={"model": "auto", "messages": QUESTION})
             assert 0.9 < time.monotonic() - started < 10
-            assert r.status_code == 202, r.text
-            body = r.json()
-            poll = body["costpass"]["poll_url"]
-            assert (
-                r.headers["Location"] == poll == f"/api/v1/queries/{body['costpass']['query_id']}"
-            )
-            assert "still running" in body["costpass"]["message"] and body["choices"] == []
+            assert r.status_code == 504, r.text
+            assert r.headers["x-should-retry"] == "false"
+            error = r.json()["error"]
+            assert error["type"] == "timeout" and error["code"] == "query_timeout"
+            poll = error["poll_url"]
+            assert r.headers["Location"] == poll == f"/api/v1/queries/{error['query_id']}"
+            assert "still running" in error["message"] and "choices" not in r.json()
             assert http.get(poll).json()["status"] == "queued"
             # Streaming: the same wait, then an error event that says where to poll.
             with http.stream(
@@ -167,13 +169,17 @@ def test_sync_wait_running_out_answers_202_with_where_to_poll(  # type: ignore[n
                 json={"model": "auto", "messages": QUESTION, "stream": True},
             ) as s:
                 lines = [line for line in s.iter_lines() if line.startswith("data: ")]
-            assert '"code":"still_running"' in lines[-1] and "/api/v1/queries/" in lines[-1]
-        # The openai client sees the 202 as a (choiceless) completion, not an error to retry.
-        with override_settings(SYNC_WAIT_S=0.5):
-            completion = _client(live_server, caller).chat.completions.create(
+            assert '"code": "query_timeout"' in lines[-1] or '"code":"query_timeout"' in lines[-1]
+            assert "/api/v1/queries/" in lines[-1]
+        # The openai client raises (and does not retry: one query, not several).
+        before = Query.objects.count()
+        with override_settings(SYNC_WAIT_S=0.5), pytest.raises(openai.APIStatusError) as raised:
+            _client(live_server, caller).with_options(max_retries=2).chat.completions.create(
                 model="auto", messages=QUESTION
             )
-        assert completion.choices == [] and completion.model_extra["costpass"]["poll_url"]
+        assert raised.value.status_code == 504
+        assert raised.value.body["query_id"]  # type: ignore[index]
+        assert Query.objects.count() == before + 1
     finally:
         from workers.celery import app
 

@@ -149,3 +149,27 @@ def test_scoring_call(llama_engine):
 def test_prompt_too_long_is_refused(llama_engine):
     with pytest.raises(ValueError, match="exceeds n_ctx"):
         llama_engine.stream(Q, SamplingConfig(max_tokens=5000))
+
+
+def test_token_texts_for_openai_logprobs(llama_engine):
+    """With token_texts the engine returns each token's text (they join to the sample's text)
+    and the top alternatives' texts next to their log-probs, as OpenAI's logprobs need."""
+    prompt = Prompt.of(messages=[{"role": "user", "content": "Say hello."}])
+    cfg = SamplingConfig(n=1, temperature=0.0, max_tokens=8, top_logprobs=3, token_texts=True)
+    out = llama_engine.generate(prompt, cfg).samples[0]
+    assert out.tokens is not None and len(out.tokens) == out.completion_tokens
+    if out.finish_reason == "length":
+        assert "".join(out.tokens) == out.text
+    assert len(out.top_tokens) == len(out.tokens)
+    for token, logprob, top in zip(out.tokens, out.token_logprobs, out.top_tokens, strict=True):
+        assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+        assert top[0] == (token, logprob)  # greedy: the chosen token is the likeliest
+    # Without it, nothing extra is computed.
+    plain = llama_engine.generate(prompt, SamplingConfig(n=1, max_tokens=4)).samples[0]
+    assert plain.tokens is None and plain.top_tokens is None
+
+
+def test_output_constraints_are_refused_not_ignored(llama_engine):
+    prompt = Prompt.of(messages=[{"role": "user", "content": "Hi"}])
+    with pytest.raises(ValueError, match="cannot honour"):
+        llama_engine.stream(prompt, SamplingConfig(response_format={"type": "json_object"}))
