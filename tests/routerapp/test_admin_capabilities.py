@@ -31,11 +31,13 @@ def test_a_flag_the_engine_cannot_honour_is_a_form_error() -> None:
             "engine": "llama_cpp",
             "engine_params": "{}",
             "supports_tools": True,
-            "supports_json_mode": True,
+            "supports_images": True,
+            "supports_json_mode": True,  # llama.cpp enforces JSON with a grammar
         }
     )
     assert not form.is_valid()
-    assert "supports_tools" in form.errors and "supports_json_mode" in form.errors
+    assert "supports_tools" in form.errors and "supports_images" in form.errors
+    assert "supports_json_mode" not in form.errors
     form = ModelEndpointForm(
         data={
             **BASE,

@@ -22,7 +22,9 @@ a 4-sample request is not guaranteed to equal sample i of an 8-sample one).
 from __future__ import annotations
 
 import collections
+import ctypes
 import importlib.util
+import json
 import os
 import secrets
 import threading
@@ -250,12 +252,12 @@ class LlamaCppEngine(Engine):
     def stream(
         self, prompt: Prompt, sampling: SamplingConfig, *, token_events: bool = True
     ) -> GenerationStream:
-        if sampling.constrained:
-            # Routing sends response_format / tools only to endpoints that honour them.
+        if sampling.tools or sampling.passthrough:
+            # Routing sends tools / pass-through fields only to endpoints that honour them.
             raise ValueError(
-                "the llama_cpp engine cannot honour response_format, tools or "
-                "pass-through request fields"
+                "the llama_cpp engine cannot honour tools or pass-through request fields"
             )
+        self.json_grammar(sampling.response_format)  # an unusable schema fails here, up front
         tokens = self.tokenize_prompt(prompt)
         if len(tokens) + sampling.max_tokens > self.n_ctx:
             raise ValueError(
@@ -263,6 +265,25 @@ class LlamaCppEngine(Engine):
                 f"exceeds n_ctx ({self.n_ctx})"
             )
         return _LlamaCppStream(self, tokens, sampling, token_events)
+
+    def json_grammar(self, response_format: dict[str, Any] | None) -> str | None:
+        """Return the GBNF grammar that constrains samples to OpenAI's JSON mode (any JSON
+        object) or to a json_schema (llama-cpp-python's converter); None: unconstrained.
+        Raise ValueError for a schema the converter cannot express."""
+        if not response_format:
+            return None
+        from llama_cpp import llama_grammar
+
+        kind = response_format.get("type")
+        if kind == "json_object":
+            return str(llama_grammar.JSON_GBNF)
+        if kind == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema") or {}
+            try:
+                return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+            except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
+                raise ValueError(f"this json_schema cannot be enforced: {exc}") from exc
+        raise ValueError(f"unknown response_format type {kind!r}")
 
     def next_token_logprobs(self, prompt: Prompt, candidates: Sequence[str]) -> dict[str, float]:
         tokens = self.tokenize_prompt(prompt)
@@ -296,6 +317,57 @@ class LlamaCppEngine(Engine):
             self._model.close()
 
 
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class _Grammar:
+    """llama.cpp's grammar sampler on one sample's logits (JSON mode / json_schema).
+
+    The sampled token is checked alone first; only when the grammar rejects it is the whole
+    vocabulary masked and the token drawn again from the masked distribution. That is exact
+    (a token t comes out with probability p(t) / P(valid) either way) and checks one token
+    instead of the vocabulary at most steps."""
+
+    def __init__(self, engine: LlamaCppEngine, gbnf: str) -> None:
+        self.ll = engine._ll
+        self.smpl = self.ll.llama_sampler_init_grammar(engine._vocab, gbnf.encode(), b"root")
+        if not self.smpl:
+            raise ValueError("llama.cpp could not parse the grammar")
+        n = engine.n_vocab
+        self.ids = np.arange(n, dtype=np.int32)
+        self.data = np.zeros(n, dtype=_TOKEN_DATA)
+        self.one = np.zeros(1, dtype=_TOKEN_DATA)
+        pointer = ctypes.POINTER(self.ll.llama_token_data)
+        self.full = self.ll.llama_token_data_array(
+            data=self.data.ctypes.data_as(pointer), size=n, selected=-1, sorted=False
+        )
+        self.single = self.ll.llama_token_data_array(
+            data=self.one.ctypes.data_as(pointer), size=1, selected=-1, sorted=False
+        )
+
+    def allows(self, token: int) -> bool:
+        self.one["id"], self.one["logit"] = token, 0.0
+        self.single.size, self.single.selected = 1, -1
+        self.ll.llama_sampler_apply(self.smpl, ctypes.byref(self.single))
+        return bool(np.isfinite(self.one["logit"][0]))
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        self.data["id"] = self.ids
+        self.data["logit"] = logits
+        self.full.size, self.full.selected, self.full.sorted = len(self.ids), -1, False
+        self.ll.llama_sampler_apply(self.smpl, ctypes.byref(self.full))
+        masked: np.ndarray = self.data["logit"].copy()
+        return masked
+
+    def accept(self, token: int) -> None:
+        self.ll.llama_sampler_accept(self.smpl, token)
+
+    def free(self) -> None:
+        if self.smpl:
+            self.ll.llama_sampler_free(self.smpl)
+            self.smpl = None
+
+
 class _Sample:
     __slots__ = (
         "index",
@@ -312,6 +384,7 @@ class _Sample:
         "abort_requested",
         "latency",
         "prompt_tokens",
+        "grammar",
     )
 
     def __init__(self, index: int, seed: int, stop: Sequence[str]) -> None:
@@ -329,6 +402,7 @@ class _Sample:
         self.abort_requested = False
         self.latency = 0.0
         self.prompt_tokens = 0
+        self.grammar: _Grammar | None = None
 
 
 class _LlamaCppStream(GenerationStream):
@@ -345,6 +419,7 @@ class _LlamaCppStream(GenerationStream):
         self.token_events = token_events
         base = sampling.seed if sampling.seed is not None else secrets.randbits(31)
         self.samples = [_Sample(i, base + i, sampling.stop) for i in range(sampling.n)]
+        self.gbnf = engine.json_grammar(sampling.response_format)
         self.waves = 0
         self.timer = Timer()
         self.wall_s = 0.0
@@ -384,6 +459,9 @@ class _LlamaCppStream(GenerationStream):
                 # Never leave a sequence behind for the next query.
                 eng._ll.llama_memory_clear(eng._mem, True)
                 for s in self.samples:
+                    if s.grammar is not None:
+                        s.grammar.free()
+                        s.grammar = None
                     if s.finish is None:
                         s.finish = "abort"
                         s.latency = self.timer.elapsed()
@@ -395,6 +473,9 @@ class _LlamaCppStream(GenerationStream):
         logits0 = eng._decode_prompt(self.prompt)
         self.waves += 1
         wave[0].prompt_tokens = len(self.prompt)
+        if self.gbnf:
+            for s in wave:
+                s.grammar = _Grammar(eng, self.gbnf)
         for slot, s in enumerate(wave):
             s.slot = slot
             if slot:
@@ -427,6 +508,18 @@ class _LlamaCppStream(GenerationStream):
             rng=s.rng,
             top_logprobs=cfg.top_logprobs,
         )
+        if s.grammar is not None:
+            if not s.grammar.allows(tok.token):
+                # Log-probs are then those of the distribution the token was drawn from.
+                tok = sample_token(
+                    s.grammar.mask(logits),
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    rng=s.rng,
+                    top_logprobs=cfg.top_logprobs,
+                )
+            if not eng.is_eog(tok.token):
+                s.grammar.accept(tok.token)
         s.tokens.append(tok.token)
         s.logprobs.append(tok.logprob)
         if tok.top_logprobs is not None:
@@ -451,6 +544,9 @@ class _LlamaCppStream(GenerationStream):
             s.stop.flush()
         s.finish = reason
         s.latency = self.timer.elapsed()
+        if s.grammar is not None:
+            s.grammar.free()
+            s.grammar = None
         if s.tokens:
             # Free this sequence's cells; the shared prompt cells stay for the others.
             eng._ll.llama_memory_seq_rm(eng._mem, s.slot, -1, -1)

@@ -30,7 +30,8 @@ ENGINE_FEATURES: dict[str, frozenset[str]] = {
     "openai_compat": frozenset(
         {"json_mode", "json_schema", "tools", "logprobs", "images", "audio", "passthrough"}
     ),
-    "llama_cpp": frozenset({"logprobs"}),
+    # JSON mode and json_schema through llama.cpp's grammar sampler (llama_cpp_engine).
+    "llama_cpp": frozenset({"logprobs", "json_mode", "json_schema"}),
     # The vLLM engine returns log-prob values but no token texts yet: not OpenAI's logprobs.
     "vllm": frozenset(),
 }

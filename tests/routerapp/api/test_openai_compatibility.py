@@ -384,3 +384,49 @@ def test_voting_compares_canonical_json_and_tool_calls(  # type: ignore[no-untyp
     )
     assert bounded.reserved_usd < _billed(r).reserved_usd
     assert Decimal(_ext(r)["cost_usd"]) > 0 and FAKE_PRICE_IN and FAKE_PRICE_OUT
+
+
+@pytest.mark.worker
+@pytest.mark.model
+def test_the_cpu_model_honours_json_schema_and_logprobs_through_the_worker(  # type: ignore[no-untyped-def]
+    live_server, make_caller, celery_worker_process
+) -> None:
+    """SmolLM2 on llama.cpp: a json_schema is enforced by a grammar, and logprobs come back
+    with the chosen sample's tokens; both billed from the worker."""
+    from tests.factories import ConfigurationFactory
+
+    config = ConfigurationFactory()  # SmolLM2 on llama.cpp, greedy, max 24 tokens
+    config.endpoint.supports_json_schema = True
+    config.endpoint.save()
+    client = openai.OpenAI(
+        base_url=f"{live_server.url}/v1", api_key=make_caller("alpha").raw, max_retries=0
+    )
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model="auto",
+        messages=QUESTION,
+        max_tokens=20,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
+    value = json.loads(r.choices[0].message.content)
+    assert set(value) == {"answer"} and isinstance(value["answer"], int)
+    _billed(r)
+    r = client.chat.completions.create(
+        model="auto", messages=QUESTION, max_tokens=6, logprobs=True, top_logprobs=2
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens and len(content[0].top_logprobs) == 2
+    assert content[0].top_logprobs[0].token == content[0].token  # greedy
+    _billed(r)
+    # JSON mode was not flagged on this endpoint: refused, by name.
+    _refused(
+        lambda: client.chat.completions.create(
+            model="auto", messages=QUESTION, response_format={"type": "json_object"}
+        ),
+        "response_format",
+    )

@@ -171,5 +171,30 @@ def test_token_texts_for_openai_logprobs(llama_engine):
 
 def test_output_constraints_are_refused_not_ignored(llama_engine):
     prompt = Prompt.of(messages=[{"role": "user", "content": "Hi"}])
-    with pytest.raises(ValueError, match="cannot honour"):
-        llama_engine.stream(prompt, SamplingConfig(response_format={"type": "json_object"}))
+    tool = {"type": "function", "function": {"name": "f"}}
+    with pytest.raises(ValueError, match="cannot honour tools"):
+        llama_engine.stream(prompt, SamplingConfig(tools=(tool,)))
+
+
+def test_json_schema_and_json_mode_are_enforced_by_a_grammar(llama_engine):
+    """SmolLM2 does not answer in JSON on its own; the grammar makes every sample valid."""
+    import json
+
+    prompt = Prompt.of(messages=[{"role": "user", "content": "What is 2+2?"}])
+    free = llama_engine.generate(prompt, SamplingConfig(max_tokens=24)).samples[0]
+    assert not free.text.lstrip().startswith("{")
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    cfg = SamplingConfig(n=2, temperature=0.8, seed=3, max_tokens=40, response_format=fmt)
+    res = llama_engine.generate(prompt, cfg)
+    for s in res.samples:
+        assert s.finish_reason == "stop", s.text
+        value = json.loads(s.text)
+        assert set(value) == {"answer"} and isinstance(value["answer"], int)
+    mode = SamplingConfig(max_tokens=12, response_format={"type": "json_object"})
+    assert llama_engine.generate(prompt, mode).samples[0].text.lstrip().startswith("{")

@@ -38,7 +38,7 @@ def test_params_sum_the_stages_and_refuse_bad_ones():
         {"stages": STAGES[:1]},
         {"stages": [*STAGES, {"strategy": "cascade", "params": {"stages": STAGES}}]},
         {"stages": [{"strategy": "nope"}, STAGES[1]]},
-        {"stages": [{"strategy": "single", "params": {"n": 3}}, STAGES[1]]},
+        {"stages": [{"strategy": "single", "params": {"k": 3}}, STAGES[1]]},
         {"stages": STAGES, "temperature": 0.2},  # sampling belongs to the stages
         {"stages": STAGES, "threshold": 1.5},
         {"stages": STAGES, "escalate_on": "vibes"},

@@ -12,7 +12,8 @@ from workers.strategies.request_options import Capabilities, RequestOptions, app
 SINGLE = get_strategy("single")
 VOTE = get_strategy("majority_vote")
 REMOTE = Capabilities(engine="openai_compat", json_mode=True, tools=True)
-LOCAL = Capabilities(engine="llama_cpp", json_mode=True, tools=True)  # flags its engine lacks
+LOCAL = Capabilities(engine="llama_cpp", json_mode=True, tools=True)  # no tools in its engine
+GPU = Capabilities(engine="vllm", json_mode=True)  # flags its engine lacks
 
 
 def test_one_sample_configurations_take_the_requests_sampling() -> None:
@@ -44,7 +45,8 @@ def test_unmet_names_each_field_a_configuration_cannot_honour() -> None:
     vote = VOTE.validate_params({"n": 3})
     json_mode = RequestOptions(response_format={"type": "json_object"})
     assert unmet(json_mode, REMOTE, SINGLE, single) == []
-    assert [p for p, _ in unmet(json_mode, LOCAL, SINGLE, single)] == ["response_format"]
+    assert unmet(json_mode, LOCAL, SINGLE, single) == []  # llama.cpp: a JSON grammar
+    assert [p for p, _ in unmet(json_mode, GPU, SINGLE, single)] == ["response_format"]
     schema = RequestOptions(response_format={"type": "json_schema", "json_schema": {"name": "x"}})
     assert [p for p, _ in unmet(schema, REMOTE, SINGLE, single)] == ["response_format"]
     tools = RequestOptions(tools=[{"type": "function", "function": {"name": "f"}}])
