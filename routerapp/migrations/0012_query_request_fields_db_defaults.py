@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routerapp', '0010_router_version_significance'),
+        ('routerapp', '0011_resilience'),
     ]
 
     operations = [
