@@ -49,6 +49,7 @@ from routerapp.services.queries import (
     query_runs_inline,
 )
 from routerapp.services.streaming import END, IDLE, TOKEN, LocalSink, query_events, query_wait
+from workers.strategies.request_options import RequestOptions
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,10 @@ class Responses(APIView):
             api_key=request.user.key,
             messages=messages,
             task=data.get("task", ""),
+            # The sampling fields through the chat pipeline's RequestOptions: honoured by the
+            # configuration (or bounding a multi-sample one), reserved as they will run.
+            options=_options(data),
+            end_user=data.get("user") or data.get("safety_identifier") or "",
             constraints=constraints_from(data),
             source=Query.Source.CHAT,
             defer_dispatch=True,
@@ -315,6 +320,16 @@ class Responses(APIView):
             query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S)
         final, samples = _reload(query.pk)
         return _answer(final, samples, echo)
+
+
+def _options(data: dict[str, Any]) -> RequestOptions | None:
+    given: dict[str, Any] = {
+        "temperature": data.get("temperature"),
+        "top_p": data.get("top_p") or None,
+        "max_tokens": data.get("max_output_tokens"),
+    }
+    fields: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    return RequestOptions.model_validate(fields) if fields else None
 
 
 def _answer(query: Query, samples: list[Any], echo: dict[str, Any]) -> Response:
