@@ -225,6 +225,9 @@ class Upstream:
         reasoning_tokens: int = 0,
     ):
         self.replies = replies or [reply]
+        # The first reply and its tokens (what bench/faulty_upstream.py sends before a cut).
+        self.reply = self.replies[0]
+        self.tokens = _tokens(self.reply)
         self.delay = token_delay_s
         self.requests = 0
         self.fail_after = fail_after

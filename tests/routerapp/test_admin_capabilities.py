@@ -19,6 +19,7 @@ BASE = {
     "output_usd_per_mtok": "2",
     "queue": "",
     "descriptors": "{}",
+    "balancing": "weighted",
     "enabled": True,
 }
 
@@ -71,6 +72,11 @@ def test_flags_are_edited_and_audited_in_the_admin() -> None:
             "engine_params": '{"base_url": "http://127.0.0.1:9/v1", "model": "m"}',
             "supports_tools": "on",
             "supports_logprobs": "on",
+            # The deployments inline's (empty) management form.
+            "deployments-TOTAL_FORMS": "0",
+            "deployments-INITIAL_FORMS": "0",
+            "deployments-MIN_NUM_FORMS": "0",
+            "deployments-MAX_NUM_FORMS": "1000",
         },
     )
     assert r.status_code == 302, r.content.decode()[-2000:]

@@ -430,3 +430,11 @@ def test_the_cpu_model_honours_json_schema_and_logprobs_through_the_worker(  # t
         ),
         "response_format",
     )
+
+
+def test_responses_api_sampling_fields_go_through_the_same_pipeline(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.responses.create(model="auto", input="What is 2+2?", max_output_tokens=2)
+    assert r.output_text == "The answer"
+    r = client.responses.create(model="auto", input="What is 2+2?", temperature=1.0, user="u-9")
+    query = Query.objects.get(pk=r.model_extra["costpass"]["query_id"])
+    assert query.end_user == "u-9" and query.request_options == {"temperature": 1.0}
