@@ -326,7 +326,7 @@ def serve_request(request: Request, body: OpenAIRequest) -> HttpResponseBase:
             status == Query.Status.QUEUED
             and query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S) is None
         ):
-            return _pending_response(query, kind)
+            return _timeout_response(query)
     else:
         query_enqueue(query=query)
         if query_wait(query.pk, timeout_s=settings.SYNC_WAIT_S) is None:
