@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routerapp', '0015_merge_attempts_text_retention'),
+        ('routerapp', '0016_budget_alerts'),
     ]
 
     operations = [
