@@ -574,3 +574,60 @@ def spend_by_group_figure(rows: list[dict[str, Any]], label: str, empty_key: str
             showlegend=False,
         ),
     }
+
+
+def online_curve_figure(evaluation: dict[str, Any]) -> Figure | None:
+    """The adaptation curve of a router version (evaluation["online_curve"]): gap closed by the
+    router learning online over the first k graded held-out queries, against 0 (the best single
+    configuration) and the static router's gap closed on all of them."""
+    curve = evaluation.get("online_curve") if isinstance(evaluation, dict) else None
+    if not isinstance(curve, dict) or not curve.get("points"):
+        return None
+    xs = [int(k) for k in curve["points"]]
+    ys = [_f(v) for v in curve.get("gap_closed", [])]
+    if not any(y is not None for y in ys):
+        return None
+    traces: list[dict[str, Any]] = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "router learning online",
+            "x": xs,
+            "y": ys,
+            "line": {"color": "#D55E00", "width": 2},
+            "marker": {"size": 8},
+            "hovertemplate": "after %{x} graded queries<br>gap closed %{y:.0%}<extra></extra>",
+        },
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": f"best single configuration ({curve.get('best_single_config', '')})",
+            "x": [xs[0], xs[-1]],
+            "y": [0.0, 0.0],
+            "line": {"color": INK, "dash": "dash", "width": 1},
+            "hoverinfo": "skip",
+        },
+    ]
+    static = ((evaluation.get("policies") or {}).get("router") or {}).get("gap_closed")
+    if static is not None and math.isfinite(float(static)):
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "static router (all held-out prompts)",
+                "x": [xs[0], xs[-1]],
+                "y": [float(static), float(static)],
+                "line": {"color": colour(2), "dash": "dot", "width": 1},
+                "hoverinfo": "skip",
+            }
+        )
+    return {
+        "data": traces,
+        "layout": _layout(
+            x_title="graded queries of the held-out prompts, replayed online",
+            y_title="gap closed (0 = best single, 1 = oracle)",
+            yaxis={"tickformat": ".0%"},
+            legend={"orientation": "h", "y": -0.25},
+            height=320,
+        ),
+    }

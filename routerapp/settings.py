@@ -217,6 +217,13 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"queue": "default", "expires": 240},
     },
+    # While no router version passes the floor, the best single configuration serves and the
+    # router is retrained as graded outcomes accumulate (it serves once it passes).
+    "retrain-router-when-due": {
+        "task": "costpass.router_retrain_due",
+        "schedule": 600.0,
+        "options": {"queue": "default", "expires": 1200},
+    },
 }
 
 # --- product limits -----------------------------------------------------------------------------

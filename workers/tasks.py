@@ -95,3 +95,12 @@ def budget_alerts_deliver() -> int:
     from routerapp.services.alerts import budget_alerts_deliver as deliver
 
     return deliver()
+
+
+@app.task(name="costpass.router_retrain_due", soft_time_limit=60, time_limit=120)
+def router_retrain_due() -> int | None:
+    """Train a new router version when the log has grown while none serves (Celery beat)."""
+    from routerapp.services.routers import router_retrain_if_due
+
+    version = router_retrain_if_due()
+    return version.pk if version else None

@@ -432,7 +432,7 @@ def router_version_seed(
 def fit_prior(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
     """Fit a seeded version: train on the source's training prompts, evaluate and check the
     floor on its held-out prompts, then fit on every mapped row."""
-    from routerapp.services.routers import _floor_held_out, _progress
+    from routerapp.services.routers import _floor_held_out, _online_curve, _progress
 
     prior = version.trained_on["prior"]
     table, prompts, test, candidates, summary = mapped_outcomes(
@@ -446,6 +446,7 @@ def fit_prior(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
     router = fit_router(train_o, prompts, candidates, learner=version.learner, seed=0)
     _progress(version.pk, 0.5)
     evaluation = evaluate(router, test_o, prompts, train_o, prompts)
+    evaluation["online_curve"] = _online_curve(router, test_o, prompts, train_o)
     _progress(version.pk, 0.7)
     floor = _floor_held_out(router, test_o, prompts, train_o)
     full = fit_router(table, prompts, candidates, learner=version.learner, seed=0)

@@ -39,6 +39,10 @@ CALIBRATION_MIN_BATCH = 12
 FLOOR_CONFIDENCE = 0.95
 FLOOR_MARGIN = 0.0
 FLOOR_FOLDS = 5
+# While no installation-wide version serves, retrain (Celery beat, router_retrain_if_due) once
+# the graded log has grown by a quarter and at least this many outcomes since the last version.
+RETRAIN_GROWTH = 1.25
+RETRAIN_MIN_NEW = 20
 SUITE_FILES = (
     "candidates.csv",
     "train_outcomes.parquet",
@@ -348,6 +352,7 @@ def _fit_log(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
         held_out = fit_router(train_o, prompts, candidates, learner=version.learner, seed=0)
         _progress(version.pk, 0.4)
         evaluation = evaluate(held_out, test_o, prompts, train_o, prompts)
+        evaluation["online_curve"] = _online_curve(held_out, test_o, prompts, train_o)
     _progress(version.pk, 0.5)
     floor = _floor_cross_validated(version, outcomes, prompts, candidates)
     _progress(version.pk, 0.9)
@@ -360,6 +365,24 @@ def _fit_log(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
         "candidates": sorted(cids),
     }
     return held_out if evaluation else full, full, evaluation, counts, floor
+
+
+def _online_curve(
+    router: Any, test_o: pd.DataFrame, test_p: pd.DataFrame | None, train_o: pd.DataFrame
+) -> dict[str, Any] | None:
+    """The adaptation curve on the held-out prompts (routing.evaluation.online_curve): gap
+    closed after the first 50 / 100 / 200 / 500 graded queries replayed online; None when the
+    replay is impossible (the Routers page then shows no curve)."""
+    from routerapp.routing import RouterError
+    from routerapp.routing.evaluation import online_curve
+
+    try:
+        curve = online_curve(router, test_o, test_p, train_o, seeds=3)
+    except (RouterError, ValueError) as exc:
+        log.info("no online curve: %s", exc)
+        return None
+    curve.pop("by_seed", None)  # per-seed detail: not needed on the page
+    return curve
 
 
 def _floor_report(comparison: Any, method: str) -> dict[str, Any]:
@@ -416,6 +439,7 @@ def _fit_suite(version: RouterVersion, fit_router: Any, evaluate: Any) -> tuple:
     router = fit_router(train_o, train_p, candidates, learner=version.learner, seed=0)
     _progress(version.pk, 0.5)
     evaluation = evaluate(router, test_o, test_p, train_o, train_p)
+    evaluation["online_curve"] = _online_curve(router, test_o, test_p, train_o)
     _progress(version.pk, 0.8)
     floor = _floor_held_out(router, test_o, test_p, train_o)
     counts = {
@@ -643,3 +667,36 @@ def calibration_finished(*, run_id: int) -> RouterVersion | None:
         activate=True,
         calibration=True,
     )
+
+
+def router_retrain_if_due() -> RouterVersion | None:
+    """Keep learning while the best single configuration serves: when no installation-wide
+    version is active, nothing is training or calibrating, and the graded log has grown by
+    RETRAIN_GROWTH (and RETRAIN_MIN_NEW outcomes) since the newest log-trained version, train a
+    new version that activates itself if it passes the floor. Return it, or None."""
+    if RouterVersion.objects.filter(is_active=True, team__isnull=True).exists():
+        return None
+    if RouterVersion.objects.filter(status=RouterVersion.Status.TRAINING).exists():
+        return None
+    if (
+        _calibration_runs()
+        .filter(status__in=[BenchmarkRun.Status.QUEUED, BenchmarkRun.Status.RUNNING])
+        .exists()
+    ):
+        return None
+    last = (
+        RouterVersion.objects.filter(team__isnull=True, trained_on__source="log")
+        .exclude(status=RouterVersion.Status.FAILED)
+        .order_by("-created_at")
+        .first()
+    )
+    graded = Query.objects.filter(
+        status=Query.Status.DONE,
+        graded_correct__isnull=False,
+        configuration__enabled=True,
+        configuration__endpoint__enabled=True,
+    ).count()
+    before = int((last.trained_on or {}).get("outcome_rows", 0)) if last else 0
+    if graded < max(MIN_GRADED_PROMPTS, before * RETRAIN_GROWTH, before + RETRAIN_MIN_NEW):
+        return None
+    return router_version_train(source="log", name="retrained", activate=True)

@@ -134,10 +134,30 @@ def routers(request: HttpRequest) -> HttpResponse:
             "active": active,
             "active_rows": evaluation_rows(active.evaluation) if active else [],
             "active_figure": charts.evaluation_figure(active.evaluation) if active else None,
+            **_curve_context(active or context["serving"].get("latest")),
             "nav": "routers",
         }
     )
     return render(request, "ui/routers.html", context)
+
+
+def _curve_context(version: RouterVersion | None) -> dict[str, Any]:
+    """The adaptation curve of `version` (the active one, else the newest ready one)."""
+    if version is None:
+        return {"curve_version": None, "curve_figure": None, "curve": None, "curve_rows": []}
+    evaluation = version.evaluation or {}
+    curve = evaluation.get("online_curve") or {}
+    columns = ("gap_closed", "accuracy", "cop")
+    rows = [
+        {"k": k, **{c: (curve.get(c) or [None] * (i + 1))[i] for c in columns}}
+        for i, k in enumerate(curve.get("points") or [])
+    ]
+    return {
+        "curve_version": version,
+        "curve_figure": charts.online_curve_figure(evaluation),
+        "curve": curve,
+        "curve_rows": rows,
+    }
 
 
 @team_view
@@ -177,6 +197,7 @@ def router_train(request: HttpRequest) -> HttpResponse:
             "active": active,
             "active_rows": evaluation_rows(active.evaluation) if active else [],
             "active_figure": charts.evaluation_figure(active.evaluation) if active else None,
+            **_curve_context(active or context["serving"].get("latest")),
         }
     )
     return render(request, "ui/routers.html", context, status=400)
@@ -208,6 +229,7 @@ def _detail_context(request: HttpRequest, version: RouterVersion) -> dict[str, A
         "refusal": floor_refusal(version) if version.status == RouterVersion.Status.READY else None,
         "rows": evaluation_rows(version.evaluation),
         "figure": charts.evaluation_figure(version.evaluation),
+        **_curve_context(version),
         "evaluation": version.evaluation or {},
         "trained_on": version.trained_on or {},
         "comparison": comparison,

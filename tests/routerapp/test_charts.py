@@ -75,3 +75,21 @@ def test_evaluation_figure_names_policies_and_handles_empty() -> None:
 def test_money_labels_never_use_scientific_notation() -> None:
     assert charts._money(3.55e-06) == "$0.00000355"
     assert charts._money(12.5) == "$12.50"
+
+
+def test_online_curve_figure_draws_the_curve_against_best_single_and_static() -> None:
+    from routerapp.charts import online_curve_figure
+
+    evaluation = {
+        "policies": {"router": {"gap_closed": 0.2}},
+        "online_curve": {"points": [50, 100, 140], "gap_closed": [0.1, 0.45, None],
+                         "best_single_config": "m/greedy"},
+    }  # fmt: skip
+    fig = online_curve_figure(evaluation)
+    assert fig is not None
+    curve, single, static = fig["data"]
+    assert curve["x"] == [50, 100, 140] and curve["y"] == [0.1, 0.45, None]
+    assert single["y"] == [0.0, 0.0] and "m/greedy" in single["name"]
+    assert static["y"] == [0.2, 0.2]
+    assert online_curve_figure({"policies": {}}) is None
+    assert online_curve_figure({"online_curve": {"points": [5], "gap_closed": [None]}}) is None

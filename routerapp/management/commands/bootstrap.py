@@ -45,6 +45,8 @@ class Command(BaseCommand):
             if run is not None:
                 self.stdout.write(
                     f"calibration started: {run.items_count} generated problems x "
-                    f"{run.configurations.count()} configurations; the first router version "
-                    "is trained and activated when it ends (see the Routers page)"
+                    f"{run.configurations.count()} configurations; then a router version is "
+                    "trained, and serves only if it beats the best single configuration with "
+                    "95% confidence (more batches run while that is undecided; see the Routers "
+                    "page)"
                 )

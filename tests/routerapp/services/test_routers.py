@@ -254,6 +254,10 @@ def test_a_winning_router_passes_the_floor_and_activates_itself(installed) -> No
     assert floor["single_config"].endswith("/greedy")
     assert RouterVersion.objects.get(pk=version.pk).is_active
     assert svc.floor_refusal(version) is None
+    # The adaptation curve of the held-out prompts replayed online is stored for the page.
+    curve = version.evaluation["online_curve"]
+    n_test = version.trained_on["test_prompts"]
+    assert curve["points"][-1] == n_test and len(curve["gap_closed"]) == len(curve["points"])
 
 
 def test_an_undecided_router_is_not_activated_and_the_best_single_serves(installed) -> None:  # type: ignore[no-untyped-def]
@@ -346,3 +350,17 @@ def test_calibration_runs_more_batches_until_the_floor_is_decided(installed) -> 
     version2 = svc.router_version_fit(version_id=svc.calibration_finished(run_id=second.pk).pk)
     assert BenchmarkRun.objects.filter(purpose="calibration").count() == 2
     assert "cap" in version2.significance["calibration"] or version2.is_active
+
+
+def test_retraining_while_the_best_single_serves(installed) -> None:  # type: ignore[no-untyped-def]
+    _log(n_prompts=10, vote_hard=0.6)
+    first = _fit(activate=True)
+    assert not first.is_active and first.trained_on["outcome_rows"] == 50
+    assert svc.router_retrain_if_due() is None  # the log has not grown
+    _log(n_prompts=40, seed=0, start=10)  # 200 more graded outcomes
+    version = svc.router_retrain_if_due()
+    assert version is not None and version.trained_on["activate_when_ready"] is True
+    assert svc.router_retrain_if_due() is None  # one at a time
+    version = svc.router_version_fit(version_id=version.pk)
+    assert version.is_active and version.significance["passes"]
+    assert svc.router_retrain_if_due() is None  # a router serves

@@ -59,6 +59,11 @@ def test_seed_page_proposes_then_seeds_and_the_version_page_names_the_prior(admi
     assert 'id="prior"' in html and f"Seeded from <code>{source}</code>" in html
     assert "<code>meta/llama-2-70b-chat</code>" in html
     assert 'data-verdict="better"' in html and 'id="active-badge"' in html
+    # The online adaptation curve of the held-out prompts, on the version's page and on the
+    # Routers page (for the active version).
+    assert 'id="online-curve"' in html and "fig-online-curve" in html
+    page = client.get("/routers/").content.decode()
+    assert 'id="online-curve"' in page and f"/routers/{version.pk}/" in page
 
 
 def test_bad_seed_input_is_a_form_error_and_writes_nothing(admin_client) -> None:  # type: ignore[no-untyped-def]
