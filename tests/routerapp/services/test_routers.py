@@ -126,6 +126,9 @@ def test_online_grades_move_the_live_router(installed, monkeypatch) -> None:  # 
     from routerapp.services.routing import LiveRouter
 
     monkeypatch.setattr(LiveRouter, "LAG_S", 0.0)
+    # Only the explicit sync below may observe the new grades (on a loaded machine writing
+    # them can take longer than the periodic sync interval).
+    monkeypatch.setattr(LiveRouter, "SYNC_EVERY_S", 3600.0)
     _log()
     version = svc.router_version_fit(
         version_id=svc.router_version_train(source="log", enqueue=False).pk
