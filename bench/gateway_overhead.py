@@ -401,7 +401,9 @@ def compare_trees(args: argparse.Namespace) -> None:
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {int(args.client_cpu.split(",")[0])})
         for round_ in range(args.rounds):
-            for name, tree in trees.items():
+            # ABBA order: a load that drifts during the run penalises neither tree.
+            order = list(trees.items())
+            for name, tree in order if round_ % 2 == 0 else order[::-1]:
                 port = free_port()
                 gunicorn = start_gateway(py, envs[name], args, port, cwd=tree)
                 try:

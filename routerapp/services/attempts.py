@@ -108,7 +108,8 @@ class Attempts:
         for configuration in self._candidates(current):
             if configuration.slug in self.failed_configs or not self.runs_here(configuration):
                 continue
-            if not endpoint_available(configuration.endpoint):
+            # An alternative whose every target is open is skipped before any reservation.
+            if configuration.pk != current.pk and not endpoint_available(configuration.endpoint):
                 self.failed_configs.add(configuration.slug)
                 continue
             first = self.count == 0 and configuration.pk == self.query.configuration_id

@@ -192,8 +192,10 @@ _snapshot = _Cache(_load_snapshot)
 
 
 def breaker_snapshot() -> dict[str, BreakerState]:
-    """Return the targets whose breaker is not clean (absent ones are closed)."""
-    return dict(_snapshot.get())
+    """Return the targets whose breaker is not clean (absent ones are closed). Read only: the
+    cache is replaced, never changed in place, so callers may keep it."""
+    snapshot: dict[str, BreakerState] = _snapshot.get()
+    return snapshot
 
 
 def health_cache_clear() -> None:
