@@ -621,6 +621,9 @@ class Query(models.Model):
         blank=True,
         help_text="What the strategy decided as it ran: stopping rule, search tree, cascade stages",
     )
+    engine_ms = models.PositiveBigIntegerField(
+        default=0, help_text="Engine time billed (what a per-GPU-hour price is charged on)"
+    )
     cost_usd = usd_field(default=ZERO)
     billed_prices = models.JSONField(
         default=dict, blank=True, help_text="The endpoint's prices this query was billed at"
@@ -715,6 +718,9 @@ class Sample(models.Model):
     chosen = models.BooleanField(default=False)
     seed = models.BigIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    engine_ms = models.PositiveIntegerField(
+        default=0, help_text="Its share of the engine time (billed under a GPU-hour price)"
+    )
     cost_usd = usd_field(default=ZERO)
     tool_calls = models.JSONField(null=True, blank=True, help_text="OpenAI tool calls, if any")
     logprobs = models.JSONField(
@@ -754,6 +760,31 @@ class QueryTag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tag} on {self.query_id}"
+
+
+class ScorerCall(models.Model):
+    """One scorer / verifier call of a query (best-of-n's verifier): billed like a sample,
+    written as soon as it ends, so a query that fails afterwards still bills it."""
+
+    query = models.ForeignKey(Query, on_delete=models.CASCADE, related_name="scorer_rows")
+    index = models.PositiveIntegerField()
+    sample_index = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The sample it scored"
+    )
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    engine_ms = models.PositiveIntegerField(default=0)
+    cost_usd = usd_field(default=ZERO)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["query", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["query", "index"], name="scorer_unique_query_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"scorer call {self.index} of {self.query_id}"
 
 
 class AuditLog(models.Model):

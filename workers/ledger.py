@@ -9,20 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 _MTOK = Decimal(1_000_000)
 _SECONDS_PER_HOUR = Decimal(3600)
+_MS_PER_HOUR = Decimal(3_600_000)
+#: The precision of a stored amount (routerapp's usd_field): an engine-time cost is rounded
+#: up to it, so a per-row cost is never under-billed and rows sum exactly.
+_USD_QUANTUM = Decimal("1e-12")
 
 #: How the token counts of a ledger were obtained, best first. ``exact``: counted by the
 #: in-process engine; ``usage``: reported by the server; ``logprobs``: one per streamed
 #: logprob entry; ``chunks``: one per streamed chunk with content (servers that stream one
 #: token per chunk, as llama.cpp and vLLM do by default); ``tokenize``: the server's
 #: tokenizer run on the text; ``estimate``:
-#: characters / 4 (or a per-message template overhead). A ledger reports the worst method
-#: used by any of its samples.
-TOKEN_COUNT_METHODS = ("exact", "usage", "logprobs", "chunks", "tokenize", "estimate")
+#: characters / 4 (or a per-message template overhead); ``bound``: an upper bound billed
+#: when a stream broke or was aborted before the server reported its usage (see
+#: workers.engines.openai_compat). A ledger reports the worst method used by any of its
+#: samples.
+TOKEN_COUNT_METHODS = ("exact", "usage", "logprobs", "chunks", "tokenize", "estimate", "bound")
 
 
 def worst_count_method(*methods: str) -> str:
@@ -114,6 +120,12 @@ class Prices:
         return self.cached_input_usd_per_mtok
 
     @property
+    def gpu_priced(self) -> bool:
+        """True when the endpoint is billed by engine time (GPU-hour price, no token price)."""
+        token_priced = self.input_usd_per_mtok != 0 or self.output_usd_per_mtok != 0
+        return not token_priced and self.gpu_usd_per_hour is not None
+
+    @property
     def reasoning(self) -> Decimal:
         """USD per million reasoning tokens (the output price when none is set)."""
         if self.reasoning_usd_per_mtok is None:
@@ -175,6 +187,37 @@ def cost_of_tokens(
         + Decimal(completion_tokens - reasoning_tokens) * prices.output_usd_per_mtok
         + Decimal(reasoning_tokens) * prices.reasoning
     ) / _MTOK
+
+
+def cost_of_engine_time(seconds: float | Decimal, prices: Prices) -> Decimal:
+    """Return the USD cost of ``seconds`` of engine time at the GPU-hour price (0 when the
+    endpoint has none), rounded up to the stored precision."""
+    if prices.gpu_usd_per_hour is None:
+        return Decimal(0)
+    ms = Decimal(str(seconds)) * 1000
+    return (prices.gpu_usd_per_hour * ms / _MS_PER_HOUR).quantize(_USD_QUANTUM, ROUND_CEILING)
+
+
+def cost_of_usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    engine_ms: int,
+    prices: Prices,
+    *,
+    cached_prompt_tokens: int = 0,
+    reasoning_tokens: int = 0,
+) -> Decimal:
+    """Return the exact USD cost of one sample or scorer call: its tokens at the token
+    prices, or, for an endpoint priced per GPU-hour only, its engine time (``engine_ms``)."""
+    if prices.gpu_priced:
+        return cost_of_engine_time(Decimal(int(engine_ms)) / 1000, prices)
+    return cost_of_tokens(
+        prompt_tokens,
+        completion_tokens,
+        prices,
+        cached_prompt_tokens=cached_prompt_tokens,
+        reasoning_tokens=reasoning_tokens,
+    )
 
 
 def cost_usd(

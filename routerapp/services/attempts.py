@@ -37,7 +37,7 @@ from routerapp.services.budgets import budget_reserve, budget_settle, policies_f
 from routerapp.services.pricing import endpoint_prices, prompt_token_bound, worst_case_cost
 from routerapp.services.request_fields import query_options
 from workers.engines.resilience import UpstreamError
-from workers.ledger import cost_of_tokens
+from workers.ledger import cost_of_usage
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,8 @@ class Attempts:
         sample = None
         if upstream is not None and upstream.partial is not None:
             prompt_tokens, completion_tokens, text = upstream.partial
+            # The failed request held the engine for the attempt's time (GPU-hour prices).
+            latency_ms = int((time.monotonic() - attempt.started) * 1000)
             if prompt_tokens or completion_tokens:
                 prices = endpoint_prices(attempt.configuration.endpoint)
                 sample = Sample(
@@ -204,10 +206,11 @@ class Attempts:
                     text=text,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=completion_tokens,
-                    finish_reason="abort",
+                    finish_reason="error",
                     aborted=True,
-                    latency_ms=int((time.monotonic() - attempt.started) * 1000),
-                    cost_usd=cost_of_tokens(prompt_tokens, completion_tokens, prices),
+                    latency_ms=latency_ms,
+                    engine_ms=latency_ms,
+                    cost_usd=cost_of_usage(prompt_tokens, completion_tokens, latency_ms, prices),
                 )
                 if persist:
                     with transaction.atomic():

@@ -18,7 +18,7 @@ from django.db.models import Count, F, Max, Q, Sum
 from django.utils import timezone
 
 from routerapp.errors import BudgetExceeded
-from routerapp.models import Configuration, ModelEndpoint, Query, Sample
+from routerapp.models import Configuration, ModelEndpoint, Query, Sample, ScorerCall
 from routerapp.services.attempts import Attempt, Attempts, NoTargetLeft, may_fall_back
 from routerapp.services.breakers import target_busy
 from routerapp.services.budgets import budget_reserve_more, budget_settle
@@ -30,7 +30,7 @@ from routerapp.services.streaming import (
     query_progress,
 )
 from workers.engines.resilience import RETRY_LOG, UpstreamError
-from workers.ledger import Prices, cost_of_tokens, cost_usd
+from workers.ledger import Prices, cost_of_usage
 from workers.strategies.base import SampleStarted
 
 log = logging.getLogger(__name__)
@@ -184,13 +184,19 @@ class Heartbeat:
             connections.close_all()  # this thread's own connection
 
 
+def _ms(seconds: Any) -> int:
+    return max(0, round(float(seconds or 0.0) * 1000))
+
+
 def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
-    """Return the Sample columns of one strategy candidate, priced with workers.ledger."""
+    """Return the Sample columns of one strategy candidate, priced with workers.ledger (its
+    tokens, or its share of the engine time on an endpoint priced per GPU-hour)."""
     prompt_tokens = int(candidate.prompt_tokens)
     completion_tokens = int(candidate.completion_tokens)
     cached = int(getattr(candidate, "cached_prompt_tokens", 0) or 0)
     reasoning = int(getattr(candidate, "reasoning_tokens", 0) or 0)
     latency = candidate.latency_s
+    engine_ms = _ms(getattr(candidate, "engine_s", 0.0))
     return {
         "text": candidate.text or "",
         "extracted_answer": (candidate.extracted_answer or "")[:500],
@@ -204,9 +210,11 @@ def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
         "chosen": bool(candidate.chosen),
         "seed": candidate.seed,
         "latency_ms": None if latency is None else int(latency * 1000),
-        "cost_usd": cost_of_tokens(
+        "engine_ms": engine_ms,
+        "cost_usd": cost_of_usage(
             prompt_tokens,
             completion_tokens,
+            engine_ms,
             prices,
             cached_prompt_tokens=cached,
             reasoning_tokens=reasoning,
@@ -217,41 +225,53 @@ def sample_fields(candidate: Any, prices: Prices) -> dict[str, Any]:
     }
 
 
+def scorer_fields(call: Any, prices: Prices) -> dict[str, Any]:
+    """Return the ScorerCall columns of one scorer / verifier call, priced like a sample."""
+    engine_ms = _ms(call.wall_s)
+    return {
+        "sample_index": call.candidate_index,
+        "prompt_tokens": int(call.prompt_tokens),
+        "completion_tokens": int(call.completion_tokens),
+        "engine_ms": engine_ms,
+        "cost_usd": cost_of_usage(
+            int(call.prompt_tokens), int(call.completion_tokens), engine_ms, prices
+        ),
+    }
+
+
+def bill_rows(query: Query, samples: list[Sample], scorers: list[ScorerCall]) -> None:
+    """Set a query's billed totals (not saved) from its sample and scorer rows: the rows are
+    the bill, so a query's cost is exactly the sum of theirs on every path."""
+    rows: list[Any] = [*samples, *scorers]
+    query.prompt_tokens = sum(r.prompt_tokens for r in rows)
+    query.completion_tokens = sum(r.completion_tokens for r in rows)
+    query.cached_prompt_tokens = sum(s.cached_prompt_tokens for s in samples)
+    query.reasoning_tokens = sum(s.reasoning_tokens for s in samples)
+    query.engine_ms = sum(r.engine_ms for r in rows)
+    query.cost_usd = sum((r.cost_usd for r in rows), Decimal(0))
+    query.samples_done = len(samples)
+    query.scorer_calls = len(scorers)
+
+
 def apply_result(
     query: Query, result: Any, prices: Prices, stage_prices: dict[str, Prices] | None = None
 ) -> None:
-    """Copy a strategy result onto the query (not saved): the ledger's totals priced in one
-    place, the answer and vote, the final status, and the grade when the query has a gold.
-    A run over several endpoints (a cascade) prices each endpoint's ledger at its prices
-    (``stage_prices`` by endpoint name; the configuration's own is ``prices``)."""
+    """Copy a strategy result onto the query (not saved): the answer and vote, the engine
+    requests, the final status, and the grade when the query has a gold. The billed totals
+    come from the written rows (``bill_rows`` / ``_bill_written_samples``), each priced at
+    its own endpoint's prices (a cascade's stages at theirs: ``stage_prices`` by name)."""
     from workers.grading import grade
 
     ledger = result.ledger
-    query.prompt_tokens = int(ledger.prompt_tokens)
-    query.completion_tokens = int(ledger.completion_tokens)
-    query.cached_prompt_tokens = int(ledger.cached_prompt_tokens)
-    query.reasoning_tokens = int(ledger.reasoning_tokens)
     query.engine_requests = int(ledger.engine_requests)
-    query.scorer_calls = int(ledger.scorer_calls)
+    # The scorer's share of the tokens; the billed totals come from the rows.
     query.scorer_prompt_tokens = int(ledger.scorer_prompt_tokens)
     query.scorer_completion_tokens = int(ledger.scorer_completion_tokens)
     query.trace = dict(getattr(result, "trace", None) or {})
-    stages = getattr(result, "stage_ledgers", None) or {}
-    if stages:
-        query.cost_usd = sum(
-            (
-                cost_usd(part, (stage_prices or {}).get(name, prices))
-                for name, part in stages.items()
-            ),
-            Decimal(0),
-        )
-    else:
-        query.cost_usd = cost_usd(ledger, prices)
     # The prices are kept with the bill: a later price change never rewrites this query.
     query.billed_prices = prices.to_dict()
-    if stages and stage_prices:
+    if getattr(result, "stage_ledgers", None) and stage_prices:
         query.billed_prices["stages"] = {name: p.to_dict() for name, p in stage_prices.items()}
-    query.samples_done = len(result.candidates)
     query.answer = result.answer or ""
     query.extracted_answer = (result.extracted_answer or "")[:500]
     query.votes = result.votes
@@ -275,6 +295,9 @@ class _Run:
     ):
         self.query = query
         self.offset = offset
+        # Scorer calls of an interrupted earlier run keep their rows; this run's follow them.
+        last = ScorerCall.objects.filter(query=query).order_by("-index").first()
+        self.scorer_offset = 0 if last is None else last.index + 1
         self.prices = endpoint_prices(configuration_of(query).endpoint)
         # Token deltas and finished samples go to whoever streams this query (API, playground).
         # The channel is also the record of what a run had generated if its process dies.
@@ -294,6 +317,10 @@ class _Run:
         return {name: get_engine(e.engine, e.engine_params) for name, e in endpoints.items()}
 
     def on_event(self, event: Any) -> None:
+        call = getattr(event, "call", None)
+        if call is not None:  # a scorer / verifier call ended: billed at once
+            self.save_scorer(call)
+            return
         candidate = getattr(event, "candidate", None)
         if candidate is not None:
             self.save_candidate(candidate)
@@ -334,6 +361,14 @@ class _Run:
 
         db_retry(write, what=f"writing sample {index} of query {self.query.pk}")
 
+    def save_scorer(self, call: Any) -> None:
+        """Write one scorer / verifier call (idempotent: a result replays its calls)."""
+        ScorerCall.objects.update_or_create(
+            query=self.query,
+            index=self.scorer_offset + int(call.index),
+            defaults=scorer_fields(call, self.prices),
+        )
+
 
 def query_run(*, query_id: str, events: EventSink | None = None) -> str:
     """Run a queued query to the end and return its final status.
@@ -366,9 +401,7 @@ def _run_claimed(query: Query, offset: int, events: EventSink | None, heartbeat:
     here = queue_of(configuration)
     # A fallback on another worker pool is handed over to it (see _hand_off).
     attempts = Attempts(query, runs_here=lambda c: True)
-    attempts.billed = Sample.objects.filter(query=query).aggregate(usd=Sum("cost_usd"))[
-        "usd"
-    ] or Decimal(0)
+    attempts.billed = _billed_so_far(query)
     run = _Run(query, offset, events, heartbeat)
     while True:
         try:
@@ -403,7 +436,7 @@ def _run_claimed(query: Query, offset: int, events: EventSink | None, heartbeat:
             # The next attempt numbers its samples after every sample written so far.
             totals = written.aggregate(n=Max("index"), usd=Sum("cost_usd"))
             offset = max(offset, -1 if totals["n"] is None else totals["n"] + 1)
-            attempts.billed = totals["usd"] or Decimal(0)
+            attempts.billed = _billed_so_far(query)
             if may_fall_back(exc) and not run.tokens_sent:
                 log.warning("query %s: attempt on %s failed: %s", query_id, attempt.target.key, exc)
                 continue
@@ -424,6 +457,14 @@ def _run_claimed(query: Query, offset: int, events: EventSink | None, heartbeat:
             query_complete, query=query, result=result, offset=offset, run=run
         )
         return db_retry(complete, what=f"completing query {query_id}")
+
+
+def _billed_so_far(query: Query) -> Decimal:
+    """What the rows written for a query so far bill (samples and scorer calls)."""
+    rows = Decimal(0)
+    for model in (Sample, ScorerCall):
+        rows += model.objects.filter(query=query).aggregate(usd=Sum("cost_usd"))["usd"] or 0
+    return rows
 
 
 def queue_of(configuration: Configuration) -> str:
@@ -559,7 +600,7 @@ def _reserve_rerun(query: Query) -> str:
     run's worst case, reserving the difference under its budgets; return "" or, when a hard
     budget cannot cover it, why the rerun is refused (nothing reserved then)."""
     configuration = configuration_of(query)
-    billed = Sample.objects.filter(query=query).aggregate(usd=Sum("cost_usd"))["usd"] or Decimal(0)
+    billed = _billed_so_far(query)
     worst = worst_case_cost(configuration, prompt_token_bound(query.prompt, query.messages))
     extra = billed + worst - query.reserved_usd
     if extra <= 0:
@@ -610,7 +651,10 @@ def samples_recover(*, query: Query) -> int:
     progress = query_progress(query.pk) if query.runs else None
     prompt = min(prompt_token_bound(query.prompt, query.messages), configuration.max_prompt_tokens)
     prices = endpoint_prices(configuration.endpoint)
-    lost = []
+    # Engine time (GPU-hour prices): the dead run held the engine at most since it started;
+    # that bound goes with the first lost sample.
+    held_ms = _ms((timezone.now() - query.started_at).total_seconds()) if query.started_at else 0
+    lost: list[Sample] = []
     for index in indices:
         if index in written:
             continue
@@ -637,7 +681,8 @@ def samples_recover(*, query: Query) -> int:
                 finish_reason=LOST_FINISH_REASON,
                 aborted=True,
                 count_method=method,
-                cost_usd=cost_of_tokens(prompt, completion, prices),
+                engine_ms=0 if lost else held_ms,
+                cost_usd=cost_of_usage(prompt, completion, 0 if lost else held_ms, prices),
             )
         )
     Sample.objects.bulk_create(lost)
@@ -680,32 +725,20 @@ def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
     """Store a strategy's result, price its ledger, grade it and settle the budget."""
     for candidate in result.candidates:
         run.save_candidate(candidate)
+    for call in getattr(result, "scorer_calls", None) or []:
+        run.save_scorer(call)
     with transaction.atomic():
         locked = Query.objects.select_for_update().get(pk=query.pk)
         if locked.is_finished:
             return locked.status
         apply_result(locked, result, run.prices, run.stage_prices)
-        # Samples written by an earlier, interrupted run of this query were generated: billed.
-        earlier = Sample.objects.filter(query=locked, index__lt=offset).aggregate(
-            n=Count("id"),
-            p=Sum("prompt_tokens"),
-            c=Sum("completion_tokens"),
-            aborted=Sum("completion_tokens", filter=Q(aborted=True)),
-            cached=Sum("cached_prompt_tokens"),
-            reasoning=Sum("reasoning_tokens"),
-            usd=Sum("cost_usd"),
-        )
-        locked.prompt_tokens += earlier["p"] or 0
-        locked.completion_tokens += earlier["c"] or 0
-        locked.cached_prompt_tokens += earlier["cached"] or 0
-        locked.reasoning_tokens += earlier["reasoning"] or 0
-        locked.cost_usd += earlier["usd"] or Decimal(0)
-        locked.samples_done += earlier["n"]
-        _finish(
-            locked,
-            aborted_completion_tokens=int(result.ledger.aborted_completion_tokens)
-            + (earlier["aborted"] or 0),
-        )
+        # The rows are the bill: this run's samples and scorer calls, and those written by
+        # an earlier, interrupted run of this query (they were generated: billed).
+        _bill_written_samples(locked)
+        aborted = Sample.objects.filter(query=locked, aborted=True).aggregate(
+            c=Sum("completion_tokens")
+        )["c"]
+        _finish(locked, aborted_completion_tokens=int(aborted or 0))
         locked.save()
     return locked.status
 
@@ -755,19 +788,31 @@ def _finish(query: Query, *, aborted_completion_tokens: int | None = None) -> No
 
 
 def _bill_written_samples(query: Query) -> None:
-    totals = Sample.objects.filter(query=query).aggregate(
-        p=Sum("prompt_tokens"),
-        c=Sum("completion_tokens"),
-        cached=Sum("cached_prompt_tokens"),
-        reasoning=Sum("reasoning_tokens"),
-        usd=Sum("cost_usd"),
+    """Set a query's billed totals (not saved) from its written sample and scorer rows."""
+    totals: dict[str, Any] = {"p": 0, "c": 0, "ms": 0, "usd": Decimal(0)}
+    counts: dict[str, int] = {}
+    for name, model in (("samples", Sample), ("scorers", ScorerCall)):
+        part = model.objects.filter(query=query).aggregate(
+            n=Count("id"),
+            p=Sum("prompt_tokens"),
+            c=Sum("completion_tokens"),
+            ms=Sum("engine_ms"),
+            usd=Sum("cost_usd"),
+        )
+        for key in ("p", "c", "ms", "usd"):
+            totals[key] += part[key] or 0
+        counts[name] = part["n"]
+    parts = Sample.objects.filter(query=query).aggregate(
+        cached=Sum("cached_prompt_tokens"), reasoning=Sum("reasoning_tokens")
     )
-    query.prompt_tokens = totals["p"] or 0
-    query.completion_tokens = totals["c"] or 0
-    query.cached_prompt_tokens = totals["cached"] or 0
-    query.reasoning_tokens = totals["reasoning"] or 0
-    query.cost_usd = totals["usd"] or Decimal(0)
-    query.samples_done = Sample.objects.filter(query=query).count()
+    query.prompt_tokens = totals["p"]
+    query.completion_tokens = totals["c"]
+    query.cached_prompt_tokens = parts["cached"] or 0
+    query.reasoning_tokens = parts["reasoning"] or 0
+    query.engine_ms = totals["ms"]
+    query.cost_usd = totals["usd"]
+    query.samples_done = counts["samples"]
+    query.scorer_calls = counts["scorers"]
 
 
 @transaction.atomic

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -11,7 +12,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
-from routerapp.models import ApiKey, BudgetPolicy, ModelEndpoint, Query, QueryTag, Sample, Team
+from routerapp.models import (
+    ApiKey,
+    BudgetPolicy,
+    ModelEndpoint,
+    Query,
+    QueryTag,
+    Sample,
+    ScorerCall,
+    Team,
+)
 from routerapp.selectors.access import permitted_configuration_slugs
 from routerapp.services.budgets import (
     ZERO,
@@ -20,7 +30,7 @@ from routerapp.services.budgets import (
     hard_budget_left,
     policies_for,
 )
-from routerapp.services.pricing import prompt_token_bound, worst_case_cost
+from routerapp.services.pricing import endpoint_prices, prompt_token_bound, worst_case_cost
 from routerapp.services.request_fields import query_run_spec, strategy_params
 from routerapp.services.routing import RequestConstraints, RoutingDecision, decide
 from workers.queues import queue_for_engine
@@ -343,6 +353,9 @@ def _runs_inline(configuration: Any, samples_planned: int) -> bool:
         and configuration.endpoint.engine == ModelEndpoint.Engine.OPENAI_COMPAT
         and not configuration.endpoint.queue
         and (samples_planned == 1 or configuration.strategy.strategy == "single")
+        # An endpoint billed by engine time (GPU-hour price) runs under the worker's hard
+        # time limit, which is what bounds its reservation (services.pricing).
+        and not endpoint_prices(configuration.endpoint).gpu_priced
     )
 
 
@@ -357,6 +370,9 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
     final row are written in one transaction at the end instead of one per sample, and the
     engine is asked for token events only when ``events`` (a services.streaming sink) wants
     them. With ``events``, a cancel request (client gone, or the jobs API) aborts the sample.
+    Whatever an attempt generated is billed, when it fails too: the samples and scorer calls
+    that had ended (the strategy passes on the running ones, aborted, when it fails) and the
+    tokens of the request that broke.
     """
     from routerapp.services import execution
     from routerapp.services.attempts import Attempts, NoTargetLeft, may_fall_back
@@ -372,42 +388,53 @@ def query_run_inline(*, query: Query, events: Any = None) -> tuple[str, list[Sam
     # A synchronous caller waits on the query's end event, so a fallback that needs a worker
     # (a local model, several samples) is handed over to one; a stream stays in this process.
     attempts = Attempts(query, runs_here=_runs_inline_alone if events else lambda c: True)
-    sink = None if events is None else _InlineEvents(events)
-    partials: list[Sample] = []  # what failed attempts' requests generated: billed
+    partials: list[Sample] = []  # what failed attempts generated: billed
+    scorers: list[ScorerCall] = []
     while True:
         try:
             attempt = attempts.next()
         except NoTargetLeft as exc:
-            _inline_fail(query, attempts, partials, f"EndpointsUnavailable: {exc}")
+            _inline_fail(query, attempts, partials, scorers, f"EndpointsUnavailable: {exc}")
             return Query.Status.FAILED.value, None
         if not _runs_inline_alone(attempt.configuration):
             with transaction.atomic():
                 Sample.objects.bulk_create(partials)
+                ScorerCall.objects.bulk_create(scorers)
                 Query.objects.filter(pk=query.pk).update(samples_done=len(partials))
                 attempts.save()
             return str(execution._hand_off(query)), None
+        sink = _InlineEvents(events)
         try:
             # The heartbeat tells the reaper this process is alive; if it dies, the query is
             # failed and settled within QUERY_STALE_S instead of staying "running".
             with execution.Heartbeat(query.pk, query.runs):
                 result = _inline_attempt(query, attempt, sink)
         except Exception as exc:  # the endpoint failed: fall back, or fail billing what was made
+            prices = endpoint_prices(attempt.configuration.endpoint)
+            for c in sink.candidates:
+                fields = execution.sample_fields(c, prices)
+                partials.append(Sample(query=query, index=len(partials), **fields))
+            for call in sink.scorer_calls:
+                fields = execution.scorer_fields(call, prices)
+                scorers.append(ScorerCall(query=query, index=len(scorers), **fields))
             sample = attempts.failed(attempt, exc, index=len(partials), persist=False)
             if sample is not None:
                 partials.append(sample)
-                attempts.billed += sample.cost_usd
-            if may_fall_back(exc) and not (sink is not None and sink.tokens_sent):
+            attempts.billed = sum((p.cost_usd for p in partials), Decimal(0)) + sum(
+                (c.cost_usd for c in scorers), Decimal(0)
+            )
+            if may_fall_back(exc) and not sink.tokens_sent:
                 log.warning(
                     "inline query %s: attempt on %s failed: %s", query.pk, attempt.target.key, exc
                 )
                 continue
             log.warning("inline query %s failed: %s", query.pk, exc)
-            _inline_fail(query, attempts, partials, f"{type(exc).__name__}: {exc}")
+            _inline_fail(query, attempts, partials, scorers, f"{type(exc).__name__}: {exc}")
             return Query.Status.FAILED.value, None
         attempts.succeeded(attempt)
         break
     try:
-        return _inline_complete(query, result, partials)
+        return _inline_complete(query, result, partials, scorers)
     except _AlreadyFinished:
         return _current_status(query), None
 
@@ -438,19 +465,28 @@ def _inline_attempt(query: Query, attempt: Any, sink: Any) -> Any:
                 messages=query.messages or [{"role": "user", "content": query.prompt}],
                 params=spec.params,
                 answer_kind=query.answer_kind or None,
-                on_event=None if sink is None else sink.on_event,
-                should_cancel=None if sink is None else execution.CancelPoll(query.pk),
+                on_event=sink.on_event,
+                should_cancel=None if sink.sink is None else execution.CancelPoll(query.pk),
+                # Token events only for a client that streams: a plain call stays one
+                # non-streaming request, while on_event still sees every finished sample.
+                token_events=sink.sink is not None,
                 **spec.run_kwargs,
             )
     finally:
         RETRY_LOG.reset(token)
 
 
-def _inline_fail(query: Query, attempts: Any, partials: list[Sample], error: str) -> None:
+def _inline_fail(
+    query: Query, attempts: Any, partials: list[Sample], scorers: list[ScorerCall], error: str
+) -> None:
+    """Fail an inline query: write what its attempts generated, bill it and settle."""
     from routerapp.services import execution
 
     with transaction.atomic():
-        Sample.objects.bulk_create(partials)
+        running = Query.objects.select_for_update().filter(pk=query.pk, status=Query.Status.RUNNING)
+        if running.exists():
+            Sample.objects.bulk_create(partials)
+            ScorerCall.objects.bulk_create(scorers)
         attempts.save()
         execution.query_fail(query_id=str(query.pk), error=error)
 
@@ -475,6 +511,7 @@ _FINAL_FIELDS = (
     "scorer_prompt_tokens",
     "scorer_completion_tokens",
     "trace",
+    "engine_ms",
     "cost_usd",
     "billed_prices",
     "samples_done",
@@ -489,28 +526,35 @@ _FINAL_FIELDS = (
 
 
 def _inline_complete(
-    query: Query, result: Any, partials: list[Sample] | None = None
+    query: Query,
+    result: Any,
+    partials: list[Sample] | None = None,
+    scorers_before: list[ScorerCall] | None = None,
 ) -> tuple[str, list[Sample]]:
-    """Write an inline query's samples and ledger and settle its budget, in one transaction.
-
-    ``partials``: the aborted samples of failed attempts before this one (billed too)."""
+    """Write an inline query's samples, scorer calls and ledger and settle its budget, in one
+    transaction. ``partials`` / ``scorers_before``: what failed attempts before this one
+    generated (billed too). The rows are the bill (execution.bill_rows)."""
     from routerapp.services import execution
-    from routerapp.services.pricing import endpoint_prices
 
     assert query.configuration is not None
     partials = partials or []
+    scorers_before = scorers_before or []
     prices = endpoint_prices(query.configuration.endpoint)
     offset = len(partials)
     samples = [
         Sample(query=query, index=offset + int(c.index), **execution.sample_fields(c, prices))
         for c in result.candidates
     ]
+    scorers = [
+        ScorerCall(
+            query=query,
+            index=len(scorers_before) + int(c.index),
+            **execution.scorer_fields(c, prices),
+        )
+        for c in result.scorer_calls
+    ]
     execution.apply_result(query, result, prices)
-    for p in partials:
-        query.prompt_tokens += p.prompt_tokens
-        query.completion_tokens += p.completion_tokens
-        query.cost_usd += p.cost_usd
-        query.samples_done += 1
+    execution.bill_rows(query, [*partials, *samples], [*scorers_before, *scorers])
     with transaction.atomic():
         # Settle the reservation, register the end hooks.
         execution._finish(
@@ -522,23 +566,34 @@ def _inline_complete(
         if not updated:  # finished meanwhile (e.g. failed by an operator): keep that
             raise _AlreadyFinished
         Sample.objects.bulk_create([*partials, *samples])
+        ScorerCall.objects.bulk_create([*scorers_before, *scorers])
     return str(query.status), [*partials, *samples]
 
 
 class _InlineEvents:
-    """Strategy events of an inline query -> a streaming sink (token deltas, samples)."""
+    """Strategy events of one inline attempt: finished samples and scorer calls are kept
+    (billed if the attempt fails), token deltas and samples go to the streaming sink (None:
+    the client does not stream)."""
 
     def __init__(self, sink: Any):
         self.sink = sink
         self.tokens_sent = 0  # token deltas the client may have seen
+        self.candidates: list[Any] = []
+        self.scorer_calls: list[Any] = []
 
     def on_event(self, event: Any) -> None:
+        call = getattr(event, "call", None)
+        if call is not None:
+            self.scorer_calls.append(call)
+            return
         candidate = getattr(event, "candidate", None)
         if candidate is not None:
-            self.sink.sample(int(candidate.index))
+            self.candidates.append(candidate)
+            if self.sink is not None:
+                self.sink.sample(int(candidate.index))
             return
         text = getattr(event, "text", None)
-        if text and isinstance(text, str):
+        if self.sink is not None and text and isinstance(text, str):
             self.tokens_sent += 1
             self.sink.token(int(getattr(event, "index", 0)), text)
 

@@ -5,7 +5,9 @@ An engine turns one prompt into ``n`` samples. Strategies drive it through a
 token when token events were asked for, a :class:`SampleDone` when a sample ends) and may
 call :meth:`GenerationStream.abort` on any running sample between events. An aborted sample
 stops generating at once and reports the tokens it had generated (``finish_reason
-"abort"``). :meth:`Engine.generate` is the non-streaming convenience on top.
+"abort"``). A sample cut short by a failure (a dropped connection, a server error, an
+unknown end) reports ``finish_reason "error"`` with the tokens it had generated (or a
+bound on them), before the stream raises. :meth:`Engine.generate` is the non-streaming convenience on top.
 
 Seeds: sample ``i`` of a request uses ``seed + i``, so a request is reproducible on one
 machine given the same seed, prompt and parameters.
@@ -21,7 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-FinishReason = Literal["stop", "length", "abort"]
+#: ``stop``: the sample ended by itself (end of turn, stop string); ``length``: it hit
+#: ``max_tokens``; ``abort``: it was aborted (early stop, cancel); ``error``: it was cut short
+#: by a failure or ended for a reason that is not a natural end (content filter, repetition
+#: guard, an unknown reason). Only ``stop`` / ``length`` samples are answers.
+FinishReason = Literal["stop", "length", "abort", "error"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,8 @@ class SampleOutput:
 
     @property
     def aborted(self) -> bool:
-        return self.finish_reason == "abort"
+        """True when the sample did not end by itself (aborted or cut by an error)."""
+        return self.finish_reason in ("abort", "error")
 
 
 @dataclass(frozen=True)
@@ -216,6 +223,22 @@ class GenerationStream(ABC):
         self.abort_all()
         for _ in self:
             pass
+
+    def salvage(self, reported: set[int]) -> list[SampleOutput]:
+        """After a failure (the engine, the consumer or a time limit raised while the stream
+        was being iterated): abort what still runs and return every sample whose
+        :class:`SampleDone` is not in ``reported`` (indices the consumer received), with
+        the tokens it generated, so that they can be billed. Never raises for a broken
+        stream; engines whose iterator can die with the failure override it."""
+        self.abort_all()
+        outs: list[SampleOutput] = []
+        try:
+            for event in self:
+                if isinstance(event, SampleDone) and event.sample.index not in reported:
+                    outs.append(event.sample)
+        except Exception:  # noqa: BLE001 - the failure is being handled by the caller
+            pass
+        return outs
 
     def __enter__(self) -> GenerationStream:
         return self

@@ -22,6 +22,7 @@ a 4-sample request is not guaranteed to equal sample i of an 8-sample one).
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -584,6 +585,17 @@ class _LlamaCppStream(GenerationStream):
                 for ids, lps in zip(s.top_ids, s.tops, strict=False)
             ],
         }
+
+    def salvage(self, reported: set[int]) -> list[SampleOutput]:
+        # Closing the generator runs its ``finally``: unfinished samples end as aborted
+        # with the tokens they had (a generator that raised has run it already).
+        if self._iter is not None:
+            with contextlib.suppress(Exception):
+                self._iter.close()  # type: ignore[attr-defined]
+        for s in self.samples:
+            if s.finish is None:
+                s.finish = "abort"
+        return [self._output(s) for s in self.samples if s.index not in reported]
 
     def result(self) -> GenerationResult:
         if self.running():

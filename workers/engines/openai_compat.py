@@ -9,18 +9,36 @@ Works with ``vllm serve``, SGLang, llama.cpp's servers and hosted APIs, through 
 - Streaming: server-sent events, one reader thread per running request; per-sample abort
   closes that request's stream (the server stops generating when it notices).
 - Token counts, best available per sample (recorded as ``count_method``): the server's
-  ``usage`` (non-streaming responses, or streams that honour ``stream_options``);
-  else the number of streamed log-prob entries (completion tokens); else, for streams,
-  the number of chunks with content (servers stream one token per chunk); else the server's own
-  tokenizer on the text (``/tokenize`` of vLLM / llama.cpp, ``/extras/tokenize`` of
-  llama-cpp-python); else an estimate: characters / 4, and for chat prompts the contents'
-  tokens + 4 per message + 3 (template overhead). A request that was sent is billed its
-  prompt even if aborted; a sample aborted before its request was sent bills nothing.
+  ``usage`` whenever it arrives (non-streaming responses; streams ask for it with
+  ``stream_options.include_usage`` and keep reading to it once the sample has finished,
+  even when it was aborted meanwhile); else the number of streamed log-prob entries
+  (completion tokens); else, for streams, the number of chunks with content (servers stream
+  one token per chunk); else the server's own tokenizer on the text (``/tokenize`` of vLLM /
+  llama.cpp, ``/extras/tokenize`` of llama-cpp-python); else an estimate: characters / 4,
+  and for chat prompts the contents' tokens + 4 per message + 3 (template overhead).
+- Requests that end before the server reported usage are billed an upper bound on their
+  completion tokens (``count_method "bound"``), because a server bills what it generated
+  after the last chunk it sent:
+
+  * a stream we aborted (early stop, cancel): what was received plus
+    ``abort_overrun_tokens`` (the tokens a server may generate between its last chunk and
+    noticing the closed connection; vLLM and llama.cpp check it every token), at most
+    ``max_tokens``;
+  * a request that broke after it was sent (dropped connection, read timeout, a body that
+    is not SSE): the server may have gone on to the end, so ``max_tokens``;
+  * an error event inside the stream (``data: {"error": ...}``, vLLM's shape): the server
+    says it stopped, so what was received.
+
+  A request that was sent is billed its prompt even if aborted or broken; a sample aborted
+  before its request was sent, or refused (connection refused, HTTP error status), bills
+  nothing. Finish reasons other than the known natural ends (``stop``, ``length`` and their
+  aliases, tool calls) become ``error``, never ``stop``: such samples are not answers.
 - Failures (workers.engines.resilience): a request is retried with backoff and jitter (or
   after the server's ``Retry-After``) on a connection error, 429 or 5xx before its first
   token, up to ``max_retries`` times; then, or on any failure after the first token, the
   stream raises an :class:`UpstreamError` that carries what the failed request generated
-  (billed) and whether the endpoint (rather than the request) is at fault, so the caller can
+  (billed, with the bounds above; the other samples of the stream are aborted and reported
+  first) and whether the endpoint (rather than the request) is at fault, so the caller can
   fall back to another endpoint and feed the endpoint's circuit breaker.
 """
 
@@ -34,6 +52,7 @@ import os
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -83,6 +102,9 @@ class OpenAICompatParams(BaseModel):
     max_concurrency: int | None = Field(default=None, ge=1, le=1024)
     tokenize: Literal["auto", "none"] = "auto"
     stream_usage: bool = True
+    #: Tokens billed on top of what was received for a stream we aborted before its usage
+    #: arrived (see the module docstring).
+    abort_overrun_tokens: int = Field(default=16, ge=0, le=4096)
     #: Retries of a request that failed before its first token (connection error, 429, 5xx).
     max_retries: int = Field(default=2, ge=0, le=10)
     #: A longer Retry-After is not waited for: the request fails over at once.
@@ -364,6 +386,7 @@ class _Slot:
         self.response: httpx.Response | None = None
         self.done = False
         self.output: SampleOutput | None = None
+        self.sent = False
 
 
 class _HttpStream(GenerationStream):
@@ -459,6 +482,53 @@ class _HttpStream(GenerationStream):
         if self._error is not None:
             raise RuntimeError(f"openai_compat request failed: {self._error}") from self._error
 
+    def salvage(self, reported: set[int], timeout_s: float = 30.0) -> list[SampleOutput]:
+        """Abort every request, close the connections (a hung server gets no chance to
+        read an abort) and collect each reader thread's sample without the iterator (it may
+        have died with the failure). A failed request's tokens (its UpstreamError's
+        ``partial``) become its sample; a reader that has not answered after ``timeout_s``
+        is billed its bound: the prompt and ``max_tokens`` once its request was sent."""
+        for slot in self.slots:
+            slot.abort.set()
+            if slot.response is not None and slot.output is None:
+                with contextlib.suppress(Exception):
+                    slot.response.close()
+        deadline = time.monotonic() + timeout_s
+        while any(s.output is None for s in self.slots):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                kind, index, payload = self._q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if kind in ("done", "done_all"):
+                for out in [payload] if kind == "done" else payload:
+                    self.slots[out.index].output = out
+            elif kind == "error":
+                partial = getattr(payload, "partial", None) or (0, 0, "")
+                self.slots[index].output = self._failed(self.slots[index], partial)
+        for slot in self.slots:
+            if slot.output is None:
+                bound = (self._prompt_count or (0, ""))[0], self.sampling.max_tokens, ""
+                slot.output = self._failed(slot, bound if slot.sent else (0, 0, ""))
+            slot.done = True
+        self.wall_s = self.timer.elapsed()
+        return [s.output for s in self.slots if s.output is not None and s.index not in reported]
+
+    def _failed(self, slot: _Slot, partial: tuple[int, int, str]) -> SampleOutput:
+        prompt_tokens, completion, text = partial
+        return SampleOutput(
+            index=slot.index,
+            text=text,
+            completion_tokens=completion,
+            finish_reason="error",
+            seed=slot.seed,
+            prompt_tokens=prompt_tokens,
+            latency_s=self.timer.elapsed(),
+            count_method="bound",
+        )
+
     def result(self) -> GenerationResult:
         if self.running():
             raise RuntimeError("result() called before the stream ended")
@@ -490,6 +560,7 @@ class _HttpStream(GenerationStream):
                     return
                 with self._sent_lock:
                     self.requests_sent += 1
+                slot.sent = True
                 out = self._stream_one(slot) if self.token_events else self._post_one(slot)
             self._q.put(("done", slot.index, out))
         except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, which re-raises
@@ -513,8 +584,8 @@ class _HttpStream(GenerationStream):
         try:
             data = eng.send(body).json()
         except UpstreamError as exc:
-            if exc.partial is not None:  # sent, no answer: its prompt was processed
-                exc.partial = (self._prompt_tokens()[0], 0, "")
+            if exc.partial is not None:  # sent, no answer: it may have run to max_tokens
+                exc.partial = (self._prompt_tokens()[0], self.sampling.max_tokens, "")
             raise
         choice = data["choices"][0]
         text = _choice_text(choice, eng.params.api)
@@ -579,9 +650,10 @@ class _HttpStream(GenerationStream):
         try:
             opened = eng.send(body, stream=True)
         except UpstreamError as exc:
-            if exc.partial is not None:
-                exc.partial = (self._prompt_tokens()[0], 0, "")
+            if exc.partial is not None:  # sent, no answer: it may have run to max_tokens
+                exc.partial = (self._prompt_tokens()[0], self.sampling.max_tokens, "")
             raise
+        reported: str | None = None  # the server reported an error in the stream
         with contextlib.closing(opened) as response:
             slot.response = response
             try:
@@ -592,8 +664,13 @@ class _HttpStream(GenerationStream):
                     if payload == "[DONE]":
                         break
                     chunk = json.loads(payload)
+                    if not isinstance(chunk, dict):
+                        raise ValueError(f"a stream chunk is not an object: {payload[:200]}")
                     if chunk.get("usage"):
                         usage = chunk["usage"]
+                    if chunk.get("error"):
+                        reported = _error_message(chunk["error"])
+                        break
                     # A chunk that arrives after an abort was still generated (and billed
                     # by the server): count it, but show no event for an aborted sample.
                     stopping = slot.abort.is_set()
@@ -621,37 +698,48 @@ class _HttpStream(GenerationStream):
                                 self._q.put(("token", slot.index, event))
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
-                    if stopping:
-                        aborted = finish is None
+                    if stopping and finish is None:
+                        aborted = True
                         break
-            except httpx.HTTPError as exc:
-                # Closing an aborted stream can surface as a read error; anything else is real:
-                # the endpoint failed after generating some tokens, which are billed.
-                if not slot.abort.is_set():
-                    if usage.get("prompt_tokens") is not None:
-                        prompt_tokens = int(usage["prompt_tokens"])
-                    else:
-                        prompt_tokens = self._prompt_tokens()[0]
+                    # A finished sample's usage follows its last chunk: read on to it.
+                if finish is None and not aborted and reported is None:
+                    raise ValueError("the stream ended before the sample finished")
+            except (httpx.HTTPError, ValueError) as exc:
+                # Closing an aborted stream can surface as a read error; anything else broke
+                # the stream after the request was sent: the server may have gone on to
+                # max_tokens, so that bound is billed with the tokens received so far.
+                if slot.abort.is_set() and finish is None:
+                    aborted = True
+                elif finish is None:
+                    prompt_tokens = self._usage_or_count(usage.get("prompt_tokens"))[0]
+                    received = len(lps) or chunks
                     raise UpstreamError(
-                        f"the stream broke after {chunks} tokens: {type(exc).__name__}: {exc}",
-                        partial=(prompt_tokens, len(lps) or chunks, "".join(parts)),
+                        f"the stream broke after {received} tokens: {type(exc).__name__}: {exc}",
+                        partial=(
+                            prompt_tokens,
+                            max(received, self.sampling.max_tokens),
+                            "".join(parts),
+                        ),
                     ) from exc
-                aborted = True
+                # else: the sample had finished; only its usage chunk was lost.
         # Leaving the context manager closed the connection: the server stops generating.
         text = "".join(parts)
-        reason = "abort" if aborted or finish is None else _finish(finish)
-        if usage.get("prompt_tokens") is not None:
-            prompt_tokens, p_method = int(usage["prompt_tokens"]), "usage"
-        else:
-            prompt_tokens, p_method = self._prompt_tokens()
-        if usage.get("completion_tokens") is not None and not aborted:
+        prompt_tokens, p_method = self._usage_or_count(usage.get("prompt_tokens"))
+        received, c_method = (len(lps), "logprobs") if lps else (chunks, "chunks")
+        if reported is not None:  # the server stopped and said so: what it sent is billed
+            raise UpstreamError(
+                f"the upstream reported an error after {received} tokens: {reported}",
+                partial=(prompt_tokens, int(usage.get("completion_tokens") or received), text),
+            )
+        reason = "abort" if aborted else _finish(finish)
+        completion = received
+        if usage.get("completion_tokens") is not None:
             completion, c_method = int(usage["completion_tokens"]), "usage"
-        elif lps:
-            completion, c_method = len(lps), "logprobs"
-        else:
-            completion, c_method = chunks, "chunks"
-        # An aborted stream's usage (when one came) no longer describes what was counted.
-        cached, reasoning = usage_details(usage if not aborted else {}, prompt_tokens, completion)
+        elif aborted:
+            overrun = received + eng.params.abort_overrun_tokens
+            completion, c_method = max(received, min(self.sampling.max_tokens, overrun)), "bound"
+        # Usage only arrives with a whole sample (we stop reading an unfinished aborted one).
+        cached, reasoning = usage_details(usage, prompt_tokens, completion)
         return SampleOutput(
             index=slot.index,
             text=text,
@@ -681,8 +769,9 @@ class _HttpStream(GenerationStream):
             try:
                 data = eng.send(body).json()
             except UpstreamError as exc:
-                if exc.partial is not None:
-                    exc.partial = (self._prompt_tokens()[0], 0, "")
+                if exc.partial is not None:  # every choice may have run to max_tokens
+                    n_bound = self.sampling.max_tokens * self.sampling.n
+                    exc.partial = (self._prompt_tokens()[0], n_bound, "")
                 raise
             usage = data.get("usage") or {}
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
@@ -755,12 +844,28 @@ def usage_details(usage: dict[str, Any], prompt_tokens: int, completion: int) ->
     return max(0, min(cached, prompt_tokens)), max(0, min(reasoning, completion))
 
 
+_STOP_REASONS = frozenset(
+    {"stop", "eos", "stop_sequence", "end_turn", "tool_calls", "function_call", "tool_use"}
+)
+_LENGTH_REASONS = frozenset({"length", "max_tokens", "model_length"})
+
+
 def _finish(reason: Any) -> FinishReason:
-    if reason in ("stop", "eos", "stop_sequence", "end_turn"):
+    """Map a server's finish reason; anything that is not a known natural end (content
+    filters, repetition guards, ``abort``, ``error``, unknown values) is ``error``."""
+    if reason in _STOP_REASONS:
         return "stop"
-    if reason in ("length", "max_tokens"):
+    if reason in _LENGTH_REASONS:
         return "length"
-    return "stop" if reason else "abort"
+    if reason in ("abort", "cancelled"):
+        return "abort"
+    return "error"
+
+
+def _error_message(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
 
 
 def _choice_text(choice: dict, api: str) -> str:

@@ -10,10 +10,11 @@ the caller's ``on_event`` and polls ``should_cancel`` between tokens.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +36,8 @@ from workers.grading.extract import (
     guess_answer_kind,
 )
 from workers.ledger import Ledger, worst_count_method
+
+log = logging.getLogger(__name__)
 
 # -- events passed to on_event ---------------------------------------------------------
 
@@ -61,7 +64,27 @@ class SampleFinished:
     candidate: Candidate
 
 
-StrategyEvent = SampleStarted | TokenDelta | SampleFinished
+@dataclass(frozen=True)
+class ScorerFinished:
+    """A scorer / verifier call ended; ``call`` carries what it billed (``index`` counts the
+    run's scorer calls from 0)."""
+
+    call: ScorerCall
+
+
+StrategyEvent = SampleStarted | TokenDelta | SampleFinished | ScorerFinished
+
+
+@dataclass(frozen=True)
+class ScorerCall:
+    """One scorer / verifier call: the tokens and engine seconds it billed, and the
+    candidate it scored (None when it scored no single candidate)."""
+
+    index: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_s: float = 0.0
+    candidate_index: int | None = None
 
 
 # -- candidates and results ------------------------------------------------------------
@@ -99,6 +122,9 @@ class Candidate:
     #: The endpoint that generated it when a strategy runs several (cascades); None: the
     #: configuration's own endpoint.
     endpoint: str | None = None
+    #: This sample's share of its engine request's time (the shares of one request sum to
+    #: its wall time): what a per-GPU-hour price bills.
+    engine_s: float = 0.0
     token_logprobs: list[float] = field(default_factory=list, repr=False)
     top_logprobs: list[tuple[float, ...]] = field(default_factory=list, repr=False)
     #: OpenAI-shaped tool calls, when the sample called tools instead of answering.
@@ -129,6 +155,7 @@ class Candidate:
             "phase": self.phase,
             "endpoint": self.endpoint,
             "tool_calls": self.tool_calls,
+            "engine_s": self.engine_s,
         }
 
 
@@ -156,6 +183,7 @@ class StrategyResult:
     #: Per-endpoint ledgers when the run used several endpoints (cascades), keyed by
     #: endpoint name; their sum is ``ledger``. Empty: everything ran on one endpoint.
     stage_ledgers: dict[str, Ledger] = field(default_factory=dict)
+    scorer_calls: list[ScorerCall] = field(default_factory=list)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -177,6 +205,7 @@ class StrategyResult:
             "params": self.params,
             "trace": self.trace,
             "stage_ledgers": {k: v.to_dict() for k, v in self.stage_ledgers.items()},
+            "scorer_calls": [asdict(c) for c in self.scorer_calls],
         }
 
 
@@ -248,6 +277,20 @@ class Watcher(Protocol):
     def on_done(self, stream: GenerationStream, candidate: Candidate, local_index: int) -> None: ...
 
 
+class _EngineShare:
+    """Splits one engine request's wall time among its samples in the order they end: each
+    is billed the time since the previous one ended, so the shares sum to the request's
+    time however many samples ran at once."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def take(self, latency_s: float) -> float:
+        share = max(0.0, latency_s - self.last)
+        self.last = max(self.last, latency_s)
+        return share
+
+
 class RunContext:
     """Drives engine requests for one strategy run and keeps its ledger."""
 
@@ -263,15 +306,18 @@ class RunContext:
         endpoint: str | None = None,
         output: dict[str, Any] | None = None,
         vote_on: str | None = None,
+        token_events: bool | None = None,
     ) -> None:
         self.output = dict(output or {})
         self.vote_on = vote_on
         self.engine = engine
+        self.token_events = token_events
         self.prompt = prompt
         self.answer_kind = answer_kind
         self.on_event = on_event
         self.should_cancel = should_cancel
         self.candidates: list[Candidate] = []
+        self.scorer_log: list[ScorerCall] = []
         self.ledger = Ledger()
         self.cancelled = False
         self.t0 = time.perf_counter()
@@ -319,17 +365,18 @@ class RunContext:
             extra = dict(self.output)
             extra["top_logprobs"] = max(sampling.top_logprobs, int(extra.get("top_logprobs", 0)))
             sampling = dataclasses.replace(sampling, **extra)
-        want_tokens = (
-            token_events
-            or watcher is not None
-            or self.on_event is not None
-            or self.should_cancel is not None
+        caller_wants = (
+            self.token_events
+            if self.token_events is not None
+            else (self.on_event is not None or self.should_cancel is not None)
         )
+        want_tokens = token_events or watcher is not None or caller_wants
         stream = self.engine.stream(prompt or self.prompt, sampling, token_events=want_tokens)
-        for i in range(sampling.n):
-            self.emit(SampleStarted(offset + i))
         new: list[Candidate] = []
-        with stream:
+        share = _EngineShare()
+        try:
+            for i in range(sampling.n):
+                self.emit(SampleStarted(offset + i))
             for event in stream:
                 if self.check_cancel():
                     stream.abort_all()
@@ -340,10 +387,17 @@ class RunContext:
                         watcher.on_token(stream, event)
                 elif isinstance(event, SampleDone):
                     cand = self.candidate(event.sample, offset, phase)
+                    cand.engine_s = share.take(cand.latency_s)
                     new.append(cand)
                     self.emit(SampleFinished(cand))
                     if watcher is not None and not self.cancelled:
                         watcher.on_done(stream, cand, event.sample.index)
+        except BaseException:
+            # Whatever failed (the engine, a watcher, the caller's on_event, a time limit),
+            # the samples still running stop now and are passed on with the tokens they
+            # generated, so that the caller bills them before the failure propagates.
+            self._salvage(stream, offset, phase, new, share)
+            raise
         result = stream.result()
         self.ledger.prompt_tokens += result.prompt_tokens
         self.ledger.completion_tokens += result.completion_tokens
@@ -359,6 +413,29 @@ class RunContext:
         new.sort(key=lambda c: c.index)
         self.candidates.extend(new)
         return new
+
+    def _salvage(
+        self,
+        stream: GenerationStream,
+        offset: int,
+        phase: str,
+        new: list[Candidate],
+        share: _EngineShare,
+    ) -> None:
+        reported = {c.index - offset for c in new}
+        try:
+            outputs = stream.salvage(reported)
+        except Exception:  # noqa: BLE001 - the original failure propagates; log this one
+            log.exception("could not collect the samples of a failed engine request")
+            return
+        for out in sorted(outputs, key=lambda o: (o.latency_s, o.index)):
+            cand = self.candidate(out, offset, phase)
+            cand.engine_s = share.take(cand.latency_s)
+            new.append(cand)
+            try:
+                self.emit(SampleFinished(cand))
+            except Exception:  # noqa: BLE001 - e.g. the database is gone; keep the others
+                log.exception("could not pass on salvaged sample %s", cand.index)
 
     def candidate(self, sample: SampleOutput, offset: int, phase: str) -> Candidate:
         # Votes compare what the caller asked for: tool calls, canonical JSON, or answers.
@@ -436,9 +513,22 @@ class RunContext:
             stage.token_count_method = worst_count_method(stage.token_count_method, *child._methods)
 
     def add_scorer_usage(
-        self, prompt_tokens: int, completion_tokens: int, wall_s: float = 0.0
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        wall_s: float = 0.0,
+        candidate_index: int | None = None,
     ) -> None:
-        """Bill one scorer / verifier call (``wall_s``: its time inside the engine)."""
+        """Bill one scorer / verifier call (``wall_s``: its time inside the engine) and pass
+        it on as a :class:`ScorerFinished` event, so the caller records it at once."""
+        call = ScorerCall(
+            index=self.ledger.scorer_calls,
+            prompt_tokens=int(prompt_tokens),
+            completion_tokens=int(completion_tokens),
+            wall_s=float(wall_s),
+            candidate_index=candidate_index,
+        )
+        self.scorer_log.append(call)
         self.ledger.engine_wall_s += wall_s
         self.ledger.scorer_calls += 1
         self.ledger.engine_requests += 1
@@ -446,6 +536,7 @@ class RunContext:
         self.ledger.scorer_completion_tokens += completion_tokens
         self.ledger.prompt_tokens += prompt_tokens
         self.ledger.completion_tokens += completion_tokens
+        self.emit(ScorerFinished(call))
 
     def finish(
         self,
@@ -479,6 +570,7 @@ class RunContext:
             params=params.model_dump(),
             trace=self.trace,
             stage_ledgers=self.stage_ledgers,
+            scorer_calls=list(self.scorer_log),
         )
 
 
@@ -582,6 +674,7 @@ class Strategy(ABC):
         should_cancel: ShouldCancel | None = None,
         output: dict[str, Any] | None = None,
         vote_on: str | None = None,
+        token_events: bool | None = None,
         **extra: Any,
     ) -> StrategyResult:
         """Run the strategy on ``messages`` (chat) or ``prompt`` (raw text).
@@ -593,6 +686,9 @@ class Strategy(ABC):
         sample (the result then has ``cancelled=True`` and every token generated so far).
         ``output`` (``request_options.output_spec``) is applied to every engine request;
         ``vote_on`` (``json`` / ``tool_calls``) makes votes compare canonical JSON / tool calls.
+        ``token_events`` (default: whenever ``on_event`` or ``should_cancel`` is given) asks
+        the engine for per-token events; False keeps an HTTP engine on non-streaming
+        requests while ``on_event`` still receives every finished sample and scorer call.
         """
         p = self.validate_params(params)
         if messages is None and prompt is None:
@@ -600,7 +696,14 @@ class Strategy(ABC):
         the_prompt = Prompt.of(messages=messages, prompt=prompt)
         kind = answer_kind or guess_answer_kind(the_prompt.user_text())
         ctx = RunContext(
-            engine, the_prompt, kind, on_event, should_cancel, output=output, vote_on=vote_on
+            engine,
+            the_prompt,
+            kind,
+            on_event,
+            should_cancel,
+            output=output,
+            vote_on=vote_on,
+            token_events=token_events,
         )
         chosen, votes = self.execute(ctx, p, **extra)
         return ctx.finish(self.slug, chosen, votes, p)

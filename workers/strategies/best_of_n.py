@@ -79,7 +79,10 @@ class BestOfN(Strategy):
                 t = time.perf_counter()
                 res = verifier(ctx.engine, ctx.prompt, c)
                 ctx.add_scorer_usage(
-                    res.prompt_tokens, res.completion_tokens, time.perf_counter() - t
+                    res.prompt_tokens,
+                    res.completion_tokens,
+                    time.perf_counter() - t,
+                    candidate_index=c.index,
                 )
                 c.score = res.score
         scored = [c for c in cands if c.score is not None and not c.aborted]

@@ -57,4 +57,11 @@ def test_every_strategy_through_the_server(server_engine, slug):
     sent = [c for c in r.candidates if c.prompt_tokens > 0]
     assert led.engine_requests == len(sent) + led.scorer_calls
     assert r.chosen_index is not None
-    assert led.token_count_method in ("usage", "logprobs", "chunks", "tokenize", "estimate")
+    assert led.token_count_method in (
+        "usage",
+        "logprobs",
+        "chunks",
+        "tokenize",
+        "estimate",
+        "bound",
+    )
