@@ -106,6 +106,7 @@ def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
         "billed_prices": query.billed_prices or None,
         "latency_ms": query.latency_ms,
         "engine_requests": query.engine_requests,
+        "engine_seconds": query.engine_ms / 1000,
         "scorer_calls": query.scorer_calls,
         "extracted_answer": query.extracted_answer or None,
         "votes": query.votes,
@@ -133,6 +134,7 @@ def extension(query: Query, samples: list[Sample] | None) -> dict[str, Any]:
                 "aborted": s.aborted,
                 "chosen": s.chosen,
                 "latency_ms": s.latency_ms,
+                "engine_ms": s.engine_ms,
                 "cost_usd": str(s.cost_usd),
             }
             for s in samples

@@ -136,6 +136,20 @@ class FeedbackInput(serializers.Serializer):
     )
 
 
+def priced_by(billed_prices: dict[str, Any] | None) -> str | None:
+    """How a query was billed: ``tokens``, or ``gpu_hour`` (engine time at a GPU-hour price,
+    for an endpoint without token prices); None before it was billed."""
+    if not billed_prices:
+        return None
+    token_priced = any(
+        Decimal(str(billed_prices.get(k) or 0)) != 0
+        for k in ("input_usd_per_mtok", "output_usd_per_mtok")
+    )
+    if not token_priced and billed_prices.get("gpu_usd_per_hour") is not None:
+        return "gpu_hour"
+    return "tokens"
+
+
 class SampleOut(serializers.ModelSerializer):
     class Meta:
         model = Sample
@@ -152,6 +166,7 @@ class SampleOut(serializers.ModelSerializer):
             "aborted",
             "chosen",
             "latency_ms",
+            "engine_ms",
             "cost_usd",
         ]
 
@@ -219,6 +234,8 @@ class QueryOut(serializers.ModelSerializer):
             "scorer_calls": obj.scorer_calls,
             "scorer_prompt_tokens": obj.scorer_prompt_tokens,
             "scorer_completion_tokens": obj.scorer_completion_tokens,
+            "engine_seconds": obj.engine_ms / 1000,
+            "priced_by": priced_by(obj.billed_prices),
             "cost_usd": str(obj.cost_usd),
             "billed_prices": obj.billed_prices or None,
         }

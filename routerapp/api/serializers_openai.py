@@ -161,6 +161,9 @@ class SampleExtOut(serializers.Serializer):
     aborted = serializers.BooleanField()
     chosen = serializers.BooleanField()
     latency_ms = serializers.IntegerField(allow_null=True)
+    engine_ms = serializers.IntegerField(
+        help_text="Its share of the engine time (what a GPU-hour price bills)"
+    )
     cost_usd = serializers.CharField(help_text="USD, exact decimal")
 
 
@@ -179,6 +182,7 @@ class CostpassExtOut(serializers.Serializer):
     cost_usd = serializers.CharField(help_text="Real cost: every sample's tokens x prices")
     latency_ms = serializers.IntegerField(allow_null=True)
     engine_requests = serializers.IntegerField()
+    engine_seconds = serializers.FloatField(help_text="Engine time billed")
     scorer_calls = serializers.IntegerField()
     extracted_answer = serializers.CharField(allow_null=True)
     votes = serializers.DictField(child=serializers.FloatField(), allow_null=True)

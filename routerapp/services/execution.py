@@ -813,6 +813,8 @@ def _bill_written_samples(query: Query) -> None:
     query.cost_usd = totals["usd"]
     query.samples_done = counts["samples"]
     query.scorer_calls = counts["scorers"]
+    if query.configuration_id is not None and not query.billed_prices:
+        query.billed_prices = endpoint_prices(configuration_of(query).endpoint).to_dict()
 
 
 @transaction.atomic

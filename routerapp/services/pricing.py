@@ -5,9 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+
 from routerapp.models import Configuration, ModelEndpoint
 from routerapp.services.request_fields import strategy_params
-from workers.ledger import Prices, cost_of_tokens
+from workers.ledger import Prices, cost_of_engine_time, cost_of_tokens
 
 # Chat templates wrap each message in role markers; a generous per-message allowance.
 TEMPLATE_TOKENS_PER_MESSAGE = 16
@@ -88,7 +90,8 @@ def worst_case_cost(
     generating anything, so that limit caps the prompt part of the bound. How many tokens the
     provider will report as cached or as reasoning is unknown before the run, so each token
     is priced at the dearest price its kind can have. A strategy that runs several endpoints
-    (a cascade) is priced stage by stage at each stage's endpoint's prices.
+    (a cascade) is priced stage by stage at each stage's endpoint's prices. An endpoint priced
+    per GPU-hour only bills engine time: its bound is the time limit at that price.
     """
     prompt_tokens = min(prompt_tokens, configuration.max_prompt_tokens)
     strategy, params = strategy_params(configuration, options)
@@ -96,6 +99,17 @@ def worst_case_cost(
     total = Decimal(0)
     for name, sub, sub_params in strategy.stages(params):
         endpoint = configuration.endpoint if name is None else others[name]
+        prices = endpoint_prices(endpoint)
+        if prices.gpu_priced:
+            total += cost_of_engine_time(worst_case_engine_seconds(configuration), prices)
+            continue
         p_tokens, c_tokens = _stage_tokens(sub, sub_params, prompt_tokens)
-        total += cost_of_tokens(p_tokens, c_tokens, endpoint_prices(endpoint).upper_bound())
+        total += cost_of_tokens(p_tokens, c_tokens, prices.upper_bound())
     return total
+
+
+def worst_case_engine_seconds(configuration: Configuration) -> int:
+    """Return the most engine time one query on this configuration can bill: the worker's
+    hard time limit (the engine time of a run is at most its wall time, and a query priced
+    by engine time always runs in a worker, see services.queries.query_runs_inline)."""
+    return int(settings.QUERY_HARD_TIME_LIMIT_S)
