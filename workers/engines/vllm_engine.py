@@ -11,7 +11,18 @@ temperature, top_p, max_tokens, stop, logprobs, output_kind=DELTA)``, so any one
 can be aborted: cancelling its consumer task makes ``AsyncLLM.generate`` call
 ``abort(request_id)`` (the same path vLLM's API server takes on a client disconnect).
 vLLM's prefix cache computes the shared prompt once, so the prompt is billed once per
-engine request of n samples, on the first sample, like the llama_cpp engine.
+engine request of n samples, on the first sample reported (whatever order they end in, and
+on every path: done, aborted, failed), like the llama_cpp engine.
+
+The prompt is passed as token ids (``TokensPrompt``): the chat template is applied and
+tokenized here, once, so vLLM does not tokenize the rendered text again (which adds a
+second BOS on Llama / Mistral templates) and ``count_prompt`` is exactly what is billed.
+
+Every sample is reported exactly once, by the task that consumed it: an aborted sample
+reports the tokens it had received (a task cancelled before it started reports none).
+vLLM's finish reasons ``stop`` / ``length`` / ``abort`` map to themselves; ``error``,
+``repetition`` and any other are ``error`` (not answers). A request that raises reports
+its partial sample (``error``) and the stream raises once every sample has ended.
 
 vllm is imported only when the engine is constructed.
 """
@@ -19,10 +30,11 @@ vllm is imported only when the engine is constructed.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import functools
 import queue
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engines.base import (
     Engine,
+    FinishReason,
     GenerationResult,
     GenerationStream,
     Prompt,
@@ -72,11 +85,13 @@ class VllmEngine(Engine):
 
     def __init__(self, params: VllmParams) -> None:
         import vllm
+        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.params = params
         self._vllm = vllm
+        self._tokens_prompt = TokensPrompt
         self._output_kind = RequestOutputKind.DELTA
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -121,8 +136,27 @@ class VllmEngine(Engine):
             )
         )
 
+    def prompt_token_ids(self, prompt: Prompt) -> list[int]:
+        """Return the token ids vLLM is given: a raw prompt tokenized as vLLM would (with
+        the tokenizer's special tokens), chat messages through the chat template, tokenized
+        by it (its BOS once, no second one added)."""
+        if prompt.text is not None:
+            return list(self._tokenizer.encode(prompt.text))
+        ids = self._tokenizer.apply_chat_template(
+            [dict(m) for m in prompt.messages or ()],
+            tokenize=True,
+            add_generation_prompt=True,
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+
+    def tokens_prompt(self, ids: list[int]) -> Any:
+        """Return vLLM's ``TokensPrompt`` for these ids."""
+        return self._tokens_prompt(prompt_token_ids=list(ids))
+
     def count_prompt(self, prompt: Prompt) -> int:
-        return len(self._tokenizer.encode(self.render(prompt), add_special_tokens=False))
+        return len(self.prompt_token_ids(prompt))
 
     def sampling_params(self, sampling: SamplingConfig, seed: int, max_tokens: int | None = None):  # noqa: ANN201 - vllm type
         """Return vLLM ``SamplingParams`` for one sample."""
@@ -147,17 +181,19 @@ class VllmEngine(Engine):
                 "the vllm engine cannot honour response_format, tools, token "
                 "texts or pass-through request fields"
             )
-        return _VllmStream(self, self.render(prompt), sampling, token_events)
+        return _VllmStream(self, self.prompt_token_ids(prompt), sampling, token_events)
 
     def next_token_logprobs(self, prompt: Prompt, candidates: Sequence[str]) -> dict[str, float]:
         import math
 
-        text = self.render(prompt)
+        ids = self.prompt_token_ids(prompt)
         sp = self.sampling_params(SamplingConfig(temperature=0.0, top_logprobs=20), 0, 1)
 
         async def run() -> Any:
             final = None
-            async for out in self._llm.generate(text, sp, request_id=f"score-{uuid.uuid4()}"):
+            async for out in self._llm.generate(
+                self.tokens_prompt(ids), sp, request_id=f"score-{uuid.uuid4()}"
+            ):
                 final = out
             return final
 
@@ -176,7 +212,7 @@ class VllmEngine(Engine):
             else:
                 m = max(vals)
                 result[cand] = m + math.log(sum(math.exp(v - m) for v in vals))
-        self._last_scoring_usage = (len(out.prompt_token_ids or []), len(comp.token_ids))
+        self._last_scoring_usage = (len(out.prompt_token_ids or ids), len(comp.token_ids))
         return result
 
     def close(self) -> None:
@@ -186,9 +222,26 @@ class VllmEngine(Engine):
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
+def _finish_reason(reason: Any) -> FinishReason:
+    """Map vLLM's finish reason (``FinishReason`` as a string): ``stop`` / ``length`` /
+    ``abort`` are themselves; ``error``, ``repetition`` and anything else end a sample that
+    is not an answer."""
+    reason = str(reason) if reason is not None else ""
+    if reason == "stop":
+        return "stop"
+    if reason == "length":
+        return "length"
+    if reason == "abort":
+        return "abort"
+    return "error"
+
+
 class _VllmStream(GenerationStream):
+    """One ``generate()`` task per sample on the engine's loop, each reporting its sample
+    exactly once (``_report``), whatever ended it."""
+
     def __init__(
-        self, engine: VllmEngine, text: str, sampling: SamplingConfig, token_events: bool
+        self, engine: VllmEngine, ids: list[int], sampling: SamplingConfig, token_events: bool
     ) -> None:
         self.engine = engine
         self.sampling = sampling
@@ -198,27 +251,79 @@ class _VllmStream(GenerationStream):
         self.seeds = [base + i for i in range(sampling.n)]
         self._q: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self._done: dict[int, SampleOutput] = {}
-        self._tasks: dict[int, concurrent.futures.Future[None]] = {}
-        self.prompt_length = 0
+        self._errors: dict[int, BaseException] = {}
+        # Loop-thread state: the tasks and which samples have reported.
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._reported: set[int] = set()
+        self._prompt_billed = False
+        self.prompt_length = len(ids)
         self.wall_s = 0.0
+        self._error: BaseException | None = None
         self._iter: Iterator[StreamEvent] | None = None
         rid = uuid.uuid4().hex
+        prompt = engine.tokens_prompt(ids)
         for i in range(sampling.n):
-            self._tasks[i] = asyncio.run_coroutine_threadsafe(
-                self._consume(i, text, f"{rid}-{i}"), engine._loop
-            )
+            engine._loop.call_soon_threadsafe(self._spawn, i, prompt, f"{rid}-{i}")
 
-    async def _consume(self, i: int, text: str, request_id: str) -> None:
+    # -- loop thread -----------------------------------------------------------------
+
+    def _spawn(self, i: int, prompt: Any, request_id: str) -> None:
+        task = self.engine._loop.create_task(self._consume(i, prompt, request_id))
+        self._tasks[i] = task
+        task.add_done_callback(functools.partial(self._on_task_done, i))
+
+    def _cancel(self, i: int) -> None:
+        task = self._tasks.get(i)
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _on_task_done(self, i: int, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never ran its body: it generated nothing.
+        self._report(i, self._output(i, [], [], [], [], "abort", 0))
+
+    def _report(self, i: int, out: SampleOutput, error: BaseException | None = None) -> None:
+        if i in self._reported:
+            return
+        self._reported.add(i)
+        self._q.put(("done", i, (out, error)))
+
+    def _output(
+        self,
+        i: int,
+        parts: list[str],
+        token_ids: list[int],
+        lps: list[float],
+        tops: list[tuple[float, ...]],
+        finish: FinishReason,
+        prompt_len: int,
+    ) -> SampleOutput:
+        return SampleOutput(
+            index=i,
+            text="".join(parts),
+            completion_tokens=len(token_ids),
+            finish_reason=finish,
+            seed=self.seeds[i],
+            prompt_tokens=prompt_len,
+            token_ids=token_ids,
+            token_logprobs=lps,
+            top_logprobs=tops,
+            latency_s=self.timer.elapsed(),
+            count_method="exact",
+        )
+
+    async def _consume(self, i: int, prompt: Any, request_id: str) -> None:
         eng = self.engine
         sp = eng.sampling_params(self.sampling, self.seeds[i])
         parts: list[str] = []
         token_ids: list[int] = []
         lps: list[float] = []
         tops: list[tuple[float, ...]] = []
-        finish = "abort"
-        prompt_len = 0
+        finish: FinishReason = "abort"
+        # The request reaches vLLM from here on: it may prefill the prompt even if aborted
+        # before its first output, so the prompt is billed (once per engine request).
+        prompt_len = self.prompt_length
         try:
-            async for out in eng._llm.generate(text, sp, request_id=request_id):
+            async for out in eng._llm.generate(prompt, sp, request_id=request_id):
                 prompt_len = len(out.prompt_token_ids or [])
                 comp = out.outputs[0]
                 new_ids = list(comp.token_ids)
@@ -241,39 +346,42 @@ class _VllmStream(GenerationStream):
                 token_ids.extend(new_ids)
                 parts.append(comp.text)
                 if out.finished:
-                    finish = "length" if comp.finish_reason == "length" else "stop"
+                    finish = _finish_reason(comp.finish_reason)
         except asyncio.CancelledError:
-            finish = "abort"
-        except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, which re-raises
-            self._q.put(("error", i, exc))
+            # generate() has aborted the request in vLLM; what was received is billed.
+            self._report(i, self._output(i, parts, token_ids, lps, tops, "abort", prompt_len))
             return
-        self._q.put(
-            (
-                "done",
-                i,
-                SampleOutput(
-                    index=i,
-                    text="".join(parts),
-                    completion_tokens=len(token_ids),
-                    finish_reason=finish,  # type: ignore[arg-type]
-                    seed=self.seeds[i],
-                    prompt_tokens=prompt_len,
-                    token_ids=token_ids,
-                    token_logprobs=lps,
-                    top_logprobs=tops,
-                    latency_s=self.timer.elapsed(),
-                    count_method="exact",
-                ),
-            )
-        )
+        except Exception as exc:  # noqa: BLE001 - surfaced to the consumer, which re-raises
+            out_ = self._output(i, parts, token_ids, lps, tops, "error", prompt_len)
+            self._report(i, out_, exc)
+            return
+        self._report(i, self._output(i, parts, token_ids, lps, tops, finish, prompt_len))
+
+    # -- consumer thread ---------------------------------------------------------------
 
     def running(self) -> list[int]:
         return [i for i in range(self.sampling.n) if i not in self._done]
 
     def abort(self, index: int) -> None:
-        fut = self._tasks.get(index)
-        if fut is not None and index not in self._done:
-            fut.cancel()
+        if index not in self._done:
+            self.engine._loop.call_soon_threadsafe(self._cancel, index)
+
+    def _take(self, i: int, payload: tuple[SampleOutput, BaseException | None]) -> SampleOutput:
+        """Record sample ``i``'s report: one engine request bills the prompt once, on the
+        first sample reported that saw it."""
+        out, error = payload
+        if out.prompt_tokens and not self._prompt_billed:
+            self._prompt_billed = True
+        else:
+            out.prompt_tokens = 0
+        self._done[i] = out
+        if error is not None:
+            self._errors[i] = error
+            if self._error is None:
+                self._error = error
+                for j in self.running():
+                    self.abort(j)
+        return out
 
     def __iter__(self) -> Iterator[StreamEvent]:
         if self._iter is None:
@@ -281,48 +389,48 @@ class _VllmStream(GenerationStream):
         return self._iter
 
     def _drain(self) -> Iterator[StreamEvent]:
-        error: BaseException | None = None
         while len(self._done) < self.sampling.n:
-            try:
-                kind, i, payload = self._q.get(timeout=0.05)
-            except queue.Empty:
-                # A task cancelled before it started never reports: close it here.
-                for j, fut in self._tasks.items():
-                    if j not in self._done and fut.cancelled():
-                        out = SampleOutput(j, "", 0, "abort", seed=self.seeds[j])
-                        self._done[j] = out
-                        yield SampleDone(out)
-                continue
+            kind, i, payload = self._q.get()
             if kind == "token":
-                yield payload
-            elif kind == "done":
-                self._done[i] = payload
-                yield SampleDone(payload)
-            else:
-                error = payload
-                self._done[i] = SampleOutput(i, "", 0, "abort", seed=self.seeds[i])
-                for j in self.running():
-                    self.abort(j)
+                if i not in self._done:
+                    yield payload
+            elif i not in self._done:
+                yield SampleDone(self._take(i, payload))
         self.wall_s = self.timer.elapsed()
-        if error is not None:
-            raise RuntimeError(f"vllm request failed: {error}") from error
+        if self._error is not None:
+            raise RuntimeError(f"vllm request failed: {self._error}") from self._error
+
+    def salvage(self, reported: set[int], timeout_s: float = 30.0) -> list[SampleOutput]:
+        """Abort every task and collect each one's report from the queue (the iterator may
+        have died with the failure)."""
+        for i in range(self.sampling.n):
+            self.engine._loop.call_soon_threadsafe(self._cancel, i)
+        deadline = time.monotonic() + timeout_s
+        while len(self._done) < self.sampling.n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                kind, i, payload = self._q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if kind == "done" and i not in self._done:
+                self._take(i, payload)
+        for i in self.running():  # never answered: nothing known to bill
+            self._done[i] = SampleOutput(i, "", 0, "abort", seed=self.seeds[i])
+        self.wall_s = self.timer.elapsed()
+        return [self._done[i] for i in range(self.sampling.n) if i not in reported]
 
     def result(self) -> GenerationResult:
         if self.running():
             raise RuntimeError("result() called before the stream ended")
         outs = [self._done[i] for i in range(self.sampling.n)]
-        prompt_len = max((o.prompt_tokens for o in outs), default=0)
-        # One engine request of n samples: the prompt is billed once, on sample 0.
-        for o in outs:
-            o.prompt_tokens = 0
-        if outs:
-            outs[0].prompt_tokens = prompt_len
         return GenerationResult(
             samples=outs,
-            prompt_tokens=prompt_len,
+            prompt_tokens=sum(o.prompt_tokens for o in outs),
             completion_tokens=sum(o.completion_tokens for o in outs),
             engine_requests=1,
-            prompt_length=prompt_len,
+            prompt_length=self.prompt_length,
             wall_s=self.wall_s,
             count_method="exact",
         )
