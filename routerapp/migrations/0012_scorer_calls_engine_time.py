@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routerapp', '0008_query_strategy_trace'),
+        ('routerapp', '0011_resilience'),
     ]
 
     operations = [
