@@ -387,6 +387,7 @@ class _Slot:
         self.done = False
         self.output: SampleOutput | None = None
         self.sent = False
+        self.failure: BaseException | None = None  # its request's error, once consumed
 
 
 class _HttpStream(GenerationStream):
@@ -413,6 +414,7 @@ class _HttpStream(GenerationStream):
         self._sent_lock = threading.Lock()
         self.wall_s = 0.0
         self._error: BaseException | None = None
+        self._raised = False
         self._iter: Iterator[StreamEvent] | None = None
         limit = engine.params.max_concurrency or sampling.n
         self._sem = threading.Semaphore(limit)
@@ -476,7 +478,10 @@ class _HttpStream(GenerationStream):
                 self._error = payload
                 remaining -= 1
                 self.slots[index].done = True
+                self.slots[index].failure = payload
         self.wall_s = self.timer.elapsed()
+        # The failure raised here carries its request's tokens (``partial``) to the runner.
+        self._raised = self._error is not None
         if isinstance(self._error, UpstreamError):
             raise self._error
         if self._error is not None:
@@ -494,7 +499,7 @@ class _HttpStream(GenerationStream):
                 with contextlib.suppress(Exception):
                     slot.response.close()
         deadline = time.monotonic() + timeout_s
-        while any(s.output is None for s in self.slots):
+        while any(s.output is None and s.failure is None for s in self.slots):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -506,10 +511,13 @@ class _HttpStream(GenerationStream):
                 for out in [payload] if kind == "done" else payload:
                     self.slots[out.index].output = out
             elif kind == "error":
-                partial = getattr(payload, "partial", None) or (0, 0, "")
-                self.slots[index].output = self._failed(self.slots[index], partial)
+                self.slots[index].failure = payload
         for slot in self.slots:
-            if slot.output is None:
+            if slot.output is None and slot.failure is not None:
+                if not self._raised:  # else the failure the stream raised carries them
+                    partial = getattr(slot.failure, "partial", None) or (0, 0, "")
+                    slot.output = self._failed(slot, partial)
+            elif slot.output is None:
                 bound = (self._prompt_count or (0, ""))[0], self.sampling.max_tokens, ""
                 slot.output = self._failed(slot, bound if slot.sent else (0, 0, ""))
             slot.done = True
