@@ -110,11 +110,20 @@ def _reload(query_id: Any) -> tuple[Query, list[Sample]]:
     return query, list(Sample.objects.filter(query=query).order_by("index"))
 
 
-def _cost_headers(response: HttpResponse, query: Query) -> HttpResponse:
+def _query_headers(response: HttpResponseBase, query: Query) -> HttpResponseBase:
+    """The headers every answer about a query carries, whatever its state: its id, the
+    configuration serving it and the worst case reserved for it under the budgets."""
     response["x-costpass-query-id"] = str(query.pk)
-    response["x-costpass-cost-usd"] = str(query.cost_usd)
+    response["x-costpass-reserved-usd"] = str(query.reserved_usd)
     if query.configuration is not None:
         response["x-costpass-configuration"] = query.configuration.slug
+    return response
+
+
+def _cost_headers(response: HttpResponse, query: Query) -> HttpResponse:
+    """A finished query's headers: the above and its real cost."""
+    _query_headers(response, query)
+    response["x-costpass-cost-usd"] = str(query.cost_usd)
     return response
 
 
@@ -159,6 +168,7 @@ def _timeout_response(query: Query) -> Response:
     response["x-costpass-query-id"] = str(query.pk)
     # The query goes on and will be billed: a client retrying on its own would pay twice.
     response["x-should-retry"] = "false"
+    _query_headers(response, query)  # no cost header: it is not known yet
     return response
 
 
@@ -315,7 +325,8 @@ def serve_request(request: Request, body: OpenAIRequest) -> HttpResponseBase:
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        response["x-costpass-query-id"] = str(query.pk)
+        # Headers go before the run: the reservation; the real cost is in the last chunk.
+        _query_headers(response, query)
         return response
     if inline:
         status, samples = query_run_inline(query=query)
@@ -341,10 +352,14 @@ _EXT_DESCRIPTION = (
     "OpenAI-compatible. `model`: 'auto', a configuration id or a model name (GET /v1/models). "
     "Extra fields: strategy, max_cost_usd, min_accuracy, max_latency_s, task, allowed_models. "
     "The response's `usage` sums every sample's tokens; `costpass` holds the decision, the real "
-    "cost and the samples; header x-costpass-cost-usd. `stream: true` answers server-sent "
-    "events in OpenAI's chunk format. Every OpenAI field is honoured (the router chooses among "
-    "configurations that can) or refused with a 400 naming it. HTTP 504 (x-should-retry: "
-    "false) when the query outlives the synchronous wait: `error.poll_url` has its result."
+    "cost and the samples. Headers: x-costpass-query-id, x-costpass-configuration and "
+    "x-costpass-reserved-usd (the worst case held under the budgets) on every answer about a "
+    "query; x-costpass-cost-usd (the real cost) on a finished one (200, 409, 502). "
+    "`stream: true` answers server-sent events in OpenAI's chunk format; the real cost is in "
+    "the last chunk's `costpass.cost_usd` (or in the error event). Every OpenAI field is "
+    "honoured (the router chooses among configurations that can) or refused with a 400 naming "
+    "it. HTTP 504 (x-should-retry: false) when the query outlives the synchronous wait: "
+    "`error.poll_url` has its result."
 )
 
 

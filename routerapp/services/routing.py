@@ -292,15 +292,32 @@ def decide(
     configs = _healthy(configs)
     shadow = shadow_decision(prompt=prompt, task=task, configs=configs, constraints=constraints)
     version = active_router_version(team)
-    if version is not None and len(configs) > 1:
+    # min_accuracy / max_latency_s are judged on the router's predictions: without them no
+    # configuration is known to meet the request, so it is refused (422), never served blind.
+    predicted = [
+        name for name in ("min_accuracy", "max_latency_s") if getattr(constraints, name) is not None
+    ]
+    if version is not None and (len(configs) > 1 or predicted):
         try:
             decision = _decide_with_router(version, prompt, task, configs, constraints)
             decision.shadow = shadow
             return decision
         except Unprocessable:
             raise
-        except Exception:  # a broken router version must not take the API down
+        except Exception as exc:  # a broken router version must not take the API down
+            if predicted:
+                raise Unprocessable(
+                    f"{' and '.join(predicted)} need the router's predictions, which are not "
+                    f"available for the allowed configurations ({exc})",
+                    param=predicted[0],
+                ) from exc
             log.exception("router version %s failed; falling back to the cheapest", version.pk)
+    if predicted:
+        raise Unprocessable(
+            f"{' and '.join(predicted)} need predicted accuracy and latency, and no router "
+            "version serves this team yet: no configuration is known to meet them",
+            param=predicted[0],
+        )
     chosen = min(configs, key=lambda c: (worst[c.slug], c.slug))
     reason = (
         "only allowed configuration"
