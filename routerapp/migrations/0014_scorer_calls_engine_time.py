@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routerapp', '0011_resilience'),
+        ('routerapp', '0013_merge_end_users_crash_recovery'),
     ]
 
     operations = [
