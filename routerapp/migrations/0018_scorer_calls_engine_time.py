@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routerapp', '0013_merge_end_users_crash_recovery'),
+        ('routerapp', '0017_query_request_fields_db_defaults'),
     ]
 
     operations = [
