@@ -109,7 +109,24 @@ class ConstraintFields(serializers.Serializer):
     task = StrictCharField(required=False, allow_blank=True, max_length=64)
 
 
-class QueryCreateInput(ConstraintFields):
+class RejectUnknownFields(serializers.Serializer):
+    """A body key this serializer does not know is a 400 naming it, never silently dropped."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {
+                        unknown[0]: [
+                            f"unknown field '{unknown[0]}': this endpoint does not accept it"
+                        ]
+                    }
+                )
+        return super().to_internal_value(data)
+
+
+class QueryCreateInput(RejectUnknownFields, ConstraintFields):
     prompt = StrictCharField(required=False, allow_blank=False, trim_whitespace=False)
     user = StrictCharField(
         required=False,
@@ -129,7 +146,7 @@ class QueryCreateInput(ConstraintFields):
         return attrs
 
 
-class FeedbackInput(serializers.Serializer):
+class FeedbackInput(RejectUnknownFields):
     correct = StrictBooleanField(required=False, allow_null=True, default=None)
     score = StrictFloatField(
         required=False, allow_null=True, default=None, min_value=0.0, max_value=1.0

@@ -136,3 +136,19 @@ def test_valid_query_is_accepted_with_202(setup) -> None:  # type: ignore[no-unt
     assert r.headers["Location"] == f"/api/v1/queries/{query.pk}"
     assert body["configuration"] == "smollm2-135m/greedy-short"
     assert body["progress"] == {"samples_done": 0, "samples_planned": 1}
+
+
+def test_an_unknown_field_is_400_naming_it_and_nothing_is_written(setup) -> None:  # type: ignore[no-untyped-def]
+    _, raw, client = setup
+    auth = {"Authorization": f"Bearer {raw}"}
+    before = _written()
+    r = client.post("/api/v1/queries", json={"prompt": "2+2?", "temperature": 0.2}, headers=auth)
+    _assert_openai_error(r, 400, "unknown field 'temperature'")
+    assert r.json()["error"]["param"] == "temperature"
+    assert _written() == before
+    query = client.post("/api/v1/queries", json={"prompt": "2+2?"}, headers=auth).json()
+    r = client.post(
+        f"/api/v1/queries/{query['id']}/feedback", json={"correct": True, "note": "x"}, headers=auth
+    )
+    _assert_openai_error(r, 400, "unknown field 'note'")
+    assert Query.objects.get(pk=query["id"]).feedback_correct is None
