@@ -124,10 +124,11 @@ def budget_alerts_deliver(*, limit: int = 200) -> int:
     pending = list(
         BudgetAlert.objects.filter(delivered_at__isnull=True, attempts__lt=MAX_ATTEMPTS)
         .select_related("policy__team", "policy__api_key")
-        .order_by("created_at")[:limit]
+        .order_by("created_at", "threshold")[:limit]
     )
     delivered = 0
     for alert in pending:
+        # Lowest threshold first (alerts raised by one settlement share created_at).
         # Claim it: two deliverers never send the same alert at the same time.
         claimed = BudgetAlert.objects.filter(
             pk=alert.pk, delivered_at__isnull=True, attempts=alert.attempts

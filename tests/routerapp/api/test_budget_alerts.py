@@ -64,10 +64,14 @@ def _verify(headers: dict[str, str], body: bytes) -> None:
 
 
 def test_thresholds_alert_once_by_webhook_and_email(  # type: ignore[no-untyped-def]
-    live_server, upstream_url, make_caller, receiver, settings
+    live_server, upstream_url, make_caller, receiver, settings, monkeypatch
 ) -> None:
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.ALERT_WEBHOOK_SECRET = SECRET
+    # Raising an alert enqueues its delivery; here the test delivers itself, in this process
+    # (locmem mail), so the session's Celery worker must not race it for the same alerts.
+    enqueued: list[int] = []
+    monkeypatch.setattr("routerapp.services.alerts._enqueue_delivery", lambda: enqueued.append(1))
     state, url = receiver
     make_configuration(upstream_url)
     caller = make_caller("alerted", scopes=["query", "admin", "usage"])
@@ -94,10 +98,11 @@ def test_thresholds_alert_once_by_webhook_and_email(  # type: ignore[no-untyped-
         assert r.status_code == 201, r.text
         budget_id = r.json()["id"]
         ask()  # 40 %: nothing
-        assert not state.calls and not mail.outbox
+        assert not state.calls and not mail.outbox and not enqueued
         state.fail_next = 1  # the receiver is down once
         ask()  # 80 %: the 50 % and 80 % alerts; the first webhook fails, emails go
         assert [json.loads(b)["threshold_percent"] for _, b in state.calls] == [80]
+        assert enqueued  # the settlement that crossed them asked for a delivery
         assert len(mail.outbox) == 2
         failed = BudgetAlert.objects.filter(delivered_at__isnull=True)
         assert failed.count() == 1 and failed.get().webhook_status.startswith("failed")
