@@ -183,6 +183,19 @@ def _run_inline_thread(query: Query, sink: LocalSink) -> None:
         connections.close_all()  # this thread's own connections
 
 
+def stream_events_start(query: Query, *, inline: bool) -> Iterator[Any]:
+    """Start a streamed query (an inline run in a thread of this process, or the task queue)
+    and return its event stream, bounded by COSTPASS_SYNC_WAIT_S with keep-alives."""
+    if inline:
+        sink = LocalSink()
+        threading.Thread(
+            target=_run_inline_thread, args=(query, sink), daemon=True, name=f"q-{query.pk}"
+        ).start()
+        return sink.events(timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+    query_enqueue(query=query)
+    return query_events(query.pk, timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+
+
 def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any]) -> Iterator[bytes]:
     """The SSE body: token deltas of a one-sample query as they come; otherwise (a
     multi-sample strategy, OpenAI's ``n`` or ``logprobs``) each choice whole at the end. Then
@@ -311,15 +324,7 @@ def serve_request(request: Request, body: OpenAIRequest) -> HttpResponseBase:
         raise
     inline = query_runs_inline(query)
     if body.stream:
-        if inline:
-            sink = LocalSink()
-            threading.Thread(
-                target=_run_inline_thread, args=(query, sink), daemon=True, name=f"q-{query.pk}"
-            ).start()
-            events = sink.events(timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
-        else:
-            query_enqueue(query=query)
-            events = query_events(query.pk, timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+        events = stream_events_start(query, inline=inline)
         response = StreamingHttpResponse(
             _stream(query, kind, body.include_usage, events), content_type="text/event-stream"
         )

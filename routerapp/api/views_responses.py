@@ -5,7 +5,6 @@ bill -> settle). Request and response translation: routerapp.api.responses_forma
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,13 +29,12 @@ from routerapp.api.serializers import (
 )
 from routerapp.api.views_openai import (
     _ERRORS,
-    KEEPALIVE_S,
     JSONOnlyNegotiation,
     _cancel_quietly,
     _cost_headers,
     _failure,
     _reload,
-    _run_inline_thread,
+    stream_events_start,
 )
 from routerapp.api.views_queries import constraints_from
 from routerapp.errors import InvalidInput, NotFound
@@ -48,7 +46,7 @@ from routerapp.services.queries import (
     query_run_inline,
     query_runs_inline,
 )
-from routerapp.services.streaming import END, IDLE, TOKEN, LocalSink, query_events, query_wait
+from routerapp.services.streaming import END, IDLE, TOKEN, query_wait
 from workers.strategies.request_options import RequestOptions
 
 log = logging.getLogger(__name__)
@@ -293,15 +291,7 @@ class Responses(APIView):
         )
         inline = query_runs_inline(query)
         if data.get("stream"):
-            if inline:
-                sink = LocalSink()
-                threading.Thread(
-                    target=_run_inline_thread, args=(query, sink), daemon=True, name=f"r-{query.pk}"
-                ).start()
-                events = sink.events(timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
-            else:
-                query_enqueue(query=query)
-                events = query_events(query.pk, timeout_s=settings.SYNC_WAIT_S, idle_s=KEEPALIVE_S)
+            events = stream_events_start(query, inline=inline)
             response = StreamingHttpResponse(
                 _stream(query, echo, events), content_type="text/event-stream"
             )
