@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from routerapp.api import responses_format as rfmt
 from routerapp.api.auth import admit_request, require_scope
+from routerapp.api.openai_request import content_text
 from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers import (
     ConstraintFields,
@@ -38,7 +39,7 @@ from routerapp.api.views_openai import (
 )
 from routerapp.api.views_queries import constraints_from
 from routerapp.errors import InvalidInput, NotFound
-from routerapp.models import Query
+from routerapp.models import Query, Sample
 from routerapp.selectors.queries import query_get_for_team
 from routerapp.services.queries import (
     query_create,
@@ -74,49 +75,58 @@ class ResponseCreateInput(ConstraintFields):
     )
     store = StrictBooleanField(required=False, allow_null=True)
     previous_response_id = StrictCharField(required=False, allow_null=True, max_length=100)
-    tools = serializers.ListField(child=serializers.DictField(), required=False, allow_null=True)
+    tools = serializers.ListField(required=False, allow_null=True)
     tool_choice = serializers.JSONField(required=False, allow_null=True)
     parallel_tool_calls = StrictBooleanField(required=False, allow_null=True)
     text = serializers.DictField(required=False, allow_null=True)
     truncation = serializers.ChoiceField(choices=["disabled"], required=False, allow_null=True)
     include = serializers.ListField(child=StrictCharField(), required=False, allow_null=True)
+    top_logprobs = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=20)
+    service_tier = serializers.ChoiceField(
+        choices=["auto", "default"], required=False, allow_null=True
+    )
+    reasoning = serializers.DictField(required=False, allow_null=True)
+    prompt_cache_key = StrictCharField(required=False, allow_null=True, max_length=1024)
+    prompt_cache_retention = serializers.ChoiceField(
+        choices=["in-memory", "24h"], required=False, allow_null=True
+    )
 
     def validate_metadata(self, value: dict | None) -> dict | None:
         if value and len(value) > 16:
             raise serializers.ValidationError("at most 16 metadata entries")
         return value
 
-    def validate_tools(self, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise serializers.ValidationError(
-                "tools are not supported by this gateway's Responses API yet"
-            )
-        return value
-
-    def validate_tool_choice(self, value: Any) -> Any:
-        if value not in (None, "auto", "none"):
-            raise serializers.ValidationError("tool_choice needs tools, which are not supported")
-        return value
-
     def validate_text(self, value: dict | None) -> dict | None:
-        fmt_ = (value or {}).get("format") or {"type": "text"}
-        if not isinstance(fmt_, dict) or fmt_.get("type") != "text":
-            raise serializers.ValidationError(
-                {"format": ["only text output is supported by this gateway's Responses API"]}
-            )
-        unknown = sorted(set(value or {}) - {"format"})
+        unknown = sorted(set(value or {}) - {"format", "verbosity"})
         if unknown:
             raise serializers.ValidationError({unknown[0]: ["not supported"]})
+        if (value or {}).get("verbosity") not in (None, "low", "medium", "high"):
+            raise serializers.ValidationError({"verbosity": ["must be low, medium or high"]})
         return value
 
     def validate_include(self, value: list[str] | None) -> list[str] | None:
-        if value:
-            raise serializers.ValidationError(f"{value[0]!r} cannot be included")
+        for name in value or []:
+            if name != LOGPROBS_INCLUDE:
+                raise serializers.ValidationError(f"{name!r} cannot be included")
+        return value
+
+    def validate_reasoning(self, value: dict | None) -> dict | None:
+        # The effort passes through as chat's reasoning_effort; summaries are not produced.
+        for key, given in (value or {}).items():
+            if key != "effort" and given is not None:
+                raise serializers.ValidationError({key: ["not supported by this gateway"]})
+        effort = (value or {}).get("effort")
+        if effort not in (None, "none", "minimal", "low", "medium", "high", "xhigh", "max"):
+            raise serializers.ValidationError({"effort": [f"unknown effort {effort!r}"]})
         return value
 
 
-def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = []
+#: The ``include`` value that asks for the answer's token log-probs.
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
     if data.get("instructions"):
         messages.append({"role": "system", "content": data["instructions"]})
     previous = data.get("previous_response_id")
@@ -138,15 +148,26 @@ def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, str]]:
             )
         turns = earlier.messages or [{"role": "user", "content": earlier.prompt}]
         messages += [m for m in turns if m.get("role") != "system"]
-        messages.append({"role": "assistant", "content": earlier.answer})
-    return messages + rfmt.input_messages(data["input"])
+        # Its answer, with the tool calls it made (what a function_call_output answers).
+        chosen = Sample.objects.filter(query=earlier, chosen=True).first()
+        answer: dict[str, Any] = {"role": "assistant", "content": earlier.answer}
+        if chosen is not None and chosen.tool_calls:
+            answer["tool_calls"] = chosen.tool_calls
+            answer["content"] = earlier.answer or None
+        messages.append(answer)
+    messages += rfmt.input_messages(data["input"])
+    rfmt.check_tool_results(messages)
+    return messages
 
 
 def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterator[bytes]:
-    """The Responses event stream: created, in_progress, the message item and its text part,
-    a text delta per token of a one-sample query (the chosen answer at once otherwise), the
-    done events, then response.completed with usage and the real cost (or response.failed).
-    A client that goes away cancels its query; what was generated is billed."""
+    """The Responses event stream: created, in_progress; the message item and its text part
+    when the first text arrives, a text delta per token of a one-sample query (the chosen
+    answer at once otherwise) and the text's done events; then one function_call item per
+    tool call (added, its arguments as a delta and done, item done: tool calls are known
+    whole when the sample ends); then response.completed with usage and the real cost (or
+    response.failed). A client that goes away cancels its query; what was generated is
+    billed."""
     seq = 0
 
     def ev(kind: str, **fields: Any) -> bytes:
@@ -159,14 +180,14 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
     streamed: list[str] = []
     index: int | None = None
     over = False
-    try:
-        yield ev("response.created", response=rfmt.response_body(query, None, echo, final=False))
-        yield ev(
-            "response.in_progress", response=rfmt.response_body(query, None, echo, final=False)
-        )
+    opened = False  # the message item and its text part were announced
+    part = {"type": "output_text", "text": "", "annotations": []}
+
+    def open_message() -> Iterator[bytes]:
+        nonlocal opened
+        opened = True
         item = rfmt.message_item(query, "", status="in_progress")
         yield ev("response.output_item.added", output_index=0, item={**item, "content": []})
-        part = {"type": "output_text", "text": "", "annotations": []}
         yield ev(
             "response.content_part.added",
             item_id=item_id,
@@ -174,21 +195,32 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
             content_index=0,
             part=part,
         )
+
+    def text_delta(text: str) -> bytes:
+        return ev(
+            "response.output_text.delta",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            delta=text,
+            logprobs=[],
+        )
+
+    try:
+        yield ev("response.created", response=rfmt.response_body(query, None, echo, final=False))
+        yield ev(
+            "response.in_progress", response=rfmt.response_body(query, None, echo, final=False)
+        )
         ended = False
         for event in events:
             if event.kind == TOKEN and single:
                 if index is None:
                     index = event.index
                 if event.index == index:
+                    if not opened:
+                        yield from open_message()
                     streamed.append(event.text)
-                    yield ev(
-                        "response.output_text.delta",
-                        item_id=item_id,
-                        output_index=0,
-                        content_index=0,
-                        delta=event.text,
-                        logprobs=[],
-                    )
+                    yield text_delta(event.text)
             elif event.kind == IDLE:
                 yield b": keep-alive\n\n"
             elif event.kind == END:
@@ -209,35 +241,59 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
         if final.status != Query.Status.DONE:
             yield ev("response.failed", response=rfmt.response_body(final, samples, echo))
             return
-        sent = "".join(streamed)
-        rest = final.answer[len(sent) :] if final.answer.startswith(sent) else ""
-        if rest:
+        sample = rfmt.chosen_sample(samples)
+        calls = (sample.tool_calls if sample is not None else None) or []
+        at = 0  # the output index of the next item
+        if final.answer or not calls or opened:
+            if not opened:
+                yield from open_message()
+            sent = "".join(streamed)
+            rest = final.answer[len(sent) :] if final.answer.startswith(sent) else ""
+            if rest:
+                yield text_delta(rest)
+            logprobs = rfmt.text_logprobs(final, sample)
             yield ev(
-                "response.output_text.delta",
+                "response.output_text.done",
                 item_id=item_id,
                 output_index=0,
                 content_index=0,
-                delta=rest,
-                logprobs=[],
+                text=final.answer,
+                logprobs=logprobs,
             )
-        yield ev(
-            "response.output_text.done",
-            item_id=item_id,
-            output_index=0,
-            content_index=0,
-            text=final.answer,
-            logprobs=[],
-        )
-        yield ev(
-            "response.content_part.done",
-            item_id=item_id,
-            output_index=0,
-            content_index=0,
-            part={**part, "text": final.answer},
-        )
-        yield ev(
-            "response.output_item.done", output_index=0, item=rfmt.message_item(final, final.answer)
-        )
+            yield ev(
+                "response.content_part.done",
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
+                part={**part, "text": final.answer, "logprobs": logprobs},
+            )
+            yield ev(
+                "response.output_item.done",
+                output_index=0,
+                item=rfmt.message_item(final, final.answer, logprobs=logprobs),
+            )
+            at = 1
+        for j, call in enumerate(calls):
+            item = rfmt.function_call_item(final, j, call)
+            yield ev(
+                "response.output_item.added",
+                output_index=at + j,
+                item={**item, "arguments": "", "status": "in_progress"},
+            )
+            yield ev(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=at + j,
+                delta=item["arguments"],
+            )
+            yield ev(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=at + j,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
+            yield ev("response.output_item.done", output_index=at + j, item=item)
         body = rfmt.response_body(final, samples, echo)
         kind = "response.completed" if body["status"] == "completed" else "response.incomplete"
         yield ev(kind, response=body)
@@ -261,8 +317,11 @@ class Responses(APIView):
         request=ResponseCreateInput,
         responses={200: OpenApiResponse(description="A Responses `response` object"), **_ERRORS},
         operation_id="responses_create",
-        description="OpenAI's Responses API (text): `model` as in chat completions ('auto' lets "
-        "the router choose); `costpass` extension as in chat completions.",
+        description="OpenAI's Responses API: `model` as in chat completions ('auto' lets "
+        "the router choose); text, function tools (function_call / function_call_output "
+        "items), text.format json_object / json_schema and log-probs, routed to "
+        "configurations that honour them (else a 400 naming the field); `costpass` "
+        "extension as in chat completions.",
         tags=["openai"],
     )
     def post(self, request: Request) -> HttpResponseBase:
@@ -274,21 +333,17 @@ class Responses(APIView):
         data = form.validated_data
         rfmt.refuse_unsupported(dict(request.data), set(ResponseCreateInput().fields))
         messages = _messages(request, data)
-        admit_request(request, " ".join(m["content"] for m in messages))
+        options = _options(data, messages)
+        admit_request(request, " ".join(content_text(m.get("content")) for m in messages))
         echo = {k: data.get(k) for k in ResponseCreateInput().fields if k != "input"}
-        query = query_create(
-            team=request.user.team,
-            api_key=request.user.key,
-            messages=messages,
-            task=data.get("task", ""),
-            # The sampling fields through the chat pipeline's RequestOptions: honoured by the
-            # configuration (or bounding a multi-sample one), reserved as they will run.
-            options=_options(data),
-            end_user=data.get("user") or data.get("safety_identifier") or "",
-            constraints=constraints_from(data),
-            source=Query.Source.CHAT,
-            defer_dispatch=True,
-        )
+        try:
+            query = _create(request, data, messages, options)
+        except InvalidInput as exc:
+            # Routing names the chat field a configuration cannot honour: name the Responses one.
+            exc.param = _RESPONSES_PARAM.get(exc.param or "", exc.param)
+            if exc.param == "top_logprobs" and not data.get("top_logprobs"):
+                exc.param = "include"
+            raise
         inline = query_runs_inline(query)
         if data.get("stream"):
             events = stream_events_start(query, inline=inline)
@@ -312,13 +367,76 @@ class Responses(APIView):
         return _answer(final, samples, echo)
 
 
-def _options(data: dict[str, Any]) -> RequestOptions | None:
+#: The chat pipeline's parameter names, as the Responses API calls them.
+_RESPONSES_PARAM = {
+    "messages": "input",
+    "response_format": "text.format",
+    "max_tokens": "max_output_tokens",
+    "logprobs": "top_logprobs",
+}
+
+
+def _create(
+    request: Request,
+    data: dict[str, Any],
+    messages: list[dict[str, Any]],
+    options: RequestOptions | None,
+) -> Query:
+    return query_create(
+        team=request.user.team,
+        api_key=request.user.key,
+        messages=messages,
+        task=data.get("task", ""),
+        # The sampling fields through the chat pipeline's RequestOptions: honoured by the
+        # configuration (or bounding a multi-sample one), reserved as they will run.
+        options=options,
+        end_user=data.get("user") or data.get("safety_identifier") or "",
+        constraints=constraints_from(data),
+        source=Query.Source.CHAT,
+        defer_dispatch=True,
+    )
+
+
+def _options(data: dict[str, Any], messages: list[dict[str, Any]]) -> RequestOptions | None:
+    """The request's answer-changing fields as the chat pipeline's RequestOptions: sampling,
+    function tools, text.format, log-probs and pass-through fields, so routing honours them
+    (or refuses them by name) exactly as for chat completions."""
     given: dict[str, Any] = {
         "temperature": data.get("temperature"),
         "top_p": data.get("top_p") or None,
         "max_tokens": data.get("max_output_tokens"),
     }
     fields: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    tools = rfmt.chat_tools(data.get("tools") or [])
+    if tools:
+        fields["tools"] = tools
+    choice = rfmt.chat_tool_choice(data.get("tool_choice"), tools)
+    if choice is not None and not (choice in ("auto", "none") and not tools):
+        if not tools:
+            raise InvalidInput("tool_choice needs tools", param="tool_choice")
+        fields["tool_choice"] = choice
+    response_format = rfmt.chat_response_format(data.get("text"))
+    if response_format is not None:
+        fields["response_format"] = response_format
+    if LOGPROBS_INCLUDE in (data.get("include") or []) or data.get("top_logprobs"):
+        fields["logprobs"] = True
+        fields["top_logprobs"] = data.get("top_logprobs") or 0
+    if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+        fields["tool_history"] = True
+    passthrough: dict[str, Any] = {}
+    if data.get("parallel_tool_calls") is False and tools:
+        passthrough["parallel_tool_calls"] = False  # OpenAI's default is True
+    verbosity = (data.get("text") or {}).get("verbosity")
+    if verbosity is not None:
+        passthrough["verbosity"] = verbosity
+    effort = (data.get("reasoning") or {}).get("effort")
+    if effort is not None:
+        passthrough["reasoning_effort"] = effort
+    for name in ("prompt_cache_key", "prompt_cache_retention"):
+        if data.get(name):
+            passthrough[name] = data[name]
+    if passthrough:
+        fields["passthrough"] = passthrough
     return RequestOptions.model_validate(fields) if fields else None
 
 

@@ -1,6 +1,7 @@
 """The Responses API with the official client, unchanged: text in, text out, sync and streamed,
 a follow-up turn by previous_response_id, retrieval, and a 400 naming each field it cannot
-honour. The upstream is a real OpenAI-compatible HTTP server (served inline)."""
+honour (here: an endpoint without tools or JSON mode). Tools, text.format and log-probs where
+an endpoint has them: test_responses_tools.py. The upstream is a real OpenAI-compatible HTTP server (served inline)."""
 
 from __future__ import annotations
 
@@ -101,10 +102,10 @@ def test_streamed_response_events(client: openai.OpenAI) -> None:
     ("fields", "param"),
     [
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"reasoning": {"effort": "high"}}, "reasoning"),
+        ({"reasoning": {"summary": "auto"}}, "reasoning.summary"),
         ({"background": True}, "background"),
         ({"text": {"format": {"type": "json_object"}}}, "text.format"),
-        ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"include": ["file_search_call.results"]}, "include"),
         ({"frobnicate": 1}, "frobnicate"),
     ],
 )
