@@ -1,7 +1,7 @@
 """Tokens generated vs billed when a request goes wrong (issue 9, first half).
 
 Runs the engine and strategy layers (what a worker runs; Django-free, so the same script runs
-against older code for a before/after) in front of bench/billing_upstream.py, which really streams,
+against older code for a before/after) in front of bench/fake_upstream.py, which really streams,
 really drops connections, and records what it generated. For each scenario it prints the
 completion tokens the upstream generated and those the run hands to the runner to bill: every
 sample passed on to ``on_event`` (the worker writes each as it ends) plus the tokens a failure
@@ -37,7 +37,7 @@ def _start(delay_ms: float) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "billing_upstream.py"), "--port", str(port), "--reply", REPLY,
+        [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port), "--reply", REPLY,
          "--token-delay-ms", str(delay_ms)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -32,8 +32,30 @@ It really does what the OpenAI fields ask, so tests can check that each one reac
 
 Tokens are word-ish pieces of the reply (they join back to it exactly).
 
+Scripted faults, for the billing and fault tests: a request body may carry a ``fake_fault``
+object (an endpoint sends it through its ``extra_body``), and ``--fault '{"drop_after": 6}'``
+sets the default one. Its fields:
+
+- ``drop_after``: close the connection (no final chunk, no usage, no ``[DONE]``) after that many
+  streamed tokens, as a crashed server or a proxy would (a non-streamed answer is generated,
+  then the connection is cut before it is sent);
+- ``error_after``: after that many tokens send an error event in the stream (vLLM's shape,
+  ``data: {"error": {...}}``) and end it without a finish reason;
+- ``status``: answer this HTTP status with an OpenAI error body instead of generating;
+- ``finish_reason``: the finish reason reported at the end (e.g. ``content_filter``);
+- ``tokens_per_chunk``: tokens per streamed chunk (default 1; usage still counts tokens);
+- ``seeds``: apply the fault only to requests with one of these seeds (default: all);
+- ``match_max_tokens``: apply it only to requests with this ``max_tokens`` (e.g. 1: the
+  verifier's scoring calls);
+- ``skip``: serve the first ``skip`` matching requests normally (counted per fault object).
+
+``GET /fake/stats`` returns what was generated, per request (``seed``, ``max_tokens``,
+``tokens``: tokens generated, reasoning included, ``finished``): the truth a billing test
+compares with.
+
     python bench/fake_upstream.py --port 18001 [--token-delay-ms 0] [--reply "The answer is 4."]
         [--replies "The answer is 4.|The answer is 5."] [--prompt-cache] [--reasoning-tokens N]
+        [--fault '{"drop_after": 6}']
 
 Prints "listening on http://127.0.0.1:PORT/v1" once ready.
 """
@@ -223,6 +245,7 @@ class Upstream:
         fail_after: int | None = None,
         prompt_cache: bool = False,
         reasoning_tokens: int = 0,
+        fault: dict | None = None,
     ):
         self.replies = replies or [reply]
         # The first reply and its tokens (what bench/faulty_upstream.py sends before a cut).
@@ -234,6 +257,27 @@ class Upstream:
         self.prompt_cache = prompt_cache
         self.reasoning_tokens = reasoning_tokens
         self.seen_prompts: set[str] = set()
+        self.default_fault = fault or {}
+        self.matched: dict[str, int] = {}
+        self.log: list[dict] = []
+
+    def fault_of(self, body: dict) -> dict:
+        """Return the fault scripted for this request ({} when none applies)."""
+        fault = body.get("fake_fault")
+        fault = self.default_fault if not isinstance(fault, dict) else fault
+        if not fault:
+            return {}
+        seeds = fault.get("seeds")
+        if seeds is not None and body.get("seed") not in seeds:
+            return {}
+        wanted = fault.get("match_max_tokens")
+        if wanted is not None and body.get("max_tokens") != wanted:
+            return {}
+        key = json.dumps(fault, sort_keys=True)
+        self.matched[key] = self.matched.get(key, 0) + 1
+        if self.matched[key] <= int(fault.get("skip") or 0):
+            return {}
+        return fault
 
     def usage(self, body: dict, reasoning: int, visible: int) -> dict:
         prompt = _prompt_tokens(body)
@@ -300,6 +344,10 @@ class Upstream:
         )
 
     async def route(self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter) -> None:
+        if method == "GET" and path.endswith("/fake/stats"):
+            self._send_json(writer, 200, {"requests": self.log[-1000:]})
+            await writer.drain()
+            return
         if method == "GET" and path.endswith("/models"):
             self._send_json(
                 writer, 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}
@@ -321,6 +369,15 @@ class Upstream:
             await writer.drain()
             return
         chat = path.endswith("/chat/completions")
+        fault = self.fault_of(body)
+        if fault.get("status"):
+            self._send_json(
+                writer,
+                int(fault["status"]),
+                {"error": {"message": "scripted failure", "type": "server_error", "code": None}},
+            )
+            await writer.drain()
+            return
         choices = [
             Choice(body, chat, reply, variant, self.reasoning_tokens)
             for reply, variant in self._replies(body)
@@ -331,7 +388,20 @@ class Upstream:
         want_lp = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
         k = int(body.get("top_logprobs") or 0) if chat else int(body.get("logprobs") or 0)
         created = int(time.time())
+        if fault.get("finish_reason"):
+            for c in choices:
+                c.finish = str(fault["finish_reason"])
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 10_000
+        record = {"seed": body.get("seed"), "max_tokens": int(max_tokens), "finished": False}
+        record["tokens"] = sum(c.reasoning for c in choices)
+        self.log.append(record)
+        generated = record["tokens"] + sum(len(c.tokens) for c in choices)
         if not body.get("stream"):
+            record["tokens"] = generated
+            if fault.get("drop_after") is not None:
+                writer.transport.abort()  # generated, then the connection broke: no answer
+                return
+            record["finished"] = True
             out = []
             for i, c in enumerate(choices):
                 if chat:
@@ -384,6 +454,10 @@ class Upstream:
                 }
             )
 
+        per_chunk = max(1, int(fault.get("tokens_per_chunk") or 1))
+        drop_after = fault.get("drop_after")
+        error_after = fault.get("error_after")
+        sent = 0
         for ci, c in enumerate(choices):
             if c.tool_calls:
                 call = c.tool_calls[0]
@@ -401,28 +475,44 @@ class Upstream:
                 for j, piece in enumerate(pieces):
                     delta = ({"role": "assistant"} if j == 0 else {}) | {"tool_calls": [piece]}
                     emit({"index": ci, "delta": delta, "finish_reason": None})
+                record["tokens"] += len(c.tokens)
                 continue
             lp = c.chat_logprobs(k)["content"] if (want_lp and chat) else None
             tlp = c.text_logprobs(k) if (want_lp and not chat) else None
-            for i, tok in enumerate(c.tokens):
+            for i in range(0, len(c.tokens), per_chunk):
+                if drop_after is not None and sent >= int(drop_after):
+                    await writer.drain()
+                    writer.transport.abort()  # no final chunk: the client sees a broken stream
+                    return
+                if error_after is not None and sent >= int(error_after):
+                    event({"error": {"message": "scripted failure", "type": "InternalServerError"}})
+                    event("[DONE]")
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    return
+                piece_tokens = c.tokens[i : i + per_chunk]
+                sent += len(piece_tokens)
+                record["tokens"] += len(piece_tokens)
+                tok = "".join(piece_tokens)
                 if chat:
                     choice: dict[str, Any] = {
                         "index": ci,
                         "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": tok},
-                        "logprobs": {"content": [lp[i]]} if lp else None,
+                        "logprobs": {"content": lp[i : i + per_chunk]} if lp else None,
                         "finish_reason": None,
                     }
                 else:
                     choice = {"index": ci, "text": tok, "finish_reason": None, "logprobs": None}
                     if tlp:
                         choice["logprobs"] = {
-                            key: [tlp[key][i]]
+                            key: tlp[key][i : i + per_chunk]
                             for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")
                         }
                 emit(choice)
                 if self.delay:
                     await writer.drain()
                     await asyncio.sleep(self.delay)
+        record["finished"] = True
         for ci, c in enumerate(choices):
             emit(
                 {"index": ci, "delta": {}, "finish_reason": c.finish}
@@ -453,6 +543,7 @@ async def serve(
     fail_after: int | None = None,
     prompt_cache: bool = False,
     reasoning: int = 0,
+    fault: dict | None = None,
 ) -> None:
     upstream = Upstream(
         reply,
@@ -461,6 +552,7 @@ async def serve(
         fail_after,
         prompt_cache=prompt_cache,
         reasoning_tokens=reasoning,
+        fault=fault,
     )
     server = await asyncio.start_server(upstream.handle, "127.0.0.1", port, backlog=1024)
     print(f"listening on http://127.0.0.1:{port}/v1", flush=True)
@@ -477,6 +569,7 @@ def main() -> None:
     parser.add_argument("--fail-after", type=int, default=None)
     parser.add_argument("--prompt-cache", action="store_true")
     parser.add_argument("--reasoning-tokens", type=int, default=0)
+    parser.add_argument("--fault", default="", help="default scripted fault (JSON object)")
     args = parser.parse_args()
     replies = [r for r in args.replies.split("|") if r] or None
     try:
@@ -494,6 +587,7 @@ def main() -> None:
             args.fail_after,
             prompt_cache=args.prompt_cache,
             reasoning=args.reasoning_tokens,
+            fault=json.loads(args.fault) if args.fault else None,
         )
     )
 

@@ -54,7 +54,7 @@ def start_scripted_upstream(
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(REPO / "bench" / "billing_upstream.py"),
+            str(REPO / "bench" / "fake_upstream.py"),
             "--port",
             str(port),
             "--reply",
