@@ -197,26 +197,35 @@ def stream_events_start(query: Query, *, inline: bool) -> Iterator[Any]:
 
 
 def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any]) -> Iterator[bytes]:
-    """The SSE body: token deltas of a one-sample query as they come; otherwise (a
-    multi-sample strategy, OpenAI's ``n`` or ``logprobs``) each choice whole at the end. Then
-    the finish chunk carrying `usage` and the `costpass` object (the real cost), and with
-    stream_options.include_usage a final usage chunk, then [DONE]. A client that goes away
-    cancels its query; what was generated is still billed."""
+    """The SSE body. A strategy that draws independent samples and returns them (one sample,
+    or OpenAI's ``n``: one per choice) streams each sample's token deltas as they come, as
+    choice ``index``; a strategy that draws several samples to choose one (votes, best-of,
+    cascades) sends the chosen answer whole at the end. Then any text not streamed yet (what
+    a strategy post-processed) and tool calls, each choice's finish chunk (the last carrying
+    `usage` and the `costpass` object, the real cost), with stream_options.include_usage a
+    final usage chunk, then [DONE]. A client that goes away cancels its query; what was
+    generated is still billed."""
     options = query.request_options or {}
-    live = query.samples_planned == 1 and not options.get("logprobs")
-    streamed: list[str] = []
-    index: int | None = None
+    n = int(options.get("n", 1))
+    live = query.samples_planned == n and not options.get("logprobs")
+    # Text streamed per choice; with one choice, the first sample that streams is it.
+    streamed: dict[int, list[str]] = {}
+    first: int | None = None
     over = False
     try:
-        yield fmt.sse(fmt.chunk(query, kind, role=True, content=""))
+        for i in range(n):
+            yield fmt.sse(fmt.chunk(query, kind, role=True, content="", index=i))
         ended = False
         for event in events:
             if event.kind == TOKEN and live:
-                if index is None:
-                    index = event.index
-                if event.index == index:
-                    streamed.append(event.text)
-                    yield fmt.sse(fmt.chunk(query, kind, content=event.text))
+                if n == 1:
+                    first = event.index if first is None else first
+                    choice = 0 if event.index == first else None
+                else:  # one sample per choice, in index order (as the choices are)
+                    choice = event.index if 0 <= event.index < n else None
+                if choice is not None:
+                    streamed.setdefault(choice, []).append(event.text)
+                    yield fmt.sse(fmt.chunk(query, kind, content=event.text, index=choice))
             elif event.kind == IDLE:
                 yield fmt.SSE_KEEPALIVE
             elif event.kind == END:
@@ -237,7 +246,7 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
         logprobs = fmt.chat_logprobs if kind == fmt.CHAT else fmt.text_logprobs
         for i, sample in enumerate(choices):
             text = final.answer if len(choices) == 1 or sample is None else sample.text
-            sent = "".join(streamed) if i == 0 else ""
+            sent = "".join(streamed.get(i, []))
             if not sent:
                 rest = text
             elif text.startswith(sent):
@@ -254,7 +263,6 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
                         index=i,
                         tool_calls=calls,
                         logprobs=logprobs(final, sample),
-                        role=i > 0,
                     )
                 )
         for i, sample in enumerate(choices):

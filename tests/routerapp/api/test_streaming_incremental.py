@@ -1,0 +1,73 @@
+"""Streams deliver as they go where the strategy allows, as OpenAI does: OpenAI's ``n`` on a
+one-sample strategy streams each choice's tokens as they arrive, by choice index (the upstream
+here takes 150 ms a token, so a stream that waited for the end would show it). Every streamed
+token is billed."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+
+from routerapp.models import Query, Sample
+from tests.routerapp.api.conftest import FAKE_REPLY, make_configuration
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def client(live_server, slow_upstream_url, make_caller) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+    make_configuration(
+        slow_upstream_url,
+        name="slow",
+        strategy_name="single-slow",
+        params={"max_tokens": 64},
+        supports_logprobs=True,
+    )
+    caller = make_caller("alpha")
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=caller.raw, max_retries=0)
+
+
+def _billed(query_id: str) -> Query:
+    query = Query.objects.select_related("configuration__endpoint").get(pk=query_id)
+    samples = list(Sample.objects.filter(query=query))
+    assert query.completion_tokens == sum(s.completion_tokens for s in samples) > 0
+    endpoint = query.configuration.endpoint  # type: ignore[union-attr]
+    expected = (
+        Decimal(query.prompt_tokens) * endpoint.input_usd_per_mtok
+        + Decimal(query.completion_tokens) * endpoint.output_usd_per_mtok
+    ) / Decimal(1_000_000)
+    assert query.cost_usd == expected == sum(s.cost_usd for s in samples) > 0
+    return query
+
+
+def test_n_choices_stream_token_by_token(client: openai.OpenAI) -> None:
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    arrivals: dict[int, list[float]] = {0: [], 1: []}
+    texts: dict[int, str] = {0: "", 1: ""}
+    usage = query_id = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                arrivals[choice.index].append(time.monotonic() - started)
+                texts[choice.index] += choice.delta.content
+        if chunk.usage is not None:
+            usage, query_id = chunk.usage, chunk.model_extra["costpass"]["query_id"]
+    finished = time.monotonic() - started
+    assert texts == {0: FAKE_REPLY, 1: FAKE_REPLY}
+    for index in (0, 1):
+        # One chunk per token (4), the first long before the end (0.6 s of tokens).
+        assert len(arrivals[index]) == 4, arrivals
+        assert finished - arrivals[index][0] > 0.3, (arrivals, finished)
+    assert usage is not None and query_id is not None
+    query = _billed(query_id)
+    assert usage.completion_tokens == query.completion_tokens == 8
