@@ -293,6 +293,19 @@ METRICS_ALLOWED_NETWORKS = env_list(
     "COSTPASS_METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"]
 )
 
+# --- tracing (OpenTelemetry, the optional `otel` extra) --------------------------------------
+# Off by default; on, every web and worker process traces each query (Django, Celery, httpx and
+# psycopg instrumentations plus costpass's own spans) and sends the spans to an OTLP collector
+# (HTTP/protobuf; OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS, ... are read by the
+# exporter itself) or prints them (console).
+OTEL_ENABLED = env_bool("COSTPASS_OTEL", False)
+OTEL_EXPORTER = env_str("COSTPASS_OTEL_EXPORTER", "otlp")
+if OTEL_EXPORTER not in ("otlp", "console"):
+    raise ImproperlyConfigured(
+        f"COSTPASS_OTEL_EXPORTER must be otlp or console, not {OTEL_EXPORTER!r}"
+    )
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "costpass")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

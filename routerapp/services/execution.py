@@ -29,6 +29,7 @@ from routerapp.services.streaming import (
     query_finished_notify,
     query_progress,
 )
+from workers import tracing
 from workers.engines.resilience import RETRY_LOG, UpstreamError
 from workers.ledger import Prices, cost_of_usage
 from workers.strategies.base import SampleStarted
@@ -384,6 +385,7 @@ def query_run(*, query_id: str, events: EventSink | None = None) -> str:
     Database errors are retried for a while, then raised (the task retries, the reaper
     recovers what it leaves behind).
     """
+    tracing.annotate({tracing.QUERY_ID: str(query_id)})
     claim = db_retry(lambda: _claim(query_id), what=f"claiming query {query_id}")
     if isinstance(claim, str):
         return claim
@@ -743,6 +745,20 @@ def query_complete(*, query: Query, result: Any, offset: int, run: _Run) -> str:
     return locked.status
 
 
+def _settle_attributes(query: Query) -> dict[str, Any]:
+    """The settlement span's attributes: the query's final ledger (what its budgets are charged)."""
+    return {
+        tracing.QUERY_ID: str(query.pk),
+        tracing.CONFIGURATION: query.configuration.slug if query.configuration else "",
+        "costpass.query.status": str(query.status),
+        tracing.PROMPT_TOKENS: query.prompt_tokens,
+        tracing.COMPLETION_TOKENS: query.completion_tokens,
+        tracing.SAMPLES: query.samples_done,
+        tracing.COST_USD: tracing.usd(query.cost_usd),
+        tracing.RESERVED_USD: tracing.usd(query.reserved_usd),
+    }
+
+
 def _finish(query: Query, *, aborted_completion_tokens: int | None = None) -> None:
     """Stamp the end time and replace the reservation with the real cost (once).
 
@@ -752,7 +768,12 @@ def _finish(query: Query, *, aborted_completion_tokens: int | None = None) -> No
     query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
     if query.graded_correct is not None and query.graded_at is None:
         query.graded_at = query.finished_at
-    budget_settle(usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd)
+    with tracing.span("costpass.budget.settle") as span:
+        if span is not None:
+            span.set_attributes(_settle_attributes(query))
+        budget_settle(
+            usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd
+        )
     if query.budget_windows and query.cost_usd > 0:
         from routerapp.services.alerts import budget_alerts_raise
 

@@ -33,6 +33,7 @@ from routerapp.services.budgets import (
 from routerapp.services.pricing import endpoint_prices, prompt_token_bound, worst_case_cost
 from routerapp.services.request_fields import query_run_spec, strategy_params
 from routerapp.services.routing import RequestConstraints, RoutingDecision, decide
+from workers import tracing
 from workers.queues import queue_for_engine
 from workers.strategies import get_strategy
 from workers.strategies.request_options import RequestOptions
@@ -182,24 +183,35 @@ def query_create(
     constraints = dataclasses.replace(
         constraints, permitted=permitted_configuration_slugs(team=team, api_key=api_key)
     )
-    decision = decide(
-        prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound, team=team
-    )
-    policies = policies_for(team, api_key, end_user)
-    decision = _within_budget(
-        team,
-        api_key,
-        policies,
-        decision,
-        constraints,
-        text,
-        task,
-        tokens_bound,
-        downgrade_on_budget,
-    )
+    with tracing.span("costpass.route") as span:
+        decision = decide(
+            prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound, team=team
+        )
+        policies = policies_for(team, api_key, end_user)
+        decision = _within_budget(
+            team,
+            api_key,
+            policies,
+            decision,
+            constraints,
+            text,
+            task,
+            tokens_bound,
+            downgrade_on_budget,
+        )
+        if span is not None:
+            span.set_attributes(_route_attributes(team, decision))
     configuration = decision.configuration
     reserve = worst_case_cost(configuration, tokens_bound, options)
-    reservation = budget_reserve(team=team, api_key=api_key, amount=reserve, policies=policies)
+    with tracing.span("costpass.budget.reserve") as span:
+        reservation = budget_reserve(team=team, api_key=api_key, amount=reserve, policies=policies)
+        if span is not None:
+            span.set_attributes(
+                {
+                    tracing.RESERVED_USD: tracing.usd(reservation.amount),
+                    "costpass.budget.windows": len(reservation.usage_ids),
+                }
+            )
     strategy, params = strategy_params(configuration, options)
 
     # A query this process will run itself starts running at once (saves a round trip).
@@ -252,6 +264,22 @@ def query_create(
         lambda: metrics.record_decision(router_version=version_id, reason=reason), robust=True
     )
     return query
+
+
+def _route_attributes(team: Team, decision: RoutingDecision) -> dict[str, Any]:
+    """The routing span's attributes: who asked, what was chosen, what the router expected."""
+    attributes: dict[str, Any] = {
+        tracing.TEAM: team.name,
+        tracing.CONFIGURATION: decision.configuration.slug,
+        "costpass.route.reason": _decision_reason(decision),
+    }
+    if decision.cost_usd is not None:
+        attributes["costpass.route.predicted_cost_usd"] = tracing.usd(decision.cost_usd)
+    if decision.p_correct is not None:
+        attributes["costpass.route.predicted_p_correct"] = float(decision.p_correct)
+    if decision.router_version is not None:
+        attributes["costpass.route.router_version"] = decision.router_version.pk
+    return attributes
 
 
 def _decision_reason(decision: RoutingDecision) -> str:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers import tracing
 from workers.engines.base import (
     Engine,
     GenerationStream,
@@ -350,6 +351,35 @@ class RunContext:
         prompt: Prompt | None = None,
     ) -> list[Candidate]:
         """Run one engine request of ``sampling.n`` samples; return its candidates.
+
+        With tracing on, the request is one span (``costpass.engine.request``) with the
+        tokens it billed; the engine's own HTTP calls (httpx instrumentation) nest in it.
+        """
+        if not tracing.enabled():
+            return self._sample(sampling, token_events, watcher, phase, prompt)
+        attributes = {tracing.ENGINE: self.engine.kind, "costpass.phase": phase}
+        with tracing.span("costpass.engine.request", attributes) as span:
+            prompt_before = self.ledger.prompt_tokens
+            completion_before = self.ledger.completion_tokens
+            new = self._sample(sampling, token_events, watcher, phase, prompt)
+            span.set_attributes(
+                {
+                    tracing.PROMPT_TOKENS: self.ledger.prompt_tokens - prompt_before,
+                    tracing.COMPLETION_TOKENS: self.ledger.completion_tokens - completion_before,
+                    tracing.SAMPLES: len(new),
+                }
+            )
+            return new
+
+    def _sample(
+        self,
+        sampling: SamplingConfig,
+        token_events: bool,
+        watcher: Watcher | None,
+        phase: str,
+        prompt: Prompt | None,
+    ) -> list[Candidate]:
+        """Run one engine request (see :meth:`sample`).
 
         ``prompt`` replaces the run's prompt for this request (a step search continues a
         partial solution); its tokens are billed like any other request's.
