@@ -89,6 +89,12 @@ def _rows(
     qs: QuerySet[Any] = model._default_manager.filter(team=team, day__gte=f.start, day__lte=f.end)
     if not dims:
         return qs
+    return _filtered(qs, f, benchmark=Q(kind=RollupFigures.Kind.BENCHMARK))
+
+
+def _filtered(qs: QuerySet[Any], f: DashboardFilters, *, benchmark: Q) -> QuerySet[Any]:
+    """`qs` narrowed by the filters' dimensions (rollup rows and queries name them alike);
+    `benchmark` tells the model's benchmark rows apart for the traffic filter."""
     if f.configuration:
         qs = qs.filter(configuration__slug=f.configuration)
     if f.model:
@@ -100,9 +106,9 @@ def _rows(
     if f.api_key is not None:
         qs = qs.filter(api_key_id=f.api_key)
     if f.traffic == Traffic.LIVE:
-        qs = qs.exclude(kind=RollupFigures.Kind.BENCHMARK)
+        qs = qs.exclude(benchmark)
     elif f.traffic == Traffic.BENCHMARK:
-        qs = qs.filter(kind=RollupFigures.Kind.BENCHMARK)
+        qs = qs.filter(benchmark)
     return qs
 
 
@@ -568,23 +574,13 @@ def spend_by_end_user_or_tag(
     field = {"user": "end_user", "tag": "tag_rows__tag"}[dimension]
     start = dt.datetime.combine(filters.start, dt.time.min, tzinfo=dt.UTC)
     end = dt.datetime.combine(filters.end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-    qs = Query.objects.filter(
-        team=team, created_at__gte=start, created_at__lt=end, status__in=Query.FINISHED
+    qs = _filtered(
+        Query.objects.filter(
+            team=team, created_at__gte=start, created_at__lt=end, status__in=Query.FINISHED
+        ),
+        filters,
+        benchmark=Q(source=Query.Source.BENCHMARK),
     )
-    if filters.configuration:
-        qs = qs.filter(configuration__slug=filters.configuration)
-    if filters.model:
-        qs = qs.filter(configuration__endpoint__name=filters.model)
-    if filters.strategy:
-        qs = qs.filter(configuration__strategy__strategy=filters.strategy)
-    if filters.task:
-        qs = qs.filter(task="" if filters.task == NO_TASK else filters.task)
-    if filters.api_key is not None:
-        qs = qs.filter(api_key_id=filters.api_key)
-    if filters.traffic == Traffic.LIVE:
-        qs = qs.exclude(source=Query.Source.BENCHMARK)
-    elif filters.traffic == Traffic.BENCHMARK:
-        qs = qs.filter(source=Query.Source.BENCHMARK)
     rows = (
         qs.values(field)
         .annotate(
