@@ -10,9 +10,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from routerapp.models import Configuration
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,3 +83,36 @@ def start_scripted_upstream(
                 raise RuntimeError(f"upstream did not start: {log.read_text()[-2000:]}") from None
             time.sleep(0.1)
     return Upstream(f"http://127.0.0.1:{port}/v1", proc)
+
+
+def scripted_configuration(
+    base_url: str,
+    name: str,
+    strategy: str = "single",
+    params: dict[str, Any] | None = None,
+    *,
+    fault: dict[str, Any] | None = None,
+    prices: tuple[Decimal, Decimal] = (Decimal(0), Decimal(0)),
+    gpu_usd_per_hour: Decimal | None = None,
+    **engine_params: Any,
+) -> Configuration:
+    """A configuration on an OpenAI-compatible endpoint at ``base_url`` (the scripted upstream's
+    model "fake"); ``fault`` goes to the upstream with every request, tagged with ``name``."""
+    from routerapp.models import Configuration, ModelEndpoint, StrategyConfig
+
+    engine: dict[str, Any] = {"base_url": base_url, "model": "fake", "tokenize": "none"}
+    engine.update(engine_params)
+    if fault:
+        engine["extra_body"] = {"fake_fault": {**fault, "tag": name}}
+    endpoint = ModelEndpoint.objects.create(
+        name=name,
+        engine=ModelEndpoint.Engine.OPENAI_COMPAT,
+        engine_params=engine,
+        input_usd_per_mtok=prices[0],
+        output_usd_per_mtok=prices[1],
+        gpu_usd_per_hour=gpu_usd_per_hour,
+    )
+    config = StrategyConfig.objects.create(
+        name=f"{name}-s", strategy=strategy, params=params or {"max_tokens": 32}
+    )
+    return Configuration.objects.create(slug=name, endpoint=endpoint, strategy=config)

@@ -16,15 +16,13 @@ from django.db.models import Sum
 from routerapp.models import (
     BudgetUsage,
     Configuration,
-    ModelEndpoint,
     Query,
     Sample,
     ScorerCall,
-    StrategyConfig,
 )
 from tests.conftest import wait_for
 from tests.factories import BudgetPolicyFactory
-from tests.scripted_upstream import Upstream, start_scripted_upstream
+from tests.scripted_upstream import Upstream, scripted_configuration, start_scripted_upstream
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -42,23 +40,15 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
 def _configuration(
     upstream: Upstream, name: str, strategy: str, params: dict, fault: dict | None = None
 ) -> Configuration:
-    engine_params: dict = {
-        "base_url": upstream.url,
-        "model": "fake",
-        "tokenize": "none",
-        "max_retries": 0,
-    }
-    if fault:
-        engine_params["extra_body"] = {"fake_fault": {**fault, "tag": name}}
-    endpoint = ModelEndpoint.objects.create(
-        name=name,
-        engine=ModelEndpoint.Engine.OPENAI_COMPAT,
-        engine_params=engine_params,
-        input_usd_per_mtok=PRICE_IN,
-        output_usd_per_mtok=PRICE_OUT,
+    return scripted_configuration(
+        upstream.url,
+        name,
+        strategy,
+        params,
+        fault=fault,
+        prices=(PRICE_IN, PRICE_OUT),
+        max_retries=0,
     )
-    config = StrategyConfig.objects.create(name=f"{name}-s", strategy=strategy, params=params)
-    return Configuration.objects.create(slug=name, endpoint=endpoint, strategy=config)
 
 
 def _price(prompt: int, completion: int) -> Decimal:

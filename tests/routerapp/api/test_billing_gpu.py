@@ -16,17 +16,15 @@ from routerapp.errors import Unprocessable
 from routerapp.models import (
     BudgetUsage,
     Configuration,
-    ModelEndpoint,
     Query,
     Sample,
-    StrategyConfig,
     Team,
 )
 from routerapp.services.queries import query_create, query_runs_inline
 from routerapp.services.routing import RequestConstraints, decide
 from tests.conftest import wait_for
 from tests.factories import BudgetPolicyFactory
-from tests.scripted_upstream import Upstream, start_scripted_upstream
+from tests.scripted_upstream import Upstream, scripted_configuration, start_scripted_upstream
 
 GPU_PRICE = Decimal("3.6")  # USD per hour: 0.001 USD per engine second
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
@@ -48,21 +46,10 @@ def _configuration(
     gpu: Decimal | None = GPU_PRICE,
     token_prices: tuple[str, str] = ("0", "0"),
 ) -> Configuration:
-    engine_params: dict = {"base_url": base_url, "model": "fake", "tokenize": "none"}
-    if fault:
-        engine_params["extra_body"] = {"fake_fault": {**fault, "tag": name}}
-    endpoint = ModelEndpoint.objects.create(
-        name=name,
-        engine=ModelEndpoint.Engine.OPENAI_COMPAT,
-        engine_params=engine_params,
-        input_usd_per_mtok=Decimal(token_prices[0]),
-        output_usd_per_mtok=Decimal(token_prices[1]),
-        gpu_usd_per_hour=gpu,
+    prices = (Decimal(token_prices[0]), Decimal(token_prices[1]))
+    return scripted_configuration(
+        base_url, name, strategy, params, fault=fault, prices=prices, gpu_usd_per_hour=gpu
     )
-    config = StrategyConfig.objects.create(
-        name=f"{name}-s", strategy=strategy, params=params or {"max_tokens": 32}
-    )
-    return Configuration.objects.create(slug=name, endpoint=endpoint, strategy=config)
 
 
 def _time_limit_cost() -> Decimal:
