@@ -7,7 +7,8 @@
 
 Per prompt: ``--samples`` samples at ``--temperature`` (seeds 0..n-1, one engine request),
 each row ``prompt_id, dataset, model, strategy, sample_idx, correct, pred, output_tokens,
-prompt_tokens, cost_usd`` (at ``--price-in`` / ``--price-out`` USD per Mtok, the demo price of
+prompt_tokens, cost_usd, entropy`` (``entropy``: the sample's mean top-5 token entropy, the
+difficulty-adaptive probe's feature; at ``--price-in`` / ``--price-out`` USD per Mtok, the demo price of
 the CPU model by default). ``--dataset generated`` uses the project's generated arithmetic
 problems; any other name is a dataset of ``../shared/data/dev_labeled_sets.parquet`` (read in
 place; the output stays out of the repository: ``var/`` is ignored by git). Then:
@@ -29,6 +30,7 @@ from workers.engines import Prompt, SamplingConfig, get_engine  # noqa: E402
 from workers.grading import grade  # noqa: E402
 from workers.grading.extract import extract_answer  # noqa: E402
 from workers.ledger import Prices, cost_of_tokens  # noqa: E402
+from workers.strategies.difficulty import topk_entropy  # noqa: E402
 
 LABELLED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_labeled_sets.parquet"
 
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = items(args.dataset, args.items, args.seed)
     for j, (pid, prompt, gold) in enumerate(todo):
         sampling = SamplingConfig(n=args.samples, temperature=args.temperature, top_p=0.95,
-                                  max_tokens=args.max_tokens, seed=args.seed)  # fmt: skip
+                                  max_tokens=args.max_tokens, seed=args.seed,
+                                  top_logprobs=5)  # fmt: skip
         res = engine.generate(Prompt.of(messages=[{"role": "user", "content": prompt}]), sampling)
         for s in res.samples:
             rows.append(
@@ -87,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                     "output_tokens": s.completion_tokens,
                     "prompt_tokens": s.prompt_tokens,
                     "cost_usd": float(cost_of_tokens(s.prompt_tokens, s.completion_tokens, prices)),
+                    "entropy": (
+                        sum(topk_entropy(t) for t in s.top_logprobs) / len(s.top_logprobs)
+                        if s.top_logprobs
+                        else 0.0
+                    ),
                 }
             )
         print(f"{j + 1}/{len(todo)} {pid}: {sum(r['correct'] for r in rows[-args.samples:])}"

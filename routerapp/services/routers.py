@@ -311,13 +311,19 @@ def router_version_fit(*, version_id: int) -> RouterVersion:
 
 
 def _refit_difficulty_classifiers() -> None:
-    """The difficulty-adaptive strategies' classifiers learn from the same log as the router."""
+    """The difficulty-adaptive strategies' classifiers and the learned cascade thresholds learn
+    from the same log as the router."""
+    from routerapp.services.cascade import cascade_thresholds_refit
     from routerapp.services.difficulty import difficulty_classifiers_refit
 
     try:
         difficulty_classifiers_refit()
     except Exception:  # a classifier refit must never fail a router version
         log.exception("refitting the difficulty classifiers failed")
+    try:
+        cascade_thresholds_refit()
+    except Exception:  # nor may a cascade threshold refit
+        log.exception("refitting the cascade thresholds failed")
 
 
 def _activate_if_floor_passes(version: RouterVersion) -> None:

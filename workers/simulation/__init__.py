@@ -12,7 +12,7 @@ for each live strategy slug.
 from collections.abc import Callable
 from typing import Any
 
-from workers.simulation.cascade import CascadeSim, simulate_cascades
+from workers.simulation.cascade import CascadeSim, cascade_fit_rows, simulate_cascades
 from workers.simulation.difficulty import DifficultySim, simulate_difficulty
 from workers.simulation.repeated import STRATEGIES, SimConfig, simulate, simulate_prompt
 from workers.simulation.step_search import simulate_step_search
@@ -31,6 +31,7 @@ __all__ = [
     "CascadeSim",
     "DifficultySim",
     "SimConfig",
+    "cascade_fit_rows",
     "simulate",
     "simulate_cascades",
     "simulate_difficulty",

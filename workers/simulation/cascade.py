@@ -117,3 +117,59 @@ def simulate_cascades(
                 acc["cost_usd"] += cost / n_draws
             rows.append({"prompt_id": pid, "config": c.name, **acc})
     return pd.DataFrame(rows)
+
+
+def cascade_fit_rows(
+    samples: Any,
+    first: str,
+    k1: int,
+    second: str,
+    k2: int,
+    *,
+    prompts: Any = None,
+    seed: int = 0,
+    n_draws: int = 1,
+    output_usd_per_mtok: float | None = None,
+    group_col: str = "strategy",
+) -> list[dict[str, Any]]:
+    """Return rows for :func:`workers.strategies.cascade.fit_threshold`: per prompt (of
+    ``prompts``, default all) and draw, the first stage's agreement, correctness and cost and the
+    second stage's correctness and cost, both stages always simulated (as FrugalGPT fits on a
+    labelled set where every stage ran)."""
+    df = samples
+    tok_col = "output_tokens_est" if "output_tokens_est" in df.columns else "output_tokens"
+    cost_col = next((c for c in ("cost_usd_est", "cost_usd") if c in df.columns), None)
+    if cost_col is not None and output_usd_per_mtok is None:
+        raise ValueError(f"{cost_col} present: pass output_usd_per_mtok to split input cost")
+    out_price = float(output_usd_per_mtok or 0) / 1e6
+    keep = None if prompts is None else {str(p) for p in prompts}
+    data: dict[tuple[str, str], tuple[np.ndarray, list[str | None], np.ndarray, Any]] = {}
+    sub = df[df[group_col].isin([first, second])]
+    for (group, pid), g in sub.sort_values([group_col, "prompt_id", "sample_idx"]).groupby(
+        [group_col, "prompt_id"], sort=True
+    ):
+        if keep is not None and str(pid) not in keep:
+            continue
+        toks = g[tok_col].astype(float).fillna(0).to_numpy()
+        in_cost = None
+        if cost_col is not None:
+            in_cost = (g[cost_col].astype(float).to_numpy() - toks * out_price).clip(min=0)
+        data[(str(group), str(pid))] = (
+            g["correct"].astype(float).to_numpy(),
+            [_norm(p) for p in g["pred"].tolist()],
+            toks,
+            in_cost,
+        )
+    rows = []
+    for pid in sorted({pid for _, pid in data}):
+        if (first, pid) not in data or (second, pid) not in data:
+            continue
+        rng = np.random.default_rng(
+            [seed, _stable_hash(f"fit:{first}:{second}"), _stable_hash(pid)]
+        )
+        for _ in range(n_draws):
+            ok1, agree, _, cost1, _ = _stage(rng, *data[(first, pid)], k1, out_price)
+            ok2, _, _, cost2, _ = _stage(rng, *data[(second, pid)], k2, out_price)
+            rows.append({"prompt_id": pid, "confidence": agree, "first_correct": ok1,
+                         "first_cost": cost1, "second_correct": ok2, "second_cost": cost2})  # fmt: skip
+    return rows

@@ -15,12 +15,16 @@ A stage is accepted when its confidence is at least ``threshold`` and it has an 
 Every stage that ran is billed at its own endpoint's prices (``StrategyResult.stage_ledgers``),
 and the trace records each stage's samples, answer, confidence and decision. The router treats
 a cascade as one configuration and learns its p(correct) and cost from its log.
+
+The threshold can be learned (:func:`fit_threshold`): the one that minimises cost-of-pass over
+graded runs, refit on the query log with the router (``routerapp.services.cascade``) or on
+simulated runs (``workers.simulation.cascade.cascade_fit_rows``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -63,6 +67,11 @@ class CascadeParams(SamplingParams):
     stages: list[CascadeStage] = Field(min_length=2, max_length=4)
     escalate_on: Literal["agreement", "confidence", "answer"] = "agreement"
     threshold: float = Field(default=0.6, ge=0, le=1)
+    learn_threshold: bool = Field(
+        default=False,
+        description="refit the threshold on the graded log with the router (least cost-of-pass)",
+    )
+    threshold_fitted_on: int = Field(default=0, ge=0, description="graded runs of the last fit")
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -206,3 +215,80 @@ def stage_results(result: StrategyResult) -> list[dict[str, Any]]:
     if result.trace.get("kind") != "cascade":
         return []
     return list(result.trace.get("stages") or [])
+
+
+class ThresholdFit(BaseModel):
+    """A cascade threshold fitted to minimise cost-of-pass, with what it predicts on its rows."""
+
+    threshold: float = Field(ge=0, le=1)
+    rows: int
+    imputed_second: int = Field(description="rows whose second stage was imputed (not run)")
+    escalation_rate: float
+    accuracy: float
+    mean_cost_usd: float
+    cost_of_pass_usd: float
+    #: The same figures for never (threshold 0) and always escalating (the second stage alone
+    #: after the first: ``always``), for comparison.
+    never: dict[str, float]
+    always: dict[str, float]
+
+
+def fit_threshold(rows: Sequence[Mapping[str, Any]], *, min_rows: int = 20) -> ThresholdFit:
+    """Fit a two-stage cascade's escalation threshold (FrugalGPT / AutoMix-style) on rows of
+    ``confidence`` (the first stage's, under the cascade's ``escalate_on``; None escalates at
+    any threshold), ``first_correct`` (0/1), ``first_cost``, and the second stage's
+    ``second_correct`` / ``second_cost`` (None where it did not run: imputed with the mean of
+    the rows where it did, which the log has only for escalated queries).
+
+    The threshold minimises total cost / total correct over the rows, accepting the first stage
+    when its confidence is at least the threshold; candidates are 0 and the midpoints between
+    consecutive distinct confidences (and above the largest, capped at 1). Ties go to the
+    cheaper one. Raise ValueError with fewer than ``min_rows`` rows, or when no row has a
+    second stage to impute from.
+    """
+    if len(rows) < min_rows:
+        raise ValueError(f"need at least {min_rows} graded cascade runs, got {len(rows)}")
+    seen2 = [r for r in rows if r.get("second_correct") is not None]
+    if not seen2:
+        raise ValueError("no run reached the second stage: its accuracy is unknown")
+    mean2 = sum(float(r["second_correct"]) for r in seen2) / len(seen2)
+    mean2_cost = sum(float(r["second_cost"]) for r in seen2) / len(seen2)
+    conf = [-1.0 if r.get("confidence") is None else float(r["confidence"]) for r in rows]
+    c1 = [float(r["first_correct"]) for r in rows]
+    k1 = [float(r["first_cost"]) for r in rows]
+    c2 = [mean2 if r.get("second_correct") is None else float(r["second_correct"]) for r in rows]
+    k2 = [mean2_cost if r.get("second_cost") is None else float(r["second_cost"]) for r in rows]
+    distinct = sorted({c for c in conf if c >= 0})
+    cands = [0.0] + [(a + b) / 2 for a, b in zip(distinct, distinct[1:], strict=False)]
+    if distinct and distinct[-1] < 1:
+        cands.append(min(1.0, (distinct[-1] + 1) / 2))
+
+    def evaluate(t: float) -> dict[str, float]:
+        cost = correct = esc = 0.0
+        for cf, a, ka, b, kb in zip(conf, c1, k1, c2, k2, strict=True):
+            cost += ka
+            if cf >= t:
+                correct += a
+            else:
+                esc += 1
+                cost += kb
+                correct += b
+        n = len(conf)
+        return {"threshold": t, "escalation_rate": esc / n, "accuracy": correct / n,
+                "mean_cost_usd": cost / n,
+                "cost_of_pass_usd": cost / correct if correct else float("inf")}  # fmt: skip
+
+    results = [evaluate(t) for t in cands]
+    best = min(results, key=lambda r: (r["cost_of_pass_usd"], r["mean_cost_usd"]))
+    always = evaluate(2.0)  # above every confidence: the second stage always runs
+    return ThresholdFit(
+        threshold=best["threshold"],
+        rows=len(rows),
+        imputed_second=len(rows) - len(seen2),
+        escalation_rate=best["escalation_rate"],
+        accuracy=best["accuracy"],
+        mean_cost_usd=best["mean_cost_usd"],
+        cost_of_pass_usd=best["cost_of_pass_usd"],
+        never=evaluate(0.0),
+        always=always,
+    )

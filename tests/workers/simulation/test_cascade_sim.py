@@ -43,3 +43,28 @@ def test_a_bar_of_zero_never_escalates_and_a_missing_price_is_an_error():
     assert out["escalated"].sum() == 0 and out.set_index("prompt_id").loc["p2", "correct"] == 0
     with pytest.raises(ValueError, match="output_usd_per_mtok"):
         simulate_cascades(table(), [CascadeSim("cheap", 3, "strong", 2, 0.5)])
+
+
+def test_fit_rows_run_both_stages_and_a_learned_threshold_escalates_the_split_vote():
+    from workers.simulation import cascade_fit_rows
+    from workers.strategies.cascade import fit_threshold
+
+    rows = cascade_fit_rows(table(), "cheap", 3, "strong", 2, n_draws=12, output_usd_per_mtok=2)
+    assert len(rows) == 24 and {r["prompt_id"] for r in rows} == {"p1", "p2"}
+    p1 = [r for r in rows if r["prompt_id"] == "p1"]
+    p2 = [r for r in rows if r["prompt_id"] == "p2"]
+    assert all(r["confidence"] == 1.0 and r["first_correct"] == 1.0 for r in p1)
+    assert all(r["confidence"] == pytest.approx(1 / 3) and r["first_correct"] == 0 for r in p2)
+    # The second stage is always simulated (and billed in its own cost) for the fit.
+    assert all(r["second_correct"] == 1.0 for r in rows)
+    assert p2[0]["second_cost"] == pytest.approx(2 * 50e-6 + 200 * 2e-6)
+    # Escalating p2 to strong majority@2 (5e-4 USD a run) costs more per right answer than
+    # leaving it wrong: (24 x 2.1e-4 + 12 x 5e-4) / 24 = 4.6e-4 > 24 x 2.1e-4 / 12 = 4.2e-4.
+    assert fit_threshold(rows).threshold == 0.0
+    # One strong sample (2.5e-4) is worth it: (5.04e-3 + 3e-3) / 24 = 3.35e-4.
+    rows = cascade_fit_rows(table(), "cheap", 3, "strong", 1, n_draws=12, output_usd_per_mtok=2)
+    fit = fit_threshold(rows)
+    assert 1 / 3 < fit.threshold <= 1.0 and fit.escalation_rate == pytest.approx(0.5)
+    assert fit.accuracy == 1.0 and fit.cost_of_pass_usd == pytest.approx(8.04e-3 / 24)
+    only = cascade_fit_rows(table(), "cheap", 3, "strong", 2, prompts=["p1"], output_usd_per_mtok=2)
+    assert {r["prompt_id"] for r in only} == {"p1"}

@@ -121,3 +121,51 @@ def test_a_stage_endpoint_that_was_not_loaded_is_an_error():
             params={"stages": [STAGES[1], STAGES[0]]},
             engines={},
         )
+
+
+def _fit_rows(second_ok: float) -> list[dict[str, float | None]]:
+    """Sure first stages (0.9) are right; unsure ones (0.3) wrong; the second stage costs 10x."""
+    rows: list[dict[str, float | None]] = []
+    for i in range(30):
+        sure = i % 3 != 0
+        rows.append({"confidence": 0.9 if sure else 0.3, "first_correct": float(sure),
+                     "first_cost": 1.0, "second_correct": second_ok, "second_cost": 10.0})  # fmt: skip
+    return rows
+
+
+def test_fit_threshold_does_not_escalate_when_the_second_stage_costs_more_than_it_buys():
+    from workers.strategies.cascade import fit_threshold
+
+    fit = fit_threshold(_fit_rows(1.0))
+    # Escalating the 10 unsure runs: (30 + 100) / 30 = 4.33 per right answer; leaving them
+    # wrong: 30 / 20 = 1.5. Least cost-of-pass: never escalate.
+    assert fit.threshold == 0.0 and fit.escalation_rate == 0.0
+    assert fit.cost_of_pass_usd == pytest.approx(1.5) == fit.never["cost_of_pass_usd"]
+    assert fit.always["cost_of_pass_usd"] == pytest.approx((30 + 300) / 30)
+
+
+def test_fit_threshold_picks_least_cost_of_pass_and_imputes_unrun_second_stages():
+    from workers.strategies.cascade import fit_threshold
+
+    rows = _fit_rows(1.0)
+    for r in rows:
+        r["second_cost"] = 0.5  # a cheap, always-right second stage: escalating pays
+    fit = fit_threshold(rows)
+    assert fit.threshold == pytest.approx(0.6) and fit.accuracy == 1.0
+    assert fit.cost_of_pass_usd == pytest.approx((30 + 10 * 0.5) / 30)
+    # A useless second stage is never worth escalating to.
+    assert fit_threshold(_fit_rows(0.0)).threshold == 0.0
+    # The log has second stages only where it escalated: the others get their mean.
+    logged = _fit_rows(1.0)
+    for r in logged:
+        r["second_cost"] = 0.5
+        if r["confidence"] == 0.9:
+            r["second_correct"] = r["second_cost"] = None
+    fit = fit_threshold(logged)
+    assert fit.imputed_second == 20 and fit.threshold == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="at least 20"):
+        fit_threshold(logged[:5])
+    for r in logged:
+        r["second_correct"] = r["second_cost"] = None
+    with pytest.raises(ValueError, match="second stage"):
+        fit_threshold(logged)
