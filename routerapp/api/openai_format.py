@@ -70,8 +70,13 @@ def text_logprobs(query: Query, sample: Sample | None) -> dict[str, Any] | None:
     """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset."""
     if not _wants_logprobs(query) or sample is None:
         return None
-    content = sample.logprobs or []
-    offsets, at = [], 0
+    return text_logprobs_of(sample.logprobs or [])
+
+
+def text_logprobs_of(content: list[dict[str, Any]], start: int = 0) -> dict[str, Any]:
+    """Chat log-prob entries in the legacy completions shape, offsets counted from ``start``
+    (the length of the text before them)."""
+    offsets, at = [], start
     for entry in content:
         offsets.append(at)
         at += len(entry["token"])

@@ -199,18 +199,36 @@ def stream_events_start(query: Query, *, inline: bool) -> Iterator[Any]:
 def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any]) -> Iterator[bytes]:
     """The SSE body. A strategy that draws independent samples and returns them (one sample,
     or OpenAI's ``n``: one per choice) streams each sample's token deltas as they come, as
-    choice ``index``; a strategy that draws several samples to choose one (votes, best-of,
-    cascades) sends the chosen answer whole at the end. Then any text not streamed yet (what
-    a strategy post-processed) and tool calls, each choice's finish chunk (the last carrying
+    choice ``index``, each chunk with its tokens' log-probs when asked; a strategy that draws
+    several samples to choose one (votes, best-of, cascades) sends the chosen answer whole
+    at the end. Then any text (and log-probs) not streamed yet (what a strategy
+    post-processed) and tool calls, each choice's finish chunk (the last carrying
     `usage` and the `costpass` object, the real cost), with stream_options.include_usage a
     final usage chunk, then [DONE]. A client that goes away cancels its query; what was
     generated is still billed."""
     options = query.request_options or {}
     n = int(options.get("n", 1))
-    live = query.samples_planned == n and not options.get("logprobs")
-    # Text streamed per choice; with one choice, the first sample that streams is it.
+    live = query.samples_planned == n
+    wants_logprobs = bool(options.get("logprobs"))
+    # Text and log-prob entries streamed per choice; with one choice, the first sample that
+    # streams is it.
     streamed: dict[int, list[str]] = {}
+    entries_sent: dict[int, list[dict[str, Any]]] = {}
     first: int | None = None
+
+    def logprobs_of(choice: int, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The chunk's ``logprobs`` for these entries of a choice (None: not asked)."""
+        if not wants_logprobs:
+            return None
+        before = entries_sent.setdefault(choice, [])
+        shaped = (
+            {"content": entries, "refusal": None}
+            if kind == fmt.CHAT
+            else fmt.text_logprobs_of(entries, sum(len(e["token"]) for e in before))
+        )
+        before.extend(entries)
+        return shaped
+
     over = False
     try:
         for i in range(n):
@@ -225,7 +243,15 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
                     choice = event.index if 0 <= event.index < n else None
                 if choice is not None:
                     streamed.setdefault(choice, []).append(event.text)
-                    yield fmt.sse(fmt.chunk(query, kind, content=event.text, index=choice))
+                    yield fmt.sse(
+                        fmt.chunk(
+                            query,
+                            kind,
+                            content=event.text,
+                            index=choice,
+                            logprobs=logprobs_of(choice, list(event.logprobs)),
+                        )
+                    )
             elif event.kind == IDLE:
                 yield fmt.SSE_KEEPALIVE
             elif event.kind == END:
@@ -243,7 +269,6 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
             return
         tail = {"usage": fmt.usage(final), "costpass": fmt.extension(final, samples)}
         choices = fmt._choice_samples(final, samples)
-        logprobs = fmt.chat_logprobs if kind == fmt.CHAT else fmt.text_logprobs
         for i, sample in enumerate(choices):
             text = final.answer if len(choices) == 1 or sample is None else sample.text
             sent = "".join(streamed.get(i, []))
@@ -254,7 +279,11 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
             else:  # the strategy post-processed the text it streamed; the extension has it
                 rest = ""
             calls = sample.tool_calls if sample is not None else None
-            if rest or calls or (sample is not None and options.get("logprobs")):
+            # The log-probs of tokens not streamed yet (all of them when nothing streamed).
+            unsent: list[dict[str, Any]] = []
+            if wants_logprobs and sample is not None:
+                unsent = (sample.logprobs or [])[len(entries_sent.get(i, [])) :]
+            if rest or calls or unsent or (wants_logprobs and i not in entries_sent):
                 yield fmt.sse(
                     fmt.chunk(
                         final,
@@ -262,7 +291,7 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
                         content=rest,
                         index=i,
                         tool_calls=calls,
-                        logprobs=logprobs(final, sample),
+                        logprobs=logprobs_of(i, unsent),
                     )
                 )
         for i, sample in enumerate(choices):

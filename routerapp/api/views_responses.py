@@ -162,8 +162,9 @@ def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterator[bytes]:
     """The Responses event stream: created, in_progress; the message item and its text part
-    when the first text arrives, a text delta per token of a one-sample query (the chosen
-    answer at once otherwise) and the text's done events; then one function_call item per
+    when the first text arrives, a text delta per token of a one-sample query with its
+    tokens' log-probs when asked (the chosen answer at once otherwise) and the text's done
+    events; then one function_call item per
     tool call (added, its arguments as a delta and done, item done: tool calls are known
     whole when the sample ends); then response.completed with usage and the real cost (or
     response.failed). A client that goes away cancels its query; what was generated is
@@ -196,14 +197,17 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
             part=part,
         )
 
-    def text_delta(text: str) -> bytes:
+    logprobs_sent: list[dict[str, Any]] = []
+
+    def text_delta(text: str, logprobs: list[dict[str, Any]]) -> bytes:
+        logprobs_sent.extend(logprobs)
         return ev(
             "response.output_text.delta",
             item_id=item_id,
             output_index=0,
             content_index=0,
             delta=text,
-            logprobs=[],
+            logprobs=logprobs,
         )
 
     try:
@@ -220,7 +224,7 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
                     if not opened:
                         yield from open_message()
                     streamed.append(event.text)
-                    yield text_delta(event.text)
+                    yield text_delta(event.text, list(event.logprobs))
             elif event.kind == IDLE:
                 yield b": keep-alive\n\n"
             elif event.kind == END:
@@ -249,9 +253,10 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
                 yield from open_message()
             sent = "".join(streamed)
             rest = final.answer[len(sent) :] if final.answer.startswith(sent) else ""
-            if rest:
-                yield text_delta(rest)
             logprobs = rfmt.text_logprobs(final, sample)
+            unsent = logprobs[len(logprobs_sent) :]
+            if rest or unsent:
+                yield text_delta(rest, unsent)
             yield ev(
                 "response.output_text.done",
                 item_id=item_id,

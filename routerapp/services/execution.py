@@ -328,9 +328,10 @@ class _Run:
             self.events.sample(self.offset + int(candidate.index))
             return
         text = getattr(event, "text", None)
-        if text and isinstance(text, str):  # a token delta of one sample
+        logprobs = getattr(event, "logprobs", None)
+        if isinstance(text, str) and (text or logprobs):  # a token delta of one sample
             self.tokens_sent += 1
-            self.events.token(self.offset + int(getattr(event, "index", 0)), text)
+            self.events.token(self.offset + int(getattr(event, "index", 0)), text, logprobs)
         elif isinstance(event, SampleStarted):  # sent to the engine: it may bill from now on
             self.events.start(self.offset + int(event.index))
 

@@ -621,9 +621,10 @@ class _InlineEvents:
                 self.sink.sample(int(candidate.index))
             return
         text = getattr(event, "text", None)
-        if self.sink is not None and text and isinstance(text, str):
+        logprobs = getattr(event, "logprobs", None)
+        if self.sink is not None and isinstance(text, str) and (text or logprobs):
             self.tokens_sent += 1
-            self.sink.token(int(getattr(event, "index", 0)), text)
+            self.sink.token(int(getattr(event, "index", 0)), text, logprobs)
 
 
 def query_enqueue(*, query: Query) -> None:

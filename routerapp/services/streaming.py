@@ -19,11 +19,12 @@ A reader also re-reads the query row now and then, so it ends even if an end eve
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,7 +53,8 @@ START = "start"
 class QueryEvent:
     """One thing that happened to a query.
 
-    ``token``: sample ``index`` generated ``text``; ``sample``: sample ``index`` finished;
+    ``token``: sample ``index`` generated ``text`` (and, when the request asked for them,
+    OpenAI's ``logprobs`` entries of those tokens); ``sample``: sample ``index`` finished;
     ``end``: the query reached ``status`` (done / failed / cancelled); ``idle``: nothing happened
     for a while (a reader's cue to send a keep-alive).
     """
@@ -61,12 +63,15 @@ class QueryEvent:
     index: int = 0
     text: str = ""
     status: str = ""
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 class EventSink(Protocol):
     """Where the process running a query publishes its events."""
 
-    def token(self, index: int, text: str) -> None: ...
+    def token(
+        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+    ) -> None: ...
 
     def start(self, index: int) -> None: ...
 
@@ -109,7 +114,9 @@ def redis_client() -> Any:
 class NullSink:
     """Publishes nothing (an inline query nobody streams)."""
 
-    def token(self, index: int, text: str) -> None:
+    def token(
+        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+    ) -> None:
         pass
 
     def start(self, index: int) -> None:
@@ -132,6 +139,7 @@ class RedisSink:
         self.key = _stream_key(query_id)
         self.client = client
         self._pending: dict[int, list[str]] = {}
+        self._pending_logprobs: dict[int, list[dict[str, Any]]] = {}
         self._last_flush = 0.0
         self._broken = False
 
@@ -151,16 +159,25 @@ class RedisSink:
             self._broken = True
 
     def _pending_entries(self) -> list[dict[str, str]]:
-        entries = [
-            {"k": TOKEN, "i": str(index), "t": "".join(parts)}
-            for index, parts in self._pending.items()
-            if parts
-        ]
+        entries = []
+        for index, parts in self._pending.items():
+            logprobs = self._pending_logprobs.get(index)
+            if not parts and not logprobs:
+                continue
+            entry = {"k": TOKEN, "i": str(index), "t": "".join(parts)}
+            if logprobs:
+                entry["l"] = json.dumps(logprobs, separators=(",", ":"))
+            entries.append(entry)
         self._pending = {}
+        self._pending_logprobs = {}
         return entries
 
-    def token(self, index: int, text: str) -> None:
+    def token(
+        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+    ) -> None:
         self._pending.setdefault(index, []).append(text)
+        if logprobs:
+            self._pending_logprobs.setdefault(index, []).extend(logprobs)
         now = time.monotonic()
         if now - self._last_flush >= REDIS_FLUSH_S:
             self._last_flush = now
@@ -185,6 +202,7 @@ class CacheSink:
     def __init__(self, query_id: Any):
         self.key = _cache_key(query_id)
         self.texts: dict[int, str] = {}
+        self.logprobs: dict[int, list[dict[str, Any]]] = {}
         self.samples: list[int] = []
         self.started: list[int] = []
         self.status = ""
@@ -197,6 +215,7 @@ class CacheSink:
                 self.key,
                 {
                     "texts": self.texts,
+                    "logprobs": self.logprobs,
                     "samples": self.samples,
                     "started": self.started,
                     "end": self.status,
@@ -208,8 +227,12 @@ class CacheSink:
         self._dirty = False
         self._last_flush = time.monotonic()
 
-    def token(self, index: int, text: str) -> None:
+    def token(
+        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+    ) -> None:
         self.texts[index] = self.texts.get(index, "") + text
+        if logprobs:
+            self.logprobs.setdefault(index, []).extend(logprobs)
         self._dirty = True
         if time.monotonic() - self._last_flush >= CACHE_FLUSH_S:
             self._write()
@@ -237,8 +260,10 @@ class LocalSink:
     def __init__(self) -> None:
         self.queue: queue.Queue[QueryEvent] = queue.Queue()
 
-    def token(self, index: int, text: str) -> None:
-        self.queue.put(QueryEvent(TOKEN, index=index, text=text))
+    def token(
+        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        self.queue.put(QueryEvent(TOKEN, index=index, text=text, logprobs=tuple(logprobs or ())))
 
     def start(self, index: int) -> None:
         pass
@@ -405,7 +430,10 @@ def _decode(fields: dict[bytes, bytes]) -> QueryEvent | None:
     values = {k.decode(): v.decode("utf-8", errors="replace") for k, v in fields.items()}
     kind = values.get("k")
     if kind == TOKEN:
-        return QueryEvent(TOKEN, index=int(values.get("i", 0)), text=values.get("t", ""))
+        logprobs = tuple(json.loads(values["l"])) if values.get("l") else ()
+        return QueryEvent(
+            TOKEN, index=int(values.get("i", 0)), text=values.get("t", ""), logprobs=logprobs
+        )
     if kind == SAMPLE:
         return QueryEvent(SAMPLE, index=int(values.get("i", 0)))
     if kind == END:
@@ -416,6 +444,7 @@ def _decode(fields: dict[bytes, bytes]) -> QueryEvent | None:
 def _cache_events(query_id: Any, *, timeout_s: float, idle_s: float) -> Iterator[QueryEvent]:
     key = _cache_key(query_id)
     sent: dict[int, int] = {}
+    sent_logprobs: dict[int, int] = {}
     samples_seen = 0
     deadline = time.monotonic() + timeout_s
     next_db_check = time.monotonic() + DB_CHECK_S
@@ -423,13 +452,19 @@ def _cache_events(query_id: Any, *, timeout_s: float, idle_s: float) -> Iterator
     while time.monotonic() < deadline:
         snapshot = cache.get(key) or {}
         emitted = False
+        logprobs = snapshot.get("logprobs") or {}
         for index, text in sorted((snapshot.get("texts") or {}).items()):
             index = int(index)
             done = sent.get(index, 0)
-            if len(text) > done:
+            entries = logprobs.get(index) or []
+            done_lp = sent_logprobs.get(index, 0)
+            if len(text) > done or len(entries) > done_lp:
                 sent[index] = len(text)
+                sent_logprobs[index] = len(entries)
                 emitted = True
-                yield QueryEvent(TOKEN, index=index, text=text[done:])
+                yield QueryEvent(
+                    TOKEN, index=index, text=text[done:], logprobs=tuple(entries[done_lp:])
+                )
         samples = snapshot.get("samples") or []
         for index in samples[samples_seen:]:
             emitted = True

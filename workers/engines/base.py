@@ -120,12 +120,36 @@ class SamplingConfig:
 class TokenEvent:
     """One generated token of sample ``index``: its text delta (may be empty while a
     multi-byte character or a possible stop string is held back), its log-prob and the top
-    log-probs (descending) when asked for."""
+    log-probs (descending) when asked for. ``entries``: with ``SamplingConfig.token_texts``,
+    OpenAI's ``logprobs.content`` entries of the tokens this event generated (a client that
+    streams log-probs gets them with the text, not at the end)."""
 
     index: int
     text: str
     logprob: float | None = None
     top_logprobs: tuple[float, ...] | None = None
+    entries: tuple[dict[str, Any], ...] | None = None
+
+
+def logprob_entries(
+    tokens: Sequence[str],
+    logprobs: Sequence[float],
+    tops: Sequence[Sequence[tuple[str, float]]],
+) -> list[dict[str, Any]]:
+    """Return OpenAI's ``logprobs.content`` entries of tokens (their texts, log-probs and top
+    alternatives as (text, log-prob), descending)."""
+    return [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": list(token.encode()),
+            "top_logprobs": [
+                {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                for t, lp in (tops[i] if i < len(tops) else [])
+            ],
+        }
+        for i, (token, logprob) in enumerate(zip(tokens, logprobs, strict=False))
+    ]
 
 
 @dataclass

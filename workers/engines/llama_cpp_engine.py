@@ -48,6 +48,7 @@ from workers.engines.base import (
     StreamEvent,
     Timer,
     TokenEvent,
+    logprob_entries,
     utf8_decoder,
 )
 from workers.engines.registry import register_engine
@@ -532,7 +533,15 @@ class _LlamaCppStream(GenerationStream):
         else:
             delta, stopped = s.stop.feed(s.decoder.decode(eng.token_piece(tok.token)))
         if self.token_events:
-            yield TokenEvent(s.index, delta, tok.logprob, tok.top_logprobs)
+            entries = None
+            if cfg.token_texts:
+                text = self._piece_text
+                tops = [
+                    (text(i), lp)
+                    for i, lp in zip(tok.top_ids or (), tok.top_logprobs or (), strict=False)
+                ]
+                entries = tuple(logprob_entries([text(tok.token)], [tok.logprob], [tops]))
+            yield TokenEvent(s.index, delta, tok.logprob, tok.top_logprobs, entries)
         if stopped:
             yield from self._finish(s, "stop")
         elif len(s.tokens) >= cfg.max_tokens:
@@ -569,15 +578,14 @@ class _LlamaCppStream(GenerationStream):
             **self._token_texts(s),
         )
 
+    def _piece_text(self, token: int) -> str:
+        return str(self.engine.token_piece(token).decode("utf-8", errors="replace"))
+
     def _token_texts(self, s: _Sample) -> dict[str, Any]:
         """Token texts for OpenAI's logprobs, when asked (each piece decoded on its own)."""
         if not self.sampling.token_texts:
             return {}
-        piece = self.engine.token_piece
-
-        def text(token: int) -> str:
-            return piece(token).decode("utf-8", errors="replace")
-
+        text = self._piece_text
         return {
             "tokens": [text(t) for t in s.tokens],
             "top_tokens": [

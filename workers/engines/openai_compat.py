@@ -71,6 +71,7 @@ from workers.engines.base import (
     StreamEvent,
     Timer,
     TokenEvent,
+    logprob_entries,
 )
 from workers.engines.registry import register_engine
 from workers.engines.resilience import (
@@ -687,10 +688,15 @@ class _HttpStream(GenerationStream):
                         c_lps, c_tops = _choice_logprobs(choice, api, self.sampling.top_logprobs)
                         if calls.add(choice) and not (delta or c_lps):
                             chunks += 1  # a tool-call delta is generated text too
+                        entries = None
                         if tokens is not None:
                             c_tokens, c_top_tokens = self._token_texts(choice)
                             tokens.extend(c_tokens or [])
                             top_tokens.extend(c_top_tokens or [])
+                            if c_tokens:
+                                entries = tuple(
+                                    logprob_entries(c_tokens, c_lps, c_top_tokens or [])
+                                )
                         if delta or c_lps:
                             chunks += 1
                             parts.append(delta)
@@ -702,6 +708,7 @@ class _HttpStream(GenerationStream):
                                     delta,
                                     c_lps[-1] if c_lps else None,
                                     c_tops[-1] if c_tops else None,
+                                    entries,
                                 )
                                 self._q.put(("token", slot.index, event))
                         if choice.get("finish_reason"):

@@ -28,6 +28,7 @@ from workers.engines.base import (
     SampleOutput,
     SamplingConfig,
     TokenEvent,
+    logprob_entries,
 )
 from workers.grading.extract import (
     answer_key,
@@ -52,10 +53,12 @@ class SampleStarted:
 
 @dataclass(frozen=True)
 class TokenDelta:
-    """New text of sample ``index`` (for streaming a sample to a client)."""
+    """New text of sample ``index`` (for streaming a sample to a client), with OpenAI's
+    log-prob entries of its tokens when the request asked for log-probs."""
 
     index: int
     text: str
+    logprobs: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -214,21 +217,7 @@ def openai_logprobs(sample: SampleOutput) -> list[dict[str, Any]] | None:
     """Return OpenAI's ``logprobs.content`` of a sample whose engine gave token texts."""
     if sample.tokens is None:
         return None
-    tops = sample.top_tokens or []
-    content = []
-    for i, (token, logprob) in enumerate(zip(sample.tokens, sample.token_logprobs, strict=False)):
-        content.append(
-            {
-                "token": token,
-                "logprob": logprob,
-                "bytes": list(token.encode()),
-                "top_logprobs": [
-                    {"token": t, "logprob": lp, "bytes": list(t.encode())}
-                    for t, lp in (tops[i] if i < len(tops) else [])
-                ],
-            }
-        )
-    return content
+    return logprob_entries(sample.tokens, sample.token_logprobs, sample.top_tokens or [])
 
 
 # -- per-token statistics --------------------------------------------------------------
@@ -411,8 +400,8 @@ class RunContext:
                 if self.check_cancel():
                     stream.abort_all()
                 if isinstance(event, TokenEvent):
-                    if event.text and self.on_event is not None:
-                        self.emit(TokenDelta(offset + event.index, event.text))
+                    if (event.text or event.entries) and self.on_event is not None:
+                        self.emit(TokenDelta(offset + event.index, event.text, event.entries))
                     if watcher is not None and not self.cancelled:
                         watcher.on_token(stream, event)
                 elif isinstance(event, SampleDone):

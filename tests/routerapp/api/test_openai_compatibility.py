@@ -423,6 +423,25 @@ def test_the_cpu_model_honours_json_schema_and_logprobs_through_the_worker(  # t
     assert len(content) == r.usage.completion_tokens and len(content[0].top_logprobs) == 2
     assert content[0].top_logprobs[0].token == content[0].token  # greedy
     _billed(r)
+    # Streamed from the worker (over Redis): each chunk carries its own tokens' log-probs,
+    # and together they are the non-streamed answer's (greedy: the same tokens).
+    chunks = list(
+        client.chat.completions.create(
+            model="auto",
+            messages=QUESTION,
+            max_tokens=6,
+            logprobs=True,
+            top_logprobs=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = [
+        c.choices[0].logprobs.content for c in chunks if c.choices and c.choices[0].logprobs
+    ]
+    assert sum(1 for entries in streamed if entries) >= 2  # not one block at the end
+    assert [t.token for entries in streamed for t in entries] == [t.token for t in content]
+    assert chunks[-1].usage.completion_tokens == len(content)
     # JSON mode was not flagged on this endpoint: refused, by name.
     _refused(
         lambda: client.chat.completions.create(

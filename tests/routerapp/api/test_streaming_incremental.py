@@ -71,3 +71,67 @@ def test_n_choices_stream_token_by_token(client: openai.OpenAI) -> None:
     assert usage is not None and query_id is not None
     query = _billed(query_id)
     assert usage.completion_tokens == query.completion_tokens == 8
+
+
+def test_logprobs_stream_with_each_token(client: openai.OpenAI) -> None:
+    """Each content chunk carries the log-probs of its own tokens as it arrives (not all at
+    the end), for one sample and for each of n choices."""
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        n=2,
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+    )
+    chunks: dict[int, list[tuple[float, str, list[str]]]] = {0: [], 1: []}
+    query_id = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                tokens = [t.token for t in choice.logprobs.content]
+                assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
+                chunks[choice.index].append(
+                    (time.monotonic() - started, choice.delta.content, tokens)
+                )
+        if "costpass" in (chunk.model_extra or {}):
+            query_id = chunk.model_extra["costpass"]["query_id"]
+    finished = time.monotonic() - started
+    for index in (0, 1):
+        assert [text for _, text, _ in chunks[index]] == ["The", " answer", " is", " 4."]
+        assert all([text] == tokens for _, text, tokens in chunks[index])  # its own token
+        assert finished - chunks[index][0][0] > 0.3, (chunks, finished)
+    assert query_id is not None
+    query = _billed(query_id)
+    assert query.completion_tokens == 8
+    # The same on the legacy completions endpoint: tokens and offsets per chunk.
+    text_chunks = [
+        c.choices[0]
+        for c in client.completions.create(
+            model="auto", prompt="2+2?", logprobs=1, stream=True, max_tokens=3
+        )
+        if c.choices and c.choices[0].text
+    ]
+    assert [c.logprobs.tokens for c in text_chunks] == [["The"], [" answer"], [" is"]]
+    assert [c.logprobs.text_offset for c in text_chunks] == [[0], [3], [10]]
+
+
+def test_responses_stream_text_deltas_carry_their_logprobs(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model="auto",
+            input="What is 2+2?",
+            include=["message.output_text.logprobs"],
+            top_logprobs=1,
+            stream=True,
+        )
+    )
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert [d.delta for d in deltas] == ["The", " answer", " is", " 4."]
+    assert [[lp.token for lp in d.logprobs] for d in deltas] == [[d.delta] for d in deltas]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert [lp.token for lp in done.logprobs] == ["The", " answer", " is", " 4."]
+    final = events[-1].response
+    assert final.output[0].content[0].logprobs[3].token == " 4."
+    _billed(final.model_extra["costpass"]["query_id"])

@@ -124,3 +124,40 @@ def test_local_sink_for_inline_queries() -> None:
     sink.end("done")
     events = list(sink.events(timeout_s=1))
     assert [e.kind for e in events] == [TOKEN, TOKEN, END] and _text(events) == "ab"
+
+
+def _entry(token: str) -> dict:
+    return {"token": token, "logprob": -0.5, "bytes": list(token.encode()), "top_logprobs": []}
+
+
+def _logprob_tokens(events: list[QueryEvent], index: int = 0) -> list[str]:
+    return [
+        e["token"] for ev in events if ev.kind == TOKEN and ev.index == index for e in ev.logprobs
+    ]
+
+
+@pytest.mark.parametrize("transport", ["redis", "cache", "local"])
+def test_token_log_probs_travel_with_their_text(transport: str) -> None:
+    """Each token's OpenAI log-prob entry reaches the reader with its text, on every
+    transport, including a token whose text is held back (an empty delta)."""
+    query = _query()
+    tokens = ["The", " answer", "", " is"]
+    with override_settings(**({} if transport == "redis" else {"REDIS_URL": "", "CACHES": LOCMEM})):
+        sink = LocalSink() if transport == "local" else query_events_publisher(query.pk)
+        assert type(sink).__name__ == {"redis": "RedisSink", "cache": "CacheSink"}.get(
+            transport, "LocalSink"
+        )
+        for i, token in enumerate(tokens):
+            sink.token(0, token, [_entry(token or f"<held {i}>")])
+            sink.flush()
+        sink.token(1, "x", [_entry("x")])
+        sink.sample(0)
+        sink.end("done")
+        if isinstance(sink, LocalSink):
+            events = list(sink.events(timeout_s=2))
+        else:
+            events = list(query_events(query.pk, timeout_s=5))
+    assert _text(events) == "The answer is"
+    assert _logprob_tokens(events) == ["The", " answer", "<held 2>", " is"]
+    assert _logprob_tokens(events, 1) == ["x"]
+    assert all(isinstance(e, dict) and e["logprob"] == -0.5 for ev in events for e in ev.logprobs)

@@ -164,9 +164,20 @@ def test_token_texts_for_openai_logprobs(llama_engine):
     for token, logprob, top in zip(out.tokens, out.token_logprobs, out.top_tokens, strict=True):
         assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
         assert top[0] == (token, logprob)  # greedy: the chosen token is the likeliest
+    # Streamed, each token event carries its own OpenAI entry; together they are the sample's.
+    events = list(llama_engine.stream(prompt, cfg))
+    entries = [e for ev in events if isinstance(ev, TokenEvent) for e in ev.entries or ()]
+    assert [e["token"] for e in entries] == out.tokens
+    assert [e["logprob"] for e in entries] == pytest.approx(out.token_logprobs)
+    assert [t["token"] for t in entries[0]["top_logprobs"]] == [t for t, _ in out.top_tokens[0]]
     # Without it, nothing extra is computed.
     plain = llama_engine.generate(prompt, SamplingConfig(n=1, max_tokens=4)).samples[0]
     assert plain.tokens is None and plain.top_tokens is None
+    assert all(
+        ev.entries is None
+        for ev in llama_engine.stream(prompt, SamplingConfig(n=1, max_tokens=4))
+        if isinstance(ev, TokenEvent)
+    )
 
 
 def test_output_constraints_are_refused_not_ignored(llama_engine):

@@ -27,19 +27,24 @@ def test_non_streamed_samples_use_server_usage(server_engine, llama_engine):
 
 def test_streamed_samples_with_logprobs(server_engine):
     stream = server_engine.stream(
-        Q, SamplingConfig(n=2, temperature=0.8, max_tokens=8, top_logprobs=2)
+        Q, SamplingConfig(n=2, temperature=0.8, max_tokens=8, top_logprobs=2, token_texts=True)
     )
     texts = {0: "", 1: ""}
+    entries: dict[int, list[dict]] = {0: [], 1: []}
     with stream:
         for ev in stream:
             if isinstance(ev, TokenEvent):
                 texts[ev.index] += ev.text
                 assert ev.top_logprobs is not None and len(ev.top_logprobs) == 2
+                # OpenAI's entries of this event's tokens travel with it (streamed logprobs).
+                entries[ev.index] += ev.entries or []
             elif isinstance(ev, SampleDone):
                 assert ev.sample.text == texts[ev.sample.index]
     res = stream.result()
     for s in res.samples:
         assert s.completion_tokens == len(s.token_logprobs) >= 1
+        assert [e["token"] for e in entries[s.index]] == s.tokens
+        assert [len(e["top_logprobs"]) for e in entries[s.index]] == [2] * len(s.tokens)
         assert s.count_method in ("logprobs", "estimate")  # prompt counted client-side
 
 
