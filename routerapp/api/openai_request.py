@@ -62,6 +62,38 @@ _REFUSED = {
 }
 # Known fields that only describe the request: kept on the query.
 _RECORDED = ("metadata", "store", "safety_identifier")
+# Every other field of the two endpoints is honoured by parse_request / _options (sampling,
+# n, logprobs, response_format, tools, the prompt) or checked there (service_tier,
+# modalities, stream_options). A field the openai types gain is in none of these sets: it is
+# refused by name until someone decides how to honour it (tests/.../test_openai_fields.py
+# fails on the upgrade that brings it).
+HONOURED = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "user",
+        "service_tier",
+        "modalities",
+        "echo",
+        "best_of",
+    }
+)
+CLASSIFIED = HONOURED | frozenset(_PASSTHROUGH) | frozenset(_REFUSED) | frozenset(_RECORDED)
 
 # Validating against a one-tuple lets the config (unknown keys refused) reach the TypedDicts.
 _forbid = ConfigDict(extra="forbid")
@@ -101,9 +133,9 @@ def content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "\n".join(
-            str(p.get("text") or "")
+            str(p.get("text") or "") if p.get("type") == "text" else str(p.get("refusal") or "")
             for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
+            if isinstance(p, dict) and p.get("type") in ("text", "refusal")
         )
     return ""
 
@@ -137,6 +169,19 @@ def parse_request(data: Any, kind: str) -> OpenAIRequest:
     except ValidationError as exc:
         raise _invalid(exc, ()) from None
     constraints = _constraints({**ours, "model": body["model"]})
+    for name in sorted(body):
+        if name not in CLASSIFIED and body[name] is not None:
+            raise InvalidInput(
+                f"{name!r} is not supported by this gateway yet",
+                param=name,
+                code="unsupported_parameter",
+            )
+    if (body.get("stream_options") or {}).get("include_obfuscation"):
+        raise InvalidInput(
+            "stream obfuscation is not supported by this gateway: send include_obfuscation false",
+            param="stream_options.include_obfuscation",
+            code="unsupported_parameter",
+        )
     for name, why in _REFUSED.items():
         if body.get(name) is not None:
             raise InvalidInput(why, param=name, code="unsupported_parameter")
@@ -229,6 +274,11 @@ def _options(body: dict[str, Any], kind: str) -> RequestOptions:
     passthrough = {}
     for name in _PASSTHROUGH:
         value = body.get(name)
+        if name == "parallel_tool_calls":
+            # OpenAI's default is true; false limits the answer to one call (with tools).
+            if value is False and body.get("tools"):
+                passthrough[name] = False
+            continue
         if value is None or value == 0 or value == {}:
             continue  # OpenAI's default: nothing to honour
         passthrough[name] = value
@@ -246,6 +296,22 @@ def _messages(raw: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool, bo
     out: list[dict[str, Any]] = []
     for i, message in enumerate(raw):
         m = dict(message)
+        for name in ("audio", "function_call"):  # an assistant turn's audio / legacy call
+            if m.get(name) is not None:
+                raise InvalidInput(
+                    f"messages[{i}].{name} is not supported by this gateway"
+                    + (": send tool_calls" if name == "function_call" else ""),
+                    param=f"messages[{i}].{name}",
+                    code="unsupported_parameter",
+                )
+        refusal = m.pop("refusal", None)
+        if refusal:  # an assistant turn that refused: its refusal is what it said
+            if m.get("content"):
+                raise InvalidInput(
+                    f"messages[{i}] has both content and refusal; send one",
+                    param=f"messages[{i}].refusal",
+                )
+            m["content"] = refusal
         content = m.get("content")
         if isinstance(content, list):
             parts = []

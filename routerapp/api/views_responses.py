@@ -91,6 +91,16 @@ class ResponseCreateInput(ConstraintFields):
         choices=["in-memory", "24h"], required=False, allow_null=True
     )
 
+    def validate_stream_options(self, value: dict | None) -> dict | None:
+        unknown = sorted(set(value or {}) - {"include_obfuscation"})
+        if unknown:
+            raise serializers.ValidationError({unknown[0]: ["unknown stream option"]})
+        if (value or {}).get("include_obfuscation"):
+            raise serializers.ValidationError(
+                {"include_obfuscation": ["stream obfuscation is not supported by this gateway"]}
+            )
+        return value
+
     def validate_metadata(self, value: dict | None) -> dict | None:
         if value and len(value) > 16:
             raise serializers.ValidationError("at most 16 metadata entries")
@@ -141,6 +151,11 @@ def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, Any]]:
             raise InvalidInput(
                 f"previous response {previous!r} not found", param="previous_response_id"
             ) from None
+        if not _stored(earlier):
+            raise InvalidInput(
+                f"previous response {previous!r} was not stored (store: false)",
+                param="previous_response_id",
+            )
         if earlier.status != Query.Status.DONE:
             raise InvalidInput(
                 f"previous response {previous!r} has not completed ({earlier.status})",
@@ -381,6 +396,32 @@ _RESPONSES_PARAM = {
 }
 
 
+#: The request fields a response repeats (kept on the query, so a retrieval repeats them too).
+_ECHOED = (
+    "instructions",
+    "metadata",
+    "store",
+    "previous_response_id",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "text",
+    "service_tier",
+    "reasoning",
+    "user",
+    "safety_identifier",
+)
+
+
+def _stored(query: Query) -> bool:
+    recorded = (query.request_options or {}).get("recorded") or {}
+    return recorded.get("store") is not False
+
+
 def _create(
     request: Request,
     data: dict[str, Any],
@@ -396,6 +437,11 @@ def _create(
         # configuration (or bounding a multi-sample one), reserved as they will run.
         options=options,
         end_user=data.get("user") or data.get("safety_identifier") or "",
+        recorded={
+            **{k: data[k] for k in ("metadata", "store", "safety_identifier") if data.get(k)},
+            **({"store": False} if data.get("store") is False else {}),
+            "response": {k: data[k] for k in _ECHOED if data.get(k) is not None},
+        },
         constraints=constraints_from(data),
         source=Query.Source.CHAT,
         defer_dispatch=True,
@@ -475,7 +521,10 @@ class ResponseDetail(APIView):
         except InvalidInput:
             raise NotFound(f"no response {response_id!r}", param="response_id") from None
         query = query_get_for_team(team=request.user.team, query_id=query_id)
+        if not _stored(query):  # store: false, as OpenAI: not retrievable (still billed)
+            raise NotFound(f"no response {response_id!r} (store: false)", param="response_id")
         _, samples = _reload(query.pk)
-        response = Response(rfmt.response_body(query, samples, {}, final=True))
+        echo = ((query.request_options or {}).get("recorded") or {}).get("response") or {}
+        response = Response(rfmt.response_body(query, samples, echo, final=True))
         _cost_headers(response, query)
         return response

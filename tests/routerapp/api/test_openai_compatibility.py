@@ -346,6 +346,41 @@ def test_unknown_and_unsupported_fields_are_refused_by_name(client) -> None:  # 
     assert Query.objects.filter(team=query.team).count() == 1  # refusals wrote nothing
 
 
+def test_fields_found_dropped_by_the_audit_are_honoured_or_refused(client) -> None:  # type: ignore[no-untyped-def]
+    """parallel_tool_calls false reaches the endpoint; stream obfuscation, an assistant turn's
+    audio and a legacy function_call in history are refused by name; a refusal in history is
+    sent as what the assistant said."""
+    chat = client.chat.completions
+    r = chat.create(model="auto", messages=QUESTION, tools=[ADD_TOOL], parallel_tool_calls=False)
+    query = Query.objects.get(pk=_ext(r)["query_id"])
+    assert query.request_options["passthrough"] == {"parallel_tool_calls": False}
+    _billed(r)
+    _refused(
+        lambda: chat.create(
+            model="auto",
+            messages=QUESTION,
+            stream=True,
+            stream_options={"include_obfuscation": True},
+        ),
+        "stream_options.include_obfuscation",
+    )
+    _refused(
+        lambda: chat.create(
+            model="auto",
+            messages=[*QUESTION, {"role": "assistant", "audio": {"id": "audio_1"}}],
+        ),
+        "messages[1].audio",
+    )
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "refusal": "I cannot say."},
+        {"role": "user", "content": "Please?"},
+    ]
+    r = chat.create(model="auto", messages=history)
+    stored = Query.objects.get(pk=_ext(r)["query_id"]).messages
+    assert stored[1] == {"role": "assistant", "content": "I cannot say."}
+
+
 @pytest.mark.worker
 def test_voting_compares_canonical_json_and_tool_calls(  # type: ignore[no-untyped-def]
     client, celery_worker_process
@@ -456,4 +491,9 @@ def test_responses_api_sampling_fields_go_through_the_same_pipeline(client) -> N
     assert r.output_text == "The answer"
     r = client.responses.create(model="auto", input="What is 2+2?", temperature=1.0, user="u-9")
     query = Query.objects.get(pk=r.model_extra["costpass"]["query_id"])
-    assert query.end_user == "u-9" and query.request_options == {"temperature": 1.0}
+    assert query.end_user == "u-9"
+    assert query.request_options == {
+        "temperature": 1.0,
+        # What the response repeats, kept for its retrieval.
+        "recorded": {"response": {"temperature": 1.0, "user": "u-9"}},
+    }

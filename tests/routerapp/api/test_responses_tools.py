@@ -248,6 +248,31 @@ def test_logprobs_by_include(client: openai.OpenAI) -> None:
     )
 
 
+def test_store_false_and_what_a_retrieval_repeats(client: openai.OpenAI) -> None:
+    r = client.responses.create(
+        model="auto",
+        input="What is 2+2?",
+        tools=[ADD_TOOL],
+        metadata={"run": "7"},
+        instructions="Use the tool.",
+    )
+    again = client.responses.retrieve(r.id)
+    assert again.tools[0].name == "add" and again.metadata == {"run": "7"}
+    assert again.instructions == "Use the tool." and again.output[0].type == "function_call"
+    # store: false is honoured: billed, but neither retrievable nor a previous response.
+    hidden = client.responses.create(model="auto", input="What is 2+2?", store=False)
+    assert hidden.output_text == "The answer is 4." and hidden.store is False
+    _billed(hidden)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(hidden.id)
+    _refused(
+        lambda: client.responses.create(
+            model="auto", input="And 3+3?", previous_response_id=hidden.id
+        ),
+        "previous_response_id",
+    )
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
@@ -260,6 +285,8 @@ def test_logprobs_by_include(client: openai.OpenAI) -> None:
         ({"reasoning": {"summary": "auto"}}, "reasoning.summary"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         ({"max_tool_calls": 2}, "max_tool_calls"),
+        ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
+        ({"stream_options": {"colour": 1}}, "stream_options.colour"),
     ],
 )
 def test_what_cannot_be_honoured_is_refused_by_name(
