@@ -366,9 +366,15 @@ class ApiKeyAdmin(AuditedAdmin):
 class BudgetUsageInline(admin.TabularInline):
     model = m.BudgetUsage
     extra = 0
-    readonly_fields = ["period_start", "reserved_usd", "spent_usd", "updated_at"]
+    fields = readonly_fields = (
+        "period_start",
+        "end_user",
+        "reserved_usd",
+        "spent_usd",
+        "updated_at",
+    )
     can_delete = False
-    ordering = ["-period_start"]
+    ordering = ["-period_start", "-spent_usd"]
 
 
 @admin.register(m.BudgetPolicy)
@@ -378,16 +384,26 @@ class BudgetPolicyAdmin(AuditedAdmin):
         "team",
         "api_key",
         "end_user",
+        "per_end_user",
         "period",
         "limit_usd",
         "mode",
         "enabled",
     ]
     list_editable = ["limit_usd", "mode", "enabled"]
-    list_filter = ["period", "mode", "enabled", "team"]
-    search_fields = ["name", "team__name", "api_key__prefix", "end_user"]
+    list_filter = ["period", "mode", "enabled", "per_end_user", "team"]
+    search_fields = ["name", "team__name", "api_key__prefix", "end_user", "usage__end_user"]
     inlines = [BudgetUsageInline]
-    audited_fields = ["team", "api_key", "end_user", "period", "limit_usd", "mode", "enabled"]
+    audited_fields = [
+        "team",
+        "api_key",
+        "end_user",
+        "per_end_user",
+        "period",
+        "limit_usd",
+        "mode",
+        "enabled",
+    ]
 
 
 @admin.register(m.BudgetAlert)
@@ -395,6 +411,7 @@ class BudgetAlertAdmin(admin.ModelAdmin):
     list_display = [
         "policy",
         "period_start",
+        "end_user",
         "threshold",
         "spent_usd",
         "limit_usd",

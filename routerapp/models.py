@@ -328,6 +328,12 @@ class BudgetPolicy(models.Model):
         default="",
         help_text="Set: the policy covers only this end user's queries (OpenAI's `user` field)",
     )
+    per_end_user = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Each end user (OpenAI's `user` field) of the team or key gets this limit on "
+        "their own; requests that name no user share one window",
+    )
     name = models.CharField(max_length=100)
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
     limit_usd = usd_field()
@@ -352,7 +358,14 @@ class BudgetPolicy(models.Model):
         ordering = ["team", "name"]
         verbose_name_plural = "budget policies"
         constraints = [
-            models.CheckConstraint(condition=Q(limit_usd__gte=0), name="budget_limit_non_negative")
+            models.CheckConstraint(condition=Q(limit_usd__gte=0), name="budget_limit_non_negative"),
+            # "Each end user" and "this one end user" do not combine.
+            models.CheckConstraint(
+                condition=Q(per_end_user=False) | Q(end_user=""),
+                name="budget_per_end_user_or_one_user",
+                violation_error_message="A budget covers either each end user or one end user "
+                "(end user set), not both.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -364,10 +377,18 @@ class BudgetPolicy(models.Model):
 
 
 class BudgetUsage(models.Model):
-    """Running totals of one policy for one period window; the row a reservation locks."""
+    """Running totals of one policy for one period window (of one end user, for a policy
+    set per end user); the row a reservation locks."""
 
     policy = models.ForeignKey(BudgetPolicy, on_delete=models.CASCADE, related_name="usage")
     period_start = models.DateField()
+    end_user = models.CharField(
+        max_length=256,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Set for a per-end-user policy",
+    )
     reserved_usd = usd_field(default=ZERO)
     spent_usd = usd_field(default=ZERO)
     updated_at = models.DateTimeField(auto_now=True)
@@ -375,7 +396,7 @@ class BudgetUsage(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["policy", "period_start"], name="budgetusage_unique_window"
+                fields=["policy", "period_start", "end_user"], name="budgetusage_unique_window"
             ),
             models.CheckConstraint(
                 condition=Q(reserved_usd__gte=0) & Q(spent_usd__gte=0),
@@ -384,7 +405,8 @@ class BudgetUsage(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.policy} from {self.period_start}"
+        who = f" for {self.end_user!r}" if self.end_user else ""
+        return f"{self.policy} from {self.period_start}{who}"
 
 
 class BudgetAlert(models.Model):
@@ -393,6 +415,13 @@ class BudgetAlert(models.Model):
 
     policy = models.ForeignKey(BudgetPolicy, on_delete=models.CASCADE, related_name="alerts")
     period_start = models.DateField()
+    end_user = models.CharField(
+        max_length=256,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Set for a per-end-user policy",
+    )
     threshold = models.PositiveSmallIntegerField(help_text="Percent of the limit")
     spent_usd = usd_field()
     limit_usd = usd_field()
@@ -406,7 +435,8 @@ class BudgetAlert(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["policy", "period_start", "threshold"], name="budgetalert_once_per_period"
+                fields=["policy", "period_start", "end_user", "threshold"],
+                name="budgetalert_once_per_period",
             )
         ]
         indexes = [models.Index(fields=["delivered_at"], name="budgetalert_pending")]

@@ -327,6 +327,16 @@ class BudgetOut(serializers.Serializer):
         child=serializers.DictField(), required=False, help_text="Raised this period"
     )
     end_user = serializers.CharField(allow_blank=True, required=False)
+    per_end_user = serializers.BooleanField(
+        required=False, help_text="Each end user of the team or key has this limit on their own"
+    )
+    end_users = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        help_text="Per-end-user budget: each end user's window this period (end_user, spent_usd, "
+        "reserved_usd, left_usd), closest to the limit first; spent/reserved/left above are "
+        "the first's",
+    )
     api_key = serializers.CharField(allow_null=True, help_text="Prefix of the key it covers")
     period = serializers.ChoiceField(choices=BudgetPolicy.Period.choices)
     mode = serializers.ChoiceField(choices=BudgetPolicy.Mode.choices)
@@ -363,6 +373,12 @@ class BudgetCreateInput(serializers.Serializer):
         default="",
         max_length=256,
         help_text="Only this end user's queries (the OpenAI `user` they name); empty: all",
+    )
+    per_end_user = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Each end user (the OpenAI `user` a request names) of the team or key gets "
+        "limit_usd per period on their own; not with end_user",
     )
     enabled = StrictBooleanField(required=False, default=True)
     alert_thresholds = serializers.ListField(

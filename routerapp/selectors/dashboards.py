@@ -282,7 +282,10 @@ def spend_over_time(*, team: Team, filters: DashboardFilters) -> dict[str, Any]:
         _rows(team, filters).values_list("day").annotate(s=Sum("cost_usd")).values_list("day", "s")
     )
     spend = [per_day.get(d, ZERO) for d in days]
-    policies = BudgetPolicy.objects.filter(team=team, enabled=True).select_related("api_key")
+    # A per-end-user budget has a window per user: the "Spend by end user" panel shows them.
+    policies = BudgetPolicy.objects.filter(
+        team=team, enabled=True, per_end_user=False
+    ).select_related("api_key")
     if filters.api_key is not None:
         policies = policies.filter(Q(api_key__isnull=True) | Q(api_key_id=filters.api_key))
     budgets = []

@@ -59,7 +59,10 @@ def budget_alerts_raise(*, usage_ids: list[int]) -> list[BudgetAlert]:
             continue
         existing = set(
             BudgetAlert.objects.filter(
-                policy=policy, period_start=usage.period_start, threshold__in=crossed
+                policy=policy,
+                period_start=usage.period_start,
+                end_user=usage.end_user,
+                threshold__in=crossed,
             ).values_list("threshold", flat=True)
         )
         for threshold in crossed:
@@ -69,6 +72,7 @@ def budget_alerts_raise(*, usage_ids: list[int]) -> list[BudgetAlert]:
                 alert, created = BudgetAlert.objects.get_or_create(
                     policy=policy,
                     period_start=usage.period_start,
+                    end_user=usage.end_user,
                     threshold=threshold,
                     defaults={"spent_usd": usage.spent_usd, "limit_usd": policy.limit_usd},
                 )
@@ -94,7 +98,9 @@ def alert_payload(alert: BudgetAlert) -> dict[str, Any]:
         "budget": policy.name,
         "budget_id": policy.pk,
         "api_key": policy.api_key.prefix if policy.api_key else None,
-        "end_user": policy.end_user or None,
+        # The end user the policy covers, or (a per-end-user policy) whose window crossed.
+        "end_user": alert.end_user or policy.end_user or None,
+        "per_end_user": policy.per_end_user,
         "period": policy.period,
         "period_start": alert.period_start.isoformat(),
         "threshold_percent": alert.threshold,
@@ -170,7 +176,8 @@ def _deliver(alert: BudgetAlert) -> bool:
     if addresses and not email_status.startswith("sent"):
         spent = Decimal(payload["spent_usd"]).normalize()
         subject = (
-            f"[costpass] budget '{policy.name}' of team {policy.team.name} reached "
+            f"[costpass] budget '{policy.name}' of team {policy.team.name}"
+            f"{f' (end user {alert.end_user})' if alert.end_user else ''} reached "
             f"{alert.threshold}% (${spent:f} of ${policy.limit_usd.normalize():f})"
         )
         try:

@@ -155,6 +155,7 @@ class Attempts:
                     api_key=query.api_key,
                     amount=missing,
                     policies=policies_for(query.team, query.api_key, query.end_user),
+                    end_user=query.end_user,
                 )
                 if sorted(reservation.usage_ids) != sorted(query.budget_windows or []):
                     # A new budget window (period rolled over): the query settles in its own.

@@ -3,6 +3,10 @@
 A reservation is one conditional UPDATE per policy window (`reserved + amount` is added only while
 `spent + reserved + amount <= limit`), so concurrent requests cannot overspend a hard budget on
 Postgres or SQLite without any lock held between the check and the write.
+
+A policy set ``per_end_user`` gives each end user (the OpenAI ``user`` a request names) of its
+team or key a window of their own, keyed by that name: the same conditional UPDATE on that
+user's row, so one user's concurrent requests cannot overspend their share either.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def policies_for(team: Team, api_key: ApiKey | None, end_user: str = "") -> list
     return list(BudgetPolicy.objects.filter(scope, users, team=team, enabled=True).order_by("id"))
 
 
+def window_user(policy: BudgetPolicy, end_user: str) -> str:
+    """Return the end user whose window of ``policy`` a request is charged to: its own for a
+    per-end-user policy ("" when it names none: those requests share one), else ""."""
+    return end_user if policy.per_end_user else ""
+
+
 @dataclass
 class BudgetHeadroom:
     policy: BudgetPolicy
@@ -64,9 +74,11 @@ class Reservation:
     soft_flags: list[str] = field(default_factory=list)
 
 
-def _window(policy: BudgetPolicy, now: dt.datetime) -> BudgetUsage:
+def _window(policy: BudgetPolicy, now: dt.datetime, end_user: str = "") -> BudgetUsage:
     usage, _ = BudgetUsage.objects.get_or_create(
-        policy=policy, period_start=period_start(policy.period, now)
+        policy=policy,
+        period_start=period_start(policy.period, now),
+        end_user=window_user(policy, end_user),
     )
     return usage
 
@@ -77,12 +89,14 @@ def budget_headroom(
     api_key: ApiKey | None,
     now: dt.datetime | None = None,
     policies: list[BudgetPolicy] | None = None,
+    end_user: str = "",
 ) -> list[BudgetHeadroom]:
-    """Return each covering policy with its current window, hard policies first."""
+    """Return each covering policy with its current window (``end_user``'s, for a policy set
+    per end user), hard policies first."""
     now = now or timezone.now()
     if policies is None:
-        policies = policies_for(team, api_key)
-    rows = [BudgetHeadroom(p, _window(p, now)) for p in policies]
+        policies = policies_for(team, api_key, end_user)
+    rows = [BudgetHeadroom(p, _window(p, now, end_user)) for p in policies]
     return sorted(rows, key=lambda r: (not r.policy.is_hard, r.policy.id))
 
 
@@ -92,11 +106,14 @@ def hard_budget_left(
     api_key: ApiKey | None,
     now: dt.datetime | None = None,
     policies: list[BudgetPolicy] | None = None,
+    end_user: str = "",
 ) -> Decimal | None:
     """Return the smallest amount left under the hard budgets, or None when none applies."""
     lefts = [
         h.left_usd
-        for h in budget_headroom(team=team, api_key=api_key, now=now, policies=policies)
+        for h in budget_headroom(
+            team=team, api_key=api_key, now=now, policies=policies, end_user=end_user
+        )
         if h.policy.is_hard
     ]
     return min(lefts) if lefts else None
@@ -109,28 +126,32 @@ def budget_reserve(
     amount: Decimal,
     now: dt.datetime | None = None,
     policies: list[BudgetPolicy] | None = None,
+    end_user: str = "",
 ) -> Reservation:
-    """Reserve `amount` USD under every covering policy, or raise BudgetExceeded naming the
-    first hard policy that cannot cover it. Must run inside the transaction that creates the
-    query, so a rejected or failed request leaves nothing reserved. ``policies`` (default: the
-    covering ones, ``policies_for``) saves a query when the caller has them already."""
+    """Reserve `amount` USD under every covering policy (in ``end_user``'s own window for a
+    policy set per end user), or raise BudgetExceeded naming the first hard policy that
+    cannot cover it. Must run inside the transaction that creates the query, so a rejected or
+    failed request leaves nothing reserved. ``policies`` (default: the covering ones,
+    ``policies_for``) saves a query when the caller has them already."""
     if amount < 0:
         raise ValueError("a reservation cannot be negative")
     now = now or timezone.now()
     reservation = Reservation(amount=amount)
     if policies is None:
-        policies = policies_for(team, api_key)
+        policies = policies_for(team, api_key, end_user)
     for policy in policies:
-        usage_id = _reserve_fast(policy, now, amount)
+        usage_id = _reserve_fast(policy, now, amount, end_user)
         if usage_id is None:
-            usage_id = _reserve(policy, now, amount, team, reservation)
+            usage_id = _reserve(policy, now, amount, team, reservation, end_user)
         elif not policy.is_hard:
             _flag_soft(policy, usage_id, team, reservation)
         reservation.usage_ids.append(usage_id)
     return reservation
 
 
-def _reserve_fast(policy: BudgetPolicy, now: dt.datetime, amount: Decimal) -> int | None:
+def _reserve_fast(
+    policy: BudgetPolicy, now: dt.datetime, amount: Decimal, end_user: str = ""
+) -> int | None:
     """On Postgres, reserve in an existing window with one `UPDATE ... RETURNING id` (the
     same condition as `_reserve`); return the window's id, or None to take the general path
     (no window yet, the budget cannot cover it, or another database)."""
@@ -139,9 +160,15 @@ def _reserve_fast(policy: BudgetPolicy, now: dt.datetime, amount: Decimal) -> in
     table = BudgetUsage._meta.db_table
     sql = (
         f'UPDATE "{table}" SET "reserved_usd" = "reserved_usd" + %s, "updated_at" = %s '
-        'WHERE "policy_id" = %s AND "period_start" = %s'
+        'WHERE "policy_id" = %s AND "period_start" = %s AND "end_user" = %s'
     )
-    params: list[Any] = [amount, now, policy.pk, period_start(policy.period, now)]
+    params: list[Any] = [
+        amount,
+        now,
+        policy.pk,
+        period_start(policy.period, now),
+        window_user(policy, end_user),
+    ]
     if policy.is_hard:
         sql += ' AND "spent_usd" <= %s - %s - "reserved_usd"'
         params += [policy.limit_usd, amount]
@@ -152,11 +179,16 @@ def _reserve_fast(policy: BudgetPolicy, now: dt.datetime, amount: Decimal) -> in
 
 
 def _reserve(
-    policy: BudgetPolicy, now: dt.datetime, amount: Decimal, team: Team, reservation: Reservation
+    policy: BudgetPolicy,
+    now: dt.datetime,
+    amount: Decimal,
+    team: Team,
+    reservation: Reservation,
+    end_user: str = "",
 ) -> int:
     """Reserve under one policy (creating its window if needed); raise BudgetExceeded when a
     hard policy cannot cover it. Return the window's id."""
-    usage = _window(policy, now)
+    usage = _window(policy, now, end_user)
     rows = BudgetUsage.objects.filter(pk=usage.pk)
     if policy.is_hard:
         fits = rows.filter(spent_usd__lte=policy.limit_usd - amount - F("reserved_usd")).update(
@@ -166,7 +198,8 @@ def _reserve(
             usage.refresh_from_db()
             left = max(ZERO, policy.limit_usd - usage.spent_usd - usage.reserved_usd)
             raise BudgetExceeded(
-                f"budget '{policy.name}' ({policy.get_period_display().lower()}, "
+                f"budget '{policy.name}' ({policy.get_period_display().lower()}"
+                f"{_whose(policy, usage.end_user)}, "
                 f"limit ${policy.limit_usd.normalize():f}) has ${left.normalize():f} left; "
                 f"this request may cost up to ${amount.normalize():f}",
                 param="budget",
@@ -175,6 +208,13 @@ def _reserve(
         rows.update(reserved_usd=F("reserved_usd") + amount)
         _flag_soft(policy, usage.pk, team, reservation)
     return usage.pk
+
+
+def _whose(policy: BudgetPolicy, end_user: str) -> str:
+    """The window a per-end-user policy refused, for its error message."""
+    if not policy.per_end_user:
+        return ""
+    return f", end user {end_user!r}" if end_user else ", requests naming no end user"
 
 
 def _flag_soft(policy: BudgetPolicy, usage_id: int, team: Team, reservation: Reservation) -> None:
@@ -200,6 +240,7 @@ AUDITED_POLICY_FIELDS = [
     "name",
     "api_key",
     "end_user",
+    "per_end_user",
     "period",
     "limit_usd",
     "mode",
@@ -232,6 +273,12 @@ def _check_policy_values(*, team: Team, values: dict) -> None:
         )
     if len(values.get("end_user") or "") > 256:
         raise InvalidInput("end_user must be at most 256 characters", param="end_user")
+    if values.get("per_end_user") and values.get("end_user"):
+        raise InvalidInput(
+            "a budget covers either each end user (per_end_user) or one end user (end_user), "
+            "not both",
+            param="per_end_user",
+        )
     if "name" in values and not str(values["name"]).strip():
         raise InvalidInput("a budget needs a name", param="name")
     key = values.get("api_key")
@@ -252,14 +299,17 @@ def budget_policy_create(
     actor: Any = None,
     actor_api_key: ApiKey | None = None,
     end_user: str = "",
+    per_end_user: bool = False,
     alert_thresholds: list[int] | None = None,
     alert_webhook_url: str = "",
     alert_emails: str = "",
 ) -> BudgetPolicy:
     """Create a budget policy for the team (or one of its keys, or one end user of it: the
-    OpenAI `user` its requests name); the audit log records it."""
+    OpenAI `user` its requests name; or, ``per_end_user``, each end user of the team or key
+    on their own); the audit log records it."""
     values = {
         "end_user": (end_user or "").strip(),
+        "per_end_user": bool(per_end_user),
         "alert_thresholds": list(alert_thresholds or []),
         "alert_webhook_url": alert_webhook_url,
         "alert_emails": alert_emails,
@@ -343,7 +393,8 @@ def budget_reserve_more(*, usage_ids: list[int], amount: Decimal) -> None:
             usage.refresh_from_db()
             left = max(ZERO, policy.limit_usd - usage.spent_usd - usage.reserved_usd)
             raise BudgetExceeded(
-                f"budget '{policy.name}' ({policy.get_period_display().lower()}, "
+                f"budget '{policy.name}' ({policy.get_period_display().lower()}"
+                f"{_whose(policy, usage.end_user)}, "
                 f"limit ${policy.limit_usd.normalize():f}) has ${left.normalize():f} left; "
                 f"a new run may cost up to ${amount.normalize():f} more than was reserved",
                 param="budget",

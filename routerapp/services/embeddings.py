@@ -114,18 +114,27 @@ def embeddings_create(
             f"input has {chars} characters; the limit is {settings.MAX_PROMPT_CHARS}",
             param="input",
         )
+    end_user = options.get("user") or ""
+    if not isinstance(end_user, str) or len(end_user.strip()) > 256:
+        raise InvalidInput("user must be a string of at most 256 characters", param="user")
+    end_user = end_user.strip()
     prices = endpoint_prices(endpoint)
     worst = cost_of_tokens(bound, 0, prices)
     texts = [i for i in inputs if isinstance(i, str)]
     with transaction.atomic():
         reservation = budget_reserve(
-            team=team, api_key=api_key, amount=worst, policies=policies_for(team, api_key)
+            team=team,
+            api_key=api_key,
+            amount=worst,
+            policies=policies_for(team, api_key, end_user),
+            end_user=end_user,
         )
         query = Query.objects.create(
             status=Query.Status.RUNNING,
             started_at=timezone.now(),
             team=team,
             api_key=api_key,
+            end_user=end_user,
             source=Query.Source.EMBEDDINGS,
             prompt="\n".join(texts)[: settings.MAX_PROMPT_CHARS],
             decision={"kind": "embeddings", "model": endpoint.name, "inputs": len(inputs)},

@@ -198,13 +198,16 @@ def query_create(
             task,
             tokens_bound,
             downgrade_on_budget,
+            end_user=end_user,
         )
         if span is not None:
             span.set_attributes(_route_attributes(team, decision))
     configuration = decision.configuration
     reserve = worst_case_cost(configuration, tokens_bound, options)
     with tracing.span("costpass.budget.reserve") as span:
-        reservation = budget_reserve(team=team, api_key=api_key, amount=reserve, policies=policies)
+        reservation = budget_reserve(
+            team=team, api_key=api_key, amount=reserve, policies=policies, end_user=end_user
+        )
         if span is not None:
             span.set_attributes(
                 {
@@ -336,6 +339,8 @@ def _within_budget(
     task: str,
     tokens_bound: int,
     downgrade: bool | None,
+    *,
+    end_user: str = "",
 ) -> RoutingDecision:
     """Re-ask the router with what is left when a downgrading hard budget cannot cover it."""
     if not policies:
@@ -344,7 +349,7 @@ def _within_budget(
         downgrade = any(p.mode == BudgetPolicy.Mode.HARD_DOWNGRADE for p in policies)
     if not downgrade:
         return decision
-    left = hard_budget_left(team=team, api_key=api_key, policies=policies)
+    left = hard_budget_left(team=team, api_key=api_key, policies=policies, end_user=end_user)
     if (
         left is None
         or worst_case_cost(decision.configuration, tokens_bound, constraints.options) <= left

@@ -21,6 +21,7 @@ from django.shortcuts import render
 from routerapp import charts
 from routerapp.models import Team
 from routerapp.selectors import dashboards as D
+from routerapp.selectors.budgets import end_user_budgets_left
 from routerapp.templatetags.ui import ms, num, pct, usd
 from routerapp.views.common import team_view
 from routerapp.views.forms import FilterForm
@@ -278,9 +279,24 @@ def _by(dimension: str, label: str, empty_key: str) -> Callable[[Team, D.Dashboa
         rows = D.spend_by_end_user_or_tag(team=team, filters=f, dimension=dimension)
         if not rows:
             return Panel(empty=NO_QUERIES)
+        columns = [label, "queries", "USD", "USD / query", "tokens", "graded", "accuracy"]
+        note = (
+            f"The {D.TOP_GROUPS} dearest, from the query log. The usage API "
+            f"(GET /api/v1/usage?group_by={dimension}) filters and exports them as CSV too."
+        )
+        budgets: dict[str, Any] = {"budgets": [], "left": {}}
+        if dimension == "user":
+            budgets = end_user_budgets_left(team=team, end_users=[r["key"] for r in rows])
+        if budgets["budgets"]:
+            columns.append("budget left this period")
+            note += (
+                " Budget left: under the tightest per-end-user budget ("
+                + ", ".join(budgets["budgets"])
+                + "); requests that name no user share one window."
+            )
         return Panel(
             figures=[charts.spend_by_group_figure(rows, label, empty_key)],
-            columns=[label, "queries", "USD", "USD / query", "tokens", "graded", "accuracy"],
+            columns=columns,
             rows=[
                 [
                     r["key"] or empty_key,
@@ -291,10 +307,10 @@ def _by(dimension: str, label: str, empty_key: str) -> Callable[[Team, D.Dashboa
                     num(r["graded"]),
                     pct(r["correct"] / r["graded"]) if r["graded"] else "—",
                 ]
+                + ([usd(budgets["left"][r["key"]])] if budgets["budgets"] else [])
                 for r in rows
             ],
-            note=f"The {D.TOP_GROUPS} dearest, from the query log. The usage API "
-            f"(GET /api/v1/usage?group_by={dimension}) filters and exports them as CSV too.",
+            note=note,
         )
 
     return build
