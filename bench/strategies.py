@@ -65,6 +65,13 @@ def _configs(k: int, max_tokens: int) -> list[tuple[str, str, dict[str, Any]] | 
             {**common, "k": k, "window": min(2, k), "rule": "beta", "threshold": 0.95},
         ),
         (
+            # The rule tuned on the fit half of the public repeated samples
+            # (bench/adaptive_sim.py --tune), in windows of 2 (each window re-reads the prompt).
+            f"adaptive_consistency@{k}(beta0.6,w2)",
+            "adaptive_consistency",
+            {**common, "k": k, "window": min(2, k), "rule": "beta", "threshold": 0.6},
+        ),
+        (
             f"adaptive_consistency@{k}(esc,w2)",
             "adaptive_consistency",
             {**common, "k": k, "window": min(2, k), "min_samples": 2, "rule": "esc"},
