@@ -256,10 +256,27 @@ def _options(body: dict[str, Any], kind: str) -> RequestOptions:
         fmt = body.get("response_format")
         if fmt is not None and fmt.get("type") != "text":
             data["response_format"] = dict(fmt)
+        for i, tool in enumerate(body.get("tools") or []):
+            # A custom tool's call (free-form input) has no place in the tool calls engines
+            # return, votes compare and the Responses API sends back: refused, not mangled.
+            if tool.get("type") != "function":
+                raise InvalidInput(
+                    f"tools of type {tool.get('type')!r} are not supported by this gateway "
+                    "(function tools only)",
+                    param=f"tools[{i}].type",
+                    code="unsupported_parameter",
+                )
         if body.get("tools"):
             data["tools"] = [dict(t) for t in body["tools"]]
-        if body.get("tool_choice") is not None:
-            data["tool_choice"] = body["tool_choice"]
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "custom":
+            raise InvalidInput(
+                "custom tools are not supported by this gateway (function tools only)",
+                param="tool_choice",
+                code="unsupported_parameter",
+            )
+        if choice is not None:
+            data["tool_choice"] = choice
     else:
         if body.get("logprobs") is not None:
             data["logprobs"] = True

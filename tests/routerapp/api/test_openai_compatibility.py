@@ -408,6 +408,22 @@ def test_voting_compares_canonical_json_and_tool_calls(  # type: ignore[no-untyp
     assert json.loads(call.function.arguments) == {"a": 4, "b": 4}
     assert r.choices[0].finish_reason == "tool_calls"
     _billed(r)
+    # The Responses API votes the same way: function tools and text.format become the same
+    # request fields, the winning call a function_call item; every sample billed.
+    tool = {"type": "function", **ADD_TOOL["function"]}
+    resp = client.responses.create(
+        model="auto", input="What is 2+2?", tools=[tool], extra_body={"strategy": "majority_vote"}
+    )
+    assert resp.model == "capable/vote3" and sorted(_ext(resp)["votes"].values()) == [1.0, 2.0]
+    assert [o.type for o in resp.output] == ["function_call"]
+    assert json.loads(resp.output[0].arguments) == {"a": 4, "b": 4}
+    voted = Query.objects.get(pk=_ext(resp)["query_id"])
+    assert (
+        resp.usage.output_tokens
+        == voted.completion_tokens
+        == sum(s.completion_tokens for s in Sample.objects.filter(query=voted))
+    )
+    assert voted.samples_done == 3 and Decimal(_ext(resp)["cost_usd"]) == voted.cost_usd > 0
     # Sampling fields bound every sample of a multi-sample configuration (and its reservation).
     r = client.chat.completions.create(
         model="auto", messages=QUESTION, max_tokens=2, extra_body={"strategy": "majority_vote"}

@@ -103,3 +103,21 @@ def test_an_assistant_refusal_is_kept_as_what_it_said() -> None:
         "Still no.",
         "Please?",
     ]
+
+
+def test_custom_tools_are_refused_not_mangled_into_function_calls() -> None:
+    custom = {"type": "custom", "custom": {"name": "grep"}}
+    with pytest.raises(InvalidInput) as raised:
+        parse_request({"messages": QUESTION, "tools": [custom]}, CHAT)
+    assert raised.value.param == "tools[0].type"
+    tool = {"type": "function", "function": {"name": "add"}}
+    with pytest.raises(InvalidInput) as raised:
+        parse_request(
+            {
+                "messages": QUESTION,
+                "tools": [tool],
+                "tool_choice": {"type": "custom", "custom": {"name": "grep"}},
+            },
+            CHAT,
+        )
+    assert raised.value.param == "tool_choice"
