@@ -81,3 +81,12 @@ def test_too_few_runs_keep_the_threshold():
                                           "runs, got 0"}  # fmt: skip
     sc.refresh_from_db()
     assert sc.params["threshold"] == 0.3
+
+
+def test_a_router_fit_from_the_log_refits_the_threshold_too():
+    from routerapp.services.routers import _refit_difficulty_classifiers
+
+    sc = logged_cascade("casc-hook", learn=True)
+    _refit_difficulty_classifiers()  # what router_version_fit runs after a fit from the log
+    sc.refresh_from_db()
+    assert sc.params["threshold"] == pytest.approx(0.65) and sc.params["threshold_fitted_on"] == 30
