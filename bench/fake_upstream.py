@@ -475,6 +475,9 @@ class Upstream:
                 for j, piece in enumerate(pieces):
                     delta = ({"role": "assistant"} if j == 0 else {}) | {"tool_calls": [piece]}
                     emit({"index": ci, "delta": delta, "finish_reason": None})
+                    if self.delay:  # a call's pieces come over time, as tokens do
+                        await writer.drain()
+                        await asyncio.sleep(self.delay)
                 record["tokens"] += len(c.tokens)
                 continue
             lp = c.chat_logprobs(k)["content"] if (want_lp and chat) else None

@@ -226,8 +226,10 @@ def chunk(
     index: int = 0,
     tool_calls: list[dict[str, Any]] | None = None,
     logprobs: dict[str, Any] | None = None,
+    call_deltas: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One `chat.completion.chunk` (or streamed `text_completion`)."""
+    """One `chat.completion.chunk` (or streamed `text_completion`): ``tool_calls`` are whole
+    calls, ``call_deltas`` the streamed pieces of calls (each with its ``index``)."""
     body: dict[str, Any] = {
         "id": completion_id(query, kind),
         "object": "chat.completion.chunk" if kind == CHAT else "text_completion",
@@ -245,6 +247,8 @@ def chunk(
             delta["content"] = content
         if tool_calls:
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+        elif call_deltas:
+            delta["tool_calls"] = call_deltas
         body["choices"] = [
             {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
         ]

@@ -199,7 +199,8 @@ def stream_events_start(query: Query, *, inline: bool) -> Iterator[Any]:
 def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any]) -> Iterator[bytes]:
     """The SSE body. A strategy that draws independent samples and returns them (one sample,
     or OpenAI's ``n``: one per choice) streams each sample's token deltas as they come, as
-    choice ``index``, each chunk with its tokens' log-probs when asked; a strategy that draws
+    choice ``index``, each chunk with its tokens' log-probs when asked and tool-call deltas as
+    they come; a strategy that draws
     several samples to choose one (votes, best-of, cascades) sends the chosen answer whole
     at the end. Then any text (and log-probs) not streamed yet (what a strategy
     post-processed) and tool calls, each choice's finish chunk (the last carrying
@@ -214,6 +215,7 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
     # streams is it.
     streamed: dict[int, list[str]] = {}
     entries_sent: dict[int, list[dict[str, Any]]] = {}
+    calls_streamed: set[int] = set()  # choices whose tool calls went out as deltas
     first: int | None = None
 
     def logprobs_of(choice: int, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -243,13 +245,16 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
                     choice = event.index if 0 <= event.index < n else None
                 if choice is not None:
                     streamed.setdefault(choice, []).append(event.text)
+                    if event.tool_calls:
+                        calls_streamed.add(choice)
                     yield fmt.sse(
                         fmt.chunk(
                             query,
                             kind,
-                            content=event.text,
+                            content=event.text if event.text or not event.tool_calls else None,
                             index=choice,
                             logprobs=logprobs_of(choice, list(event.logprobs)),
+                            call_deltas=list(event.tool_calls) or None,
                         )
                     )
             elif event.kind == IDLE:
@@ -278,7 +283,7 @@ def _stream(query: Query, kind: str, include_usage: bool, events: Iterator[Any])
                 rest = text[len(sent) :]
             else:  # the strategy post-processed the text it streamed; the extension has it
                 rest = ""
-            calls = sample.tool_calls if sample is not None else None
+            calls = sample.tool_calls if sample is not None and i not in calls_streamed else None
             # The log-probs of tokens not streamed yet (all of them when nothing streamed).
             unsent: list[dict[str, Any]] = []
             if wants_logprobs and sample is not None:

@@ -176,14 +176,13 @@ def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterator[bytes]:
-    """The Responses event stream: created, in_progress; the message item and its text part
-    when the first text arrives, a text delta per token of a one-sample query with its
-    tokens' log-probs when asked (the chosen answer at once otherwise) and the text's done
-    events; then one function_call item per
-    tool call (added, its arguments as a delta and done, item done: tool calls are known
-    whole when the sample ends); then response.completed with usage and the real cost (or
-    response.failed). A client that goes away cancels its query; what was generated is
-    billed."""
+    """The Responses event stream: created, in_progress; then, as a one-sample query
+    generates them, the message item (with its text part, a text delta per token carrying
+    its log-probs when asked) and one function_call item per tool call (added when the call
+    starts, its arguments as function_call_arguments deltas); a multi-sample strategy's
+    chosen answer comes whole at the end. Then each item's done events and
+    response.completed with usage and the real cost (or response.failed). A client that
+    goes away cancels its query; what was generated is billed."""
     seq = 0
 
     def ev(kind: str, **fields: Any) -> bytes:
@@ -196,18 +195,25 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
     streamed: list[str] = []
     index: int | None = None
     over = False
-    opened = False  # the message item and its text part were announced
+    next_index = 0  # the output index of the next item opened
+    message_at: int | None = None  # the message item's output index, once opened
     part = {"type": "output_text", "text": "", "annotations": []}
+    # Function calls opened while streaming, by their index in the sample's tool calls:
+    # output index, item id, arguments sent.
+    call_at: dict[int, int] = {}
+    call_args: dict[int, list[str]] = {}
 
     def open_message() -> Iterator[bytes]:
-        nonlocal opened
-        opened = True
+        nonlocal message_at, next_index
+        message_at, next_index = next_index, next_index + 1
         item = rfmt.message_item(query, "", status="in_progress")
-        yield ev("response.output_item.added", output_index=0, item={**item, "content": []})
+        yield ev(
+            "response.output_item.added", output_index=message_at, item={**item, "content": []}
+        )
         yield ev(
             "response.content_part.added",
             item_id=item_id,
-            output_index=0,
+            output_index=message_at,
             content_index=0,
             part=part,
         )
@@ -219,10 +225,31 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
         return ev(
             "response.output_text.delta",
             item_id=item_id,
-            output_index=0,
+            output_index=message_at,
             content_index=0,
             delta=text,
             logprobs=logprobs,
+        )
+
+    def open_call(j: int, call_id: str, name: str) -> bytes:
+        nonlocal next_index
+        call_at[j], next_index = next_index, next_index + 1
+        call_args[j] = []
+        item = rfmt.function_call_item(
+            query,
+            j,
+            {"id": call_id, "function": {"name": name, "arguments": ""}},
+            status="in_progress",
+        )
+        return ev("response.output_item.added", output_index=call_at[j], item=item)
+
+    def args_delta(j: int, piece: str) -> bytes:
+        call_args[j].append(piece)
+        return ev(
+            "response.function_call_arguments.delta",
+            item_id=rfmt.function_call_id(query, j),
+            output_index=call_at[j],
+            delta=piece,
         )
 
     try:
@@ -235,11 +262,20 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
             if event.kind == TOKEN and single:
                 if index is None:
                     index = event.index
-                if event.index == index:
-                    if not opened:
+                if event.index != index:
+                    continue
+                if event.text or event.logprobs:
+                    if message_at is None:
                         yield from open_message()
                     streamed.append(event.text)
                     yield text_delta(event.text, list(event.logprobs))
+                for delta in event.tool_calls:
+                    j = int(delta.get("index", 0))
+                    function = delta.get("function") or {}
+                    if j not in call_at:
+                        yield open_call(j, str(delta.get("id") or ""), function.get("name", ""))
+                    if function.get("arguments"):
+                        yield args_delta(j, str(function["arguments"]))
             elif event.kind == IDLE:
                 yield b": keep-alive\n\n"
             elif event.kind == END:
@@ -262,9 +298,8 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
             return
         sample = rfmt.chosen_sample(samples)
         calls = (sample.tool_calls if sample is not None else None) or []
-        at = 0  # the output index of the next item
-        if final.answer or not calls or opened:
-            if not opened:
+        if final.answer or not calls or message_at is not None:
+            if message_at is None:
                 yield from open_message()
             sent = "".join(streamed)
             rest = final.answer[len(sent) :] if final.answer.startswith(sent) else ""
@@ -275,7 +310,7 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
             yield ev(
                 "response.output_text.done",
                 item_id=item_id,
-                output_index=0,
+                output_index=message_at,
                 content_index=0,
                 text=final.answer,
                 logprobs=logprobs,
@@ -283,37 +318,31 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
             yield ev(
                 "response.content_part.done",
                 item_id=item_id,
-                output_index=0,
+                output_index=message_at,
                 content_index=0,
                 part={**part, "text": final.answer, "logprobs": logprobs},
             )
             yield ev(
                 "response.output_item.done",
-                output_index=0,
+                output_index=message_at,
                 item=rfmt.message_item(final, final.answer, logprobs=logprobs),
             )
-            at = 1
         for j, call in enumerate(calls):
             item = rfmt.function_call_item(final, j, call)
-            yield ev(
-                "response.output_item.added",
-                output_index=at + j,
-                item={**item, "arguments": "", "status": "in_progress"},
-            )
-            yield ev(
-                "response.function_call_arguments.delta",
-                item_id=item["id"],
-                output_index=at + j,
-                delta=item["arguments"],
-            )
+            if j not in call_at:  # not streamed (a multi-sample strategy's choice)
+                yield open_call(j, item["call_id"], item["name"])
+            sent = "".join(call_args[j])
+            rest = item["arguments"][len(sent) :] if item["arguments"].startswith(sent) else ""
+            if rest:
+                yield args_delta(j, rest)
             yield ev(
                 "response.function_call_arguments.done",
                 item_id=item["id"],
-                output_index=at + j,
+                output_index=call_at[j],
                 name=item["name"],
                 arguments=item["arguments"],
             )
-            yield ev("response.output_item.done", output_index=at + j, item=item)
+            yield ev("response.output_item.done", output_index=call_at[j], item=item)
         body = rfmt.response_body(final, samples, echo)
         kind = "response.completed" if body["status"] == "completed" else "response.incomplete"
         yield ev(kind, response=body)

@@ -329,9 +329,11 @@ class _Run:
             return
         text = getattr(event, "text", None)
         logprobs = getattr(event, "logprobs", None)
-        if isinstance(text, str) and (text or logprobs):  # a token delta of one sample
+        calls = getattr(event, "tool_calls", None)
+        if isinstance(text, str) and (text or logprobs or calls):  # a delta of one sample
             self.tokens_sent += 1
-            self.events.token(self.offset + int(getattr(event, "index", 0)), text, logprobs)
+            index = self.offset + int(getattr(event, "index", 0))
+            self.events.token(index, text, logprobs, calls)
         elif isinstance(event, SampleStarted):  # sent to the engine: it may bill from now on
             self.events.start(self.offset + int(event.index))
 

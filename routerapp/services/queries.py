@@ -627,9 +627,10 @@ class _InlineEvents:
             return
         text = getattr(event, "text", None)
         logprobs = getattr(event, "logprobs", None)
-        if self.sink is not None and isinstance(text, str) and (text or logprobs):
+        calls = getattr(event, "tool_calls", None)
+        if self.sink is not None and isinstance(text, str) and (text or logprobs or calls):
             self.tokens_sent += 1
-            self.sink.token(int(getattr(event, "index", 0)), text, logprobs)
+            self.sink.token(int(getattr(event, "index", 0)), text, logprobs, calls)
 
 
 def query_enqueue(*, query: Query) -> None:

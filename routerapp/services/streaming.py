@@ -54,7 +54,7 @@ class QueryEvent:
     """One thing that happened to a query.
 
     ``token``: sample ``index`` generated ``text`` (and, when the request asked for them,
-    OpenAI's ``logprobs`` entries of those tokens); ``sample``: sample ``index`` finished;
+    OpenAI's ``logprobs`` entries of those tokens, and its ``tool_calls`` deltas); ``sample``: sample ``index`` finished;
     ``end``: the query reached ``status`` (done / failed / cancelled); ``idle``: nothing happened
     for a while (a reader's cue to send a keep-alive).
     """
@@ -64,13 +64,18 @@ class QueryEvent:
     text: str = ""
     status: str = ""
     logprobs: tuple[dict[str, Any], ...] = ()
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 class EventSink(Protocol):
     """Where the process running a query publishes its events."""
 
     def token(
-        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+        self,
+        index: int,
+        text: str,
+        logprobs: Sequence[dict[str, Any]] | None = None,
+        tool_calls: Sequence[dict[str, Any]] | None = None,
     ) -> None: ...
 
     def start(self, index: int) -> None: ...
@@ -115,7 +120,11 @@ class NullSink:
     """Publishes nothing (an inline query nobody streams)."""
 
     def token(
-        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+        self,
+        index: int,
+        text: str,
+        logprobs: Sequence[dict[str, Any]] | None = None,
+        tool_calls: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         pass
 
@@ -140,6 +149,7 @@ class RedisSink:
         self.client = client
         self._pending: dict[int, list[str]] = {}
         self._pending_logprobs: dict[int, list[dict[str, Any]]] = {}
+        self._pending_calls: dict[int, list[dict[str, Any]]] = {}
         self._last_flush = 0.0
         self._broken = False
 
@@ -162,22 +172,32 @@ class RedisSink:
         entries = []
         for index, parts in self._pending.items():
             logprobs = self._pending_logprobs.get(index)
-            if not parts and not logprobs:
+            calls = self._pending_calls.get(index)
+            if not parts and not logprobs and not calls:
                 continue
             entry = {"k": TOKEN, "i": str(index), "t": "".join(parts)}
             if logprobs:
                 entry["l"] = json.dumps(logprobs, separators=(",", ":"))
+            if calls:
+                entry["c"] = json.dumps(calls, separators=(",", ":"))
             entries.append(entry)
         self._pending = {}
         self._pending_logprobs = {}
+        self._pending_calls = {}
         return entries
 
     def token(
-        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+        self,
+        index: int,
+        text: str,
+        logprobs: Sequence[dict[str, Any]] | None = None,
+        tool_calls: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self._pending.setdefault(index, []).append(text)
         if logprobs:
             self._pending_logprobs.setdefault(index, []).extend(logprobs)
+        if tool_calls:
+            self._pending_calls.setdefault(index, []).extend(tool_calls)
         now = time.monotonic()
         if now - self._last_flush >= REDIS_FLUSH_S:
             self._last_flush = now
@@ -203,6 +223,7 @@ class CacheSink:
         self.key = _cache_key(query_id)
         self.texts: dict[int, str] = {}
         self.logprobs: dict[int, list[dict[str, Any]]] = {}
+        self.calls: dict[int, list[dict[str, Any]]] = {}
         self.samples: list[int] = []
         self.started: list[int] = []
         self.status = ""
@@ -216,6 +237,7 @@ class CacheSink:
                 {
                     "texts": self.texts,
                     "logprobs": self.logprobs,
+                    "calls": self.calls,
                     "samples": self.samples,
                     "started": self.started,
                     "end": self.status,
@@ -228,11 +250,17 @@ class CacheSink:
         self._last_flush = time.monotonic()
 
     def token(
-        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+        self,
+        index: int,
+        text: str,
+        logprobs: Sequence[dict[str, Any]] | None = None,
+        tool_calls: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.texts[index] = self.texts.get(index, "") + text
         if logprobs:
             self.logprobs.setdefault(index, []).extend(logprobs)
+        if tool_calls:
+            self.calls.setdefault(index, []).extend(tool_calls)
         self._dirty = True
         if time.monotonic() - self._last_flush >= CACHE_FLUSH_S:
             self._write()
@@ -261,9 +289,21 @@ class LocalSink:
         self.queue: queue.Queue[QueryEvent] = queue.Queue()
 
     def token(
-        self, index: int, text: str, logprobs: Sequence[dict[str, Any]] | None = None
+        self,
+        index: int,
+        text: str,
+        logprobs: Sequence[dict[str, Any]] | None = None,
+        tool_calls: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        self.queue.put(QueryEvent(TOKEN, index=index, text=text, logprobs=tuple(logprobs or ())))
+        self.queue.put(
+            QueryEvent(
+                TOKEN,
+                index=index,
+                text=text,
+                logprobs=tuple(logprobs or ()),
+                tool_calls=tuple(tool_calls or ()),
+            )
+        )
 
     def start(self, index: int) -> None:
         pass
@@ -431,8 +471,13 @@ def _decode(fields: dict[bytes, bytes]) -> QueryEvent | None:
     kind = values.get("k")
     if kind == TOKEN:
         logprobs = tuple(json.loads(values["l"])) if values.get("l") else ()
+        calls = tuple(json.loads(values["c"])) if values.get("c") else ()
         return QueryEvent(
-            TOKEN, index=int(values.get("i", 0)), text=values.get("t", ""), logprobs=logprobs
+            TOKEN,
+            index=int(values.get("i", 0)),
+            text=values.get("t", ""),
+            logprobs=logprobs,
+            tool_calls=calls,
         )
     if kind == SAMPLE:
         return QueryEvent(SAMPLE, index=int(values.get("i", 0)))
@@ -445,6 +490,7 @@ def _cache_events(query_id: Any, *, timeout_s: float, idle_s: float) -> Iterator
     key = _cache_key(query_id)
     sent: dict[int, int] = {}
     sent_logprobs: dict[int, int] = {}
+    sent_calls: dict[int, int] = {}
     samples_seen = 0
     deadline = time.monotonic() + timeout_s
     next_db_check = time.monotonic() + DB_CHECK_S
@@ -453,17 +499,25 @@ def _cache_events(query_id: Any, *, timeout_s: float, idle_s: float) -> Iterator
         snapshot = cache.get(key) or {}
         emitted = False
         logprobs = snapshot.get("logprobs") or {}
+        all_calls = snapshot.get("calls") or {}
         for index, text in sorted((snapshot.get("texts") or {}).items()):
             index = int(index)
             done = sent.get(index, 0)
             entries = logprobs.get(index) or []
             done_lp = sent_logprobs.get(index, 0)
-            if len(text) > done or len(entries) > done_lp:
+            calls = all_calls.get(index) or []
+            done_calls = sent_calls.get(index, 0)
+            if len(text) > done or len(entries) > done_lp or len(calls) > done_calls:
                 sent[index] = len(text)
                 sent_logprobs[index] = len(entries)
+                sent_calls[index] = len(calls)
                 emitted = True
                 yield QueryEvent(
-                    TOKEN, index=index, text=text[done:], logprobs=tuple(entries[done_lp:])
+                    TOKEN,
+                    index=index,
+                    text=text[done:],
+                    logprobs=tuple(entries[done_lp:]),
+                    tool_calls=tuple(calls[done_calls:]),
                 )
         samples = snapshot.get("samples") or []
         for index in samples[samples_seen:]:

@@ -122,13 +122,16 @@ class TokenEvent:
     multi-byte character or a possible stop string is held back), its log-prob and the top
     log-probs (descending) when asked for. ``entries``: with ``SamplingConfig.token_texts``,
     OpenAI's ``logprobs.content`` entries of the tokens this event generated (a client that
-    streams log-probs gets them with the text, not at the end)."""
+    streams log-probs gets them with the text, not at the end). ``tool_calls``: OpenAI's
+    streamed tool-call deltas of this event (``index``; ``id``, ``type`` and
+    ``function.name`` on a call's first; ``function.arguments`` pieces), as they come."""
 
     index: int
     text: str
     logprob: float | None = None
     top_logprobs: tuple[float, ...] | None = None
     entries: tuple[dict[str, Any], ...] | None = None
+    tool_calls: tuple[dict[str, Any], ...] | None = None
 
 
 def logprob_entries(

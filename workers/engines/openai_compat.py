@@ -686,8 +686,17 @@ class _HttpStream(GenerationStream):
                     for choice in chunk.get("choices") or []:
                         delta = _delta_text(choice, api)
                         c_lps, c_tops = _choice_logprobs(choice, api, self.sampling.top_logprobs)
-                        if calls.add(choice) and not (delta or c_lps):
+                        call_parts = calls.add(choice)
+                        if call_parts and not (delta or c_lps):
                             chunks += 1  # a tool-call delta is generated text too
+                        if call_parts and self.token_events and not stopping:
+                            self._q.put(
+                                (
+                                    "token",
+                                    slot.index,
+                                    TokenEvent(slot.index, "", tool_calls=call_parts),
+                                )
+                            )
                         entries = None
                         if tokens is not None:
                             c_tokens, c_top_tokens = self._token_texts(choice)
@@ -976,22 +985,28 @@ class _ToolCallDeltas:
     def __init__(self) -> None:
         self.calls: dict[int, dict[str, Any]] = {}
 
-    def add(self, choice: dict) -> bool:
-        """Add a chunk's tool-call deltas; return whether it had any."""
+    def add(self, choice: dict) -> tuple[dict[str, Any], ...]:
+        """Add a chunk's tool-call deltas; return them in OpenAI's delta shape (empty: none)."""
         parts = (choice.get("delta") or {}).get("tool_calls") or []
+        out = []
         for part in parts:
             i = int(part.get("index", len(self.calls)))
             call = self.calls.setdefault(
                 i, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
             )
+            delta: dict[str, Any] = {"index": i, "function": {}}
             if part.get("id"):
                 call["id"] = str(part["id"])
+                delta.update(id=call["id"], type="function")
             function = part.get("function") or {}
             if function.get("name"):
                 call["function"]["name"] += str(function["name"])
+                delta["function"]["name"] = str(function["name"])
             if function.get("arguments"):
                 call["function"]["arguments"] += str(function["arguments"])
-        return bool(parts)
+                delta["function"]["arguments"] = str(function["arguments"])
+            out.append(delta)
+        return tuple(out)
 
     def result(self) -> list[dict[str, Any]] | None:
         if not self.calls:

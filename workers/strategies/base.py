@@ -54,11 +54,13 @@ class SampleStarted:
 @dataclass(frozen=True)
 class TokenDelta:
     """New text of sample ``index`` (for streaming a sample to a client), with OpenAI's
-    log-prob entries of its tokens when the request asked for log-probs."""
+    log-prob entries of its tokens when the request asked for log-probs, and its tool-call
+    deltas (OpenAI's streamed shape) as they come."""
 
     index: int
     text: str
     logprobs: tuple[dict[str, Any], ...] | None = None
+    tool_calls: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -400,8 +402,14 @@ class RunContext:
                 if self.check_cancel():
                     stream.abort_all()
                 if isinstance(event, TokenEvent):
-                    if (event.text or event.entries) and self.on_event is not None:
-                        self.emit(TokenDelta(offset + event.index, event.text, event.entries))
+                    if self.on_event is not None and (
+                        event.text or event.entries or event.tool_calls
+                    ):
+                        self.emit(
+                            TokenDelta(
+                                offset + event.index, event.text, event.entries, event.tool_calls
+                            )
+                        )
                     if watcher is not None and not self.cancelled:
                         watcher.on_token(stream, event)
                 elif isinstance(event, SampleDone):

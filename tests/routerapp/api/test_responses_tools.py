@@ -175,10 +175,12 @@ def test_streamed_function_call_events(client: openai.OpenAI) -> None:
         events = list(stream)
         final = stream.get_final_response()
     kinds = [e.type for e in events]
+    # The upstream streams the call in two pieces: each is a delta as it comes.
     assert kinds == [
         "response.created",
         "response.in_progress",
         "response.output_item.added",
+        "response.function_call_arguments.delta",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.output_item.done",
@@ -187,8 +189,10 @@ def test_streamed_function_call_events(client: openai.OpenAI) -> None:
     assert [e.sequence_number for e in events] == list(range(len(events)))
     added = events[2]
     assert added.item.type == "function_call" and added.item.status == "in_progress"
-    done = events[4]
+    assert added.item.name == "add" and added.item.call_id.startswith("call_")
+    done = events[5]
     assert done.item_id == added.item.id and json.loads(done.arguments) == {"a": 4, "b": 4}
+    assert "".join(e.delta for e in events[3:5]) == done.arguments
     call = final.output[0]
     assert call.type == "function_call" and call.arguments == done.arguments
     _billed(final)

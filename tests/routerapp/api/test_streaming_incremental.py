@@ -1,10 +1,12 @@
 """Streams deliver as they go where the strategy allows, as OpenAI does: OpenAI's ``n`` on a
-one-sample strategy streams each choice's tokens as they arrive, by choice index (the upstream
-here takes 150 ms a token, so a stream that waited for the end would show it). Every streamed
-token is billed."""
+one-sample strategy streams each choice's tokens as they arrive, by choice index, log-probs
+travel with their tokens, and tool-call arguments with their pieces (the upstream here takes
+150 ms a token, so a stream that waited for the end would show it). Every streamed token is
+billed."""
 
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 
@@ -25,6 +27,7 @@ def client(live_server, slow_upstream_url, make_caller) -> openai.OpenAI:  # typ
         strategy_name="single-slow",
         params={"max_tokens": 64},
         supports_logprobs=True,
+        supports_tools=True,
     )
     caller = make_caller("alpha")
     return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=caller.raw, max_retries=0)
@@ -134,4 +137,61 @@ def test_responses_stream_text_deltas_carry_their_logprobs(client: openai.OpenAI
     assert [lp.token for lp in done.logprobs] == ["The", " answer", " is", " 4."]
     final = events[-1].response
     assert final.output[0].content[0].logprobs[3].token == " 4."
+    _billed(final.model_extra["costpass"]["query_id"])
+
+
+ADD_TOOL = {
+    "name": "add",
+    "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+    },
+}
+
+
+def test_tool_call_arguments_stream_as_they_come(client: openai.OpenAI) -> None:
+    started = time.monotonic()
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        tools=[{"type": "function", "function": ADD_TOOL}],
+        stream=True,
+    )
+    pieces: list[tuple[float, str]] = []
+    names, reasons = [], []
+    for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                names.append(call.function.name)
+                pieces.append((time.monotonic() - started, call.function.arguments or ""))
+            reasons.append(choice.finish_reason)
+    finished = time.monotonic() - started
+    assert len(pieces) == 2 and names[0] == "add"  # the upstream's two pieces, not one block
+    assert json.loads("".join(p for _, p in pieces)) == {"a": 4, "b": 4}
+    assert finished - pieces[0][0] > 0.1, (pieces, finished)
+    assert [r for r in reasons if r] == ["tool_calls"]
+    # The Responses API: the function_call item opens with the first piece, then its deltas.
+    started = time.monotonic()
+    events = []
+    for event in client.responses.create(
+        model="auto", input="What is 2+2?", tools=[{"type": "function", **ADD_TOOL}], stream=True
+    ):
+        events.append((time.monotonic() - started, event))
+    kinds = [e.type for _, e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[-1][0] - events[3][0] > 0.1  # the first piece came before the end
+    done = events[5][1]
+    assert json.loads(done.arguments) == {"a": 4, "b": 4} and done.item_id == events[2][1].item.id
+    final = events[-1][1].response
+    assert final.output[0].arguments == done.arguments
     _billed(final.model_extra["costpass"]["query_id"])

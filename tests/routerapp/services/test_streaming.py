@@ -137,9 +137,10 @@ def _logprob_tokens(events: list[QueryEvent], index: int = 0) -> list[str]:
 
 
 @pytest.mark.parametrize("transport", ["redis", "cache", "local"])
-def test_token_log_probs_travel_with_their_text(transport: str) -> None:
+def test_token_log_probs_and_tool_calls_travel_with_their_text(transport: str) -> None:
     """Each token's OpenAI log-prob entry reaches the reader with its text, on every
-    transport, including a token whose text is held back (an empty delta)."""
+    transport, including a token whose text is held back (an empty delta); so do tool-call
+    deltas."""
     query = _query()
     tokens = ["The", " answer", "", " is"]
     with override_settings(**({} if transport == "redis" else {"REDIS_URL": "", "CACHES": LOCMEM})):
@@ -151,6 +152,11 @@ def test_token_log_probs_travel_with_their_text(transport: str) -> None:
             sink.token(0, token, [_entry(token or f"<held {i}>")])
             sink.flush()
         sink.token(1, "x", [_entry("x")])
+        # A sample's tool-call deltas travel the same way (no text of their own).
+        call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "add"}}
+        sink.token(2, "", None, [call])
+        sink.flush()
+        sink.token(2, "", None, [{"index": 0, "function": {"arguments": "{}"}}])
         sink.sample(0)
         sink.end("done")
         if isinstance(sink, LocalSink):
@@ -160,4 +166,6 @@ def test_token_log_probs_travel_with_their_text(transport: str) -> None:
     assert _text(events) == "The answer is"
     assert _logprob_tokens(events) == ["The", " answer", "<held 2>", " is"]
     assert _logprob_tokens(events, 1) == ["x"]
+    calls = [c for e in events if e.kind == TOKEN and e.index == 2 for c in e.tool_calls]
+    assert calls == [call, {"index": 0, "function": {"arguments": "{}"}}]
     assert all(isinstance(e, dict) and e["logprob"] == -0.5 for ev in events for e in ev.logprobs)
