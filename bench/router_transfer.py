@@ -9,6 +9,8 @@ the training families, kNN, random and the min-CoP oracle; also the earlier unse
 writes the rows and the summary to ``--json`` (default bench/results/router_transfer.json).
 
     .venv/bin/python bench/router_transfer.py [--data DIR] [--source NAME ...] [--seeds 3]
+    # iterate quickly: static only, some families (figures for bench/README.md: the full run)
+    .venv/bin/python bench/router_transfer.py --fast --source openllm-v2 --family gpqa --json /tmp/x.json
 
 The same figures per source: ``costpass-router evaluate --leave-one-family-out NAME --data DIR
 --online-curve``.
@@ -64,6 +66,12 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "data")
     ap.add_argument("--source", action="append", default=None, choices=sorted(T.SOURCES))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--family", action="append", default=None, help="held-out family to run (repeatable)"
+    )
+    ap.add_argument(
+        "--fast", action="store_true", help="static figures only (no online replay, no kNN)"
+    )
     ap.add_argument("--json", type=Path, default=HERE.parent / "results" / "router_transfer.json")
     args = ap.parse_args()
     if not args.data.is_dir():
@@ -83,7 +91,10 @@ def main() -> int:
             o,
             p,
             name=name,
+            only=args.family,
             seeds=args.seeds,
+            online=not args.fast,
+            knn=not args.fast,
             compare_ratio_rule=True,
             on_row=lambda r: print(_line(r), flush=True),
         )

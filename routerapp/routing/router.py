@@ -23,6 +23,7 @@ from routerapp.routing import policy as pol
 from routerapp.routing.costs import CostModel
 from routerapp.routing.data import TrainData, build_matrices
 from routerapp.routing.features import PromptFeaturizer
+from routerapp.routing.irt import MIN_FAMILIES, DifficultyModel
 from routerapp.routing.learners import Learner, fit_calibration, get_learner
 from routerapp.routing.metrics import cost_of_pass, ece
 from routerapp.routing.online import OnlineParams, OnlineState
@@ -65,6 +66,10 @@ class RouterParams(BaseModel):
     # the earlier cost / p rule with the learner's own standard error.
     unseen_rule: Literal["anchored", "ratio"] = "anchored"
     kappa_unseen: float = 0.0
+    # p(correct) on an unseen tag: "irt" reads the prompt's difficulty with an item-response
+    # model fitted across the training families (``routing.irt``; needs >= 3 of them, else the
+    # family mean); "family-mean" gives every prompt the configurations' mean over families.
+    unseen_p: Literal["irt", "family-mean"] = "irt"
     learner_params: dict[str, Any] = Field(default_factory=dict)
     online: OnlineParams = Field(default_factory=OnlineParams)
 
@@ -97,6 +102,7 @@ class Router:
         online: OnlineState | None = None,
         anchor: int | None = None,
         fam_logits: np.ndarray | None = None,
+        irt: DifficultyModel | None = None,
     ) -> None:
         self.candidates = candidates
         self.config_ids = [c.config_id for c in candidates]
@@ -112,6 +118,7 @@ class Router:
         self.seed = seed
         self.fit_info = fit_info or {}
         self.anchor = anchor
+        self.irt = irt
         a_n = len(candidates)
         self.fam_logits = (
             np.zeros((a_n, 0)) if fam_logits is None else np.asarray(fam_logits, dtype=float)
@@ -215,6 +222,10 @@ class Router:
                 se = se.copy()
                 p[unseen] = self._fam_p[None, :]
                 se[unseen] = self._fam_se[None, :]
+                if self.irt is not None and self.params.unseen_p == "irt":
+                    # Per prompt: how hard it looks, learned across the training families
+                    # (LOFO: static gap_closed > 0 on 5 families instead of 1, none below 0).
+                    p[unseen] = self.irt.predict(feats[unseen])
         return p, se, cost
 
     def _with_online(
@@ -380,6 +391,8 @@ class Router:
         arrays.update({f"learner_{k}": v for k, v in l_arr.items()})
         arrays.update(c_arr)
         arrays["router_fam_logits"] = self.fam_logits
+        if self.irt is not None:
+            arrays.update({f"router_irt_{k}": v for k, v in self.irt.state().items()})
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": "costpass-router",
@@ -457,6 +470,13 @@ class Router:
             online=online,
             anchor=ids.index(anchor_id) if anchor_id in ids else None,
             fam_logits=arrays.get("router_fam_logits"),
+            irt=(
+                DifficultyModel.from_state(
+                    {k[11:]: v for k, v in arrays.items() if k[:11] == "router_irt_"}
+                )
+                if "router_irt_alpha" in arrays
+                else None
+            ),
         )
 
     @classmethod
@@ -636,6 +656,11 @@ def _fit_router(
     fam_logits = family_logits(data)
     info["anchor"] = None if anchor is None else cands[anchor].config_id
     info["n_families"] = int(fam_logits.shape[1])
+    irt = None
+    if prm.unseen_p == "irt" and fam_logits.shape[1] >= MIN_FAMILIES:
+        t_irt = time.perf_counter()
+        irt = DifficultyModel.fit(feats, data.y, data.w, [family_of(t) for t in tags])
+        info["irt_seconds"] = time.perf_counter() - t_irt
     info["fit_seconds"] = time.perf_counter() - t0
     return Router(
         candidates=cands,
@@ -650,6 +675,7 @@ def _fit_router(
         fit_info=info,
         anchor=anchor,
         fam_logits=fam_logits,
+        irt=irt,
     )
 
 
