@@ -629,8 +629,9 @@ def samples_recover(*, query: Query) -> int:
     Sample row (finish reason ``lost``) billed at an upper bound, named in ``count_method``:
 
     - ``stream_bound``: its text was on the query's event channel; billed the UTF-8 bytes of
-      that text (a byte-level tokenizer emits at least one byte per token), at most max_tokens,
-      plus the prompt bound;
+      that text and of its tool-call pieces, or its streamed log-prob entries if more (a
+      byte-level tokenizer emits at least one byte per token), at most max_tokens, plus the
+      prompt bound;
     - ``reservation_share``: nothing of it was streamed (or the channel is gone, e.g. Redis
       restarted): billed the prompt bound plus max_tokens, its share of the reservation.
 
@@ -672,8 +673,8 @@ def samples_recover(*, query: Query) -> int:
         else:
             continue  # never sent to the engine
         completion = (
-            min(params.max_tokens, len(text.encode()))
-            if method == STREAM_BOUND
+            min(params.max_tokens, progress.generated.get(index, len(text.encode())))
+            if method == STREAM_BOUND and progress is not None
             else params.max_tokens
         )
         lost.append(

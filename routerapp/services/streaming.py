@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -345,11 +345,37 @@ def query_events_publisher(query_id: Any) -> EventSink:
 @dataclass
 class QueryProgress:
     """What a query's event channel recorded: the samples sent to the engine (``started``),
-    the text each sample streamed (``texts``) and the samples that finished (``finished``)."""
+    the text each sample streamed (``texts``), the samples that finished (``finished``), and
+    per sample a lower bound on the tokens it generated (``generated``: the UTF-8 bytes of
+    its text and tool-call pieces, or its log-prob entries, whichever is more; a byte-level
+    tokenizer emits at least one byte per token)."""
 
     started: set[int]
     texts: dict[int, str]
     finished: set[int]
+    generated: dict[int, int] = field(default_factory=dict)
+
+    def add(
+        self,
+        index: int,
+        text: str,
+        logprobs: Sequence[Any] = (),
+        tool_calls: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Record one token event of sample ``index``."""
+        self.texts[index] = self.texts.get(index, "") + text
+        pieces = "".join(
+            str((c.get("function") or {}).get(k) or "")
+            for c in tool_calls
+            for k in ("name", "arguments")
+        )
+        self._bytes[index] = self._bytes.get(index, 0) + len((text + pieces).encode())
+        self._entries[index] = self._entries.get(index, 0) + len(logprobs)
+        self.generated[index] = max(self._bytes[index], self._entries[index])
+
+    def __post_init__(self) -> None:
+        self._bytes: dict[int, int] = {}
+        self._entries: dict[int, int] = {}
 
 
 def query_progress(query_id: Any) -> QueryProgress | None:
@@ -360,11 +386,19 @@ def query_progress(query_id: Any) -> QueryProgress | None:
         snapshot = cache.get(_cache_key(query_id))
         if not snapshot:
             return None
-        return QueryProgress(
+        progress = QueryProgress(
             started={int(i) for i in snapshot.get("started") or []},
-            texts={int(i): t for i, t in (snapshot.get("texts") or {}).items()},
+            texts={},
             finished={int(i) for i in snapshot.get("samples") or []},
         )
+        for i, text in (snapshot.get("texts") or {}).items():
+            progress.add(
+                int(i),
+                text,
+                (snapshot.get("logprobs") or {}).get(i) or (),
+                (snapshot.get("calls") or {}).get(i) or (),
+            )
+        return progress
     try:
         entries = client.xrange(_stream_key(query_id))
     except Exception:  # Redis unreachable: no record (the caller bills the conservative bound)
@@ -379,7 +413,12 @@ def query_progress(query_id: Any) -> QueryProgress | None:
         if kind == START:
             progress.started.add(index)
         elif kind == TOKEN:
-            progress.texts[index] = progress.texts.get(index, "") + values.get("t", "")
+            progress.add(
+                index,
+                values.get("t", ""),
+                json.loads(values["l"]) if values.get("l") else (),
+                json.loads(values["c"]) if values.get("c") else (),
+            )
         elif kind == SAMPLE:
             progress.finished.add(index)
     return progress

@@ -169,3 +169,40 @@ def test_token_log_probs_and_tool_calls_travel_with_their_text(transport: str) -
     calls = [c for e in events if e.kind == TOKEN and e.index == 2 for c in e.tool_calls]
     assert calls == [call, {"index": 0, "function": {"arguments": "{}"}}]
     assert all(isinstance(e, dict) and e["logprob"] == -0.5 for ev in events for e in ev.logprobs)
+
+
+@pytest.mark.parametrize("transport", ["redis", "cache"])
+def test_a_dead_runs_tool_calls_and_log_probs_count_in_its_bound(transport: str) -> None:
+    """A sample that streamed only a tool call (no text), or log-prob entries for text still
+    held back, is billed at least what it streamed when its process dies: the bound counts
+    the call's bytes and the entries, not just the text."""
+    from routerapp.models import Sample
+    from routerapp.services.execution import samples_recover
+    from tests.routerapp.api.conftest import make_configuration
+
+    configuration = make_configuration(
+        "http://127.0.0.1:9/v1", name=f"dead-{transport}", params={"n": 2, "max_tokens": 64}
+    )
+    query = Query.objects.create(
+        team=TeamFactory(),
+        prompt="What is 2+2?",
+        configuration=configuration,
+        status=Query.Status.RUNNING,
+        runs=1,
+        samples_planned=2,
+    )
+    args = '{"a": 4, "b": 4}'
+    settings_ = {} if transport == "redis" else {"REDIS_URL": "", "CACHES": LOCMEM}
+    with override_settings(**settings_):
+        sink = query_events_publisher(query.pk)
+        sink.start(0)
+        sink.start(1)
+        sink.token(0, "", None, [{"index": 0, "id": "c", "function": {"name": "add"}}])
+        sink.token(0, "", None, [{"index": 0, "function": {"arguments": args}}])
+        sink.token(1, "", [_entry("The"), _entry(" answer"), _entry(" is")])
+        sink.flush()
+        assert samples_recover(query=query) == 2
+    lost = {s.index: s for s in Sample.objects.filter(query=query)}
+    assert lost[0].count_method == "stream_bound"
+    assert lost[0].completion_tokens == len(("add" + args).encode())  # not 0
+    assert lost[1].completion_tokens == 3  # the three streamed tokens
