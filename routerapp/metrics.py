@@ -90,6 +90,22 @@ CALIBRATION_CORRECT = Counter(
     ["configuration"],
 )
 
+# Each labelled child, by metric and label values: prometheus_client's ``labels()`` checks and
+# converts the values and takes a lock on every call; a request records about ten of them.
+# Bounded by the label space, as prometheus_client's own table of children is; children are
+# never removed. Safe across fork: a multiprocess value notices a new pid and moves its file.
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _labelled(metric: Any, *values: str) -> Any:
+    """Return ``metric.labels(*values)``, looked up once per process and label values."""
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 _team_names: dict[int, str] = {}
 _config_slugs: dict[int, str] = {}
 
@@ -129,13 +145,13 @@ def configuration_slug(configuration_id: int | None) -> str:
 def record_request(
     *, endpoint: str, method: str, status: int, team: str, configuration: str, seconds: float
 ) -> None:
-    HTTP_REQUESTS.labels(endpoint, method, str(status), team, configuration).inc()
-    HTTP_LATENCY.labels(endpoint, method).observe(seconds)
+    _labelled(HTTP_REQUESTS, endpoint, method, str(status), team, configuration).inc()
+    _labelled(HTTP_LATENCY, endpoint, method).observe(seconds)
 
 
 def record_decision(*, router_version: int | None, reason: str) -> None:
     if enabled():
-        ROUTER_DECISIONS.labels(str(router_version or ""), reason).inc()
+        _labelled(ROUTER_DECISIONS, str(router_version or ""), reason).inc()
 
 
 def record_query_finished(
@@ -159,7 +175,7 @@ def record_query_finished(
 def _record_query_finished(query: Any, aborted: int | None) -> None:
     team = team_name(query.team_id)
     config = configuration_slug(query.configuration_id)
-    QUERIES.labels(team, config, query.source, str(query.status)).inc()
+    _labelled(QUERIES, team, config, query.source, str(query.status)).inc()
     if aborted is None:
         from django.db.models import Sum
 
@@ -171,7 +187,7 @@ def _record_query_finished(query: Any, aborted: int | None) -> None:
             )["n"]
             or 0
         )
-    SAMPLES.labels(team, config).inc(query.samples_done)
+    _labelled(SAMPLES, team, config).inc(query.samples_done)
     for kind, value in (
         ("prompt", query.prompt_tokens),
         ("completion", query.completion_tokens),
@@ -180,12 +196,14 @@ def _record_query_finished(query: Any, aborted: int | None) -> None:
         ("reasoning", getattr(query, "reasoning_tokens", 0)),
     ):
         if value:
-            TOKENS.labels(team, config, kind).inc(value)
-    SPEND.labels(team, config).inc(float(query.cost_usd))
+            _labelled(TOKENS, team, config, kind).inc(value)
+    _labelled(SPEND, team, config).inc(float(query.cost_usd))
     if query.finished_at is not None:
-        QUERY_LATENCY.labels(config).observe((query.finished_at - query.created_at).total_seconds())
+        _labelled(QUERY_LATENCY, config).observe(
+            (query.finished_at - query.created_at).total_seconds()
+        )
         if query.started_at is not None:
-            QUEUE_WAIT.labels(config).observe(
+            _labelled(QUEUE_WAIT, config).observe(
                 max(0.0, (query.started_at - query.created_at).total_seconds())
             )
     if query.graded_correct is not None:
@@ -197,10 +215,10 @@ def record_graded(*, query: Any) -> None:
     if not enabled() or query.predicted_p_correct is None or query.graded_correct is None:
         return
     config = configuration_slug(query.configuration_id)
-    CALIBRATION_PREDICTED.labels(config).inc(float(query.predicted_p_correct))
-    CALIBRATION_GRADED.labels(config).inc()
+    _labelled(CALIBRATION_PREDICTED, config).inc(float(query.predicted_p_correct))
+    _labelled(CALIBRATION_GRADED, config).inc()
     if query.graded_correct:
-        CALIBRATION_CORRECT.labels(config).inc()
+        _labelled(CALIBRATION_CORRECT, config).inc()
 
 
 class StateCollector(Collector):
