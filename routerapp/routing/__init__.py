@@ -51,9 +51,12 @@ tag's outcomes arrive). The online prior of a new tag is the covariance of the c
 logits across the training families, so a few outcomes of one configuration move the others.
 ``unseen_rule="ratio"`` restores the earlier rule. ``Constraints(allowed_config_ids, allowed_models, max_cost_usd,
 max_latency_s, min_accuracy)``: nothing allowed -> NoAllowedCandidateError (message names the
-limits). ``explore=True`` (online serving) allows bounded Thompson exploration: at most 10% of
-decisions on a known tag, 30% on a new one, and never a configuration more than 3x dearer than the
-greedy choice; ``Decision.explored`` says when it happened. ``Decision.alternatives``: the allowed
+limits). ``explore=True`` (online serving) allows bounded exploration: on a known tag a Thompson draw on
+at most 10% of decisions; on a new tag a probe of the configuration most likely to beat the greedy
+choice, only while the posterior ranking is unsettled, within a budget (3 + 5% of the tag's
+decisions) and when worth its expected loss over the tag's horizon (``routing.online``); never a
+configuration more than 3x dearer than the greedy choice. ``Decision.explored`` says when it
+happened. ``Decision.alternatives``: the allowed
 candidates best first as ``Alternative(config_id, p_correct, cost_usd, cop)`` (unpacks as a
 4-tuple). ``latency_s`` is None unless outcome tables recorded latency. About 0.3-0.6 ms per call.
 

@@ -15,16 +15,31 @@ configurations. The prior covariance is where meta-learning pays off online:
 Each graded outcome is absorbed with the Laplace (extended Kalman) step of a logistic observation:
 ``P <- P - v P e e' P / (1 + v P_aa)``, ``mu <- mu + P_old e (y - p) / (1 + v P_aa)``.
 
-Exploration (only when asked for, e.g. ``serve-jsonl``): with probability
+Exploration (only when asked for, e.g. ``serve-jsonl``). On a known tag: with probability
 ``min(eps_max, eps0 / sqrt(1 + decisions on the tag))`` the decision uses a Thompson draw of the
-offsets; the cap bounds the share of queries spent exploring.
+offsets. On a new tag (``explore_rule="settle"``): ``n_draws`` posterior draws give each
+configuration's probability of being the best choice; while the greedy choice's probability is
+below ``settle`` the decision probes the alternative whose ranking is most uncertain (the most
+probable challenger), within a budget of ``explore_b0 + explore_frac * decisions`` probes on the
+tag, and only when what the probe may find is worth what it is expected to lose. Both are read
+on the linearised cost-of-pass ``cost - R * p`` (R: the greedy choice's own cost / p) relative
+to the greedy cost: the mean gain of the challenger over the draws where it wins, times
+``probe_value`` times the decisions the tag has had (the horizon: a tag is expected to last about
+as long again), must reach its mean loss on this query. Once the ranking is settled exploration
+stops; on a young tag only a cheap probe passes, so small families pay little.
+``explore_rule="eps"`` keeps the earlier rule on new tags. Defaults chosen by leave-one-family-out
+on 14 public families (bench/README.md): settle 0.5, budget 3 + 5 %, probe_value 0.02.
+
+Not kept (measured, bench/README.md): a prompt-level logistic model of the new tag's outcomes on
+the prompt features (shared difficulty weights in this posterior) and agreement among samples as
+a soft label (``update(weight=...)`` absorbs one; the bench uses it).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -40,6 +55,7 @@ class TagState:
     pred: np.ndarray
     n_obs: np.ndarray
     n_dec: int = 0
+    n_probe: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-friendly dict."""
@@ -50,6 +66,7 @@ class TagState:
             "pred": self.pred.tolist(),
             "n_obs": self.n_obs.tolist(),
             "n_dec": self.n_dec,
+            "n_probe": self.n_probe,
         }
 
     @classmethod
@@ -62,6 +79,7 @@ class TagState:
             np.array(d["pred"], dtype=float),
             np.array(d["n_obs"], dtype=float),
             int(d["n_dec"]),
+            int(d.get("n_probe", 0)),
         )
 
 
@@ -79,6 +97,13 @@ class OnlineParams(BaseModel):
     eps_max_unknown: float = 0.3
     eps0_unknown: float = 1.0
     cost_k0: float = 5.0
+    # Exploration on a new tag (see the module docstring).
+    explore_rule: Literal["settle", "eps"] = "settle"
+    n_draws: int = 32
+    settle: float = 0.5
+    explore_b0: float = 3.0
+    explore_frac: float = 0.05
+    probe_value: float = 0.02
 
 
 @dataclass
@@ -165,13 +190,27 @@ class OnlineState:
 
     def sample_offsets(self, tag: str, known: bool) -> np.ndarray:
         """Return one Thompson draw of the per-config logit offsets for ``tag``."""
+        return self.sample_many(tag, known, 1)[0]
+
+    def sample_many(self, tag: str, known: bool, n: int) -> np.ndarray:
+        """Return (n, A) posterior draws of the per-config logit offsets for ``tag``."""
         st = self._get(tag, known)
         a = self.n_configs
         try:
             chol = np.linalg.cholesky(st.cov + 1e-9 * np.eye(a))
         except np.linalg.LinAlgError:
             chol = np.diag(np.sqrt(np.clip(np.diag(st.cov), 0.0, None)))
-        return st.mu + chol @ self.rng.standard_normal(a)
+        return st.mu[None, :] + self.rng.standard_normal((n, a)) @ chol.T
+
+    def probe_allowed(self, tag: str) -> bool:
+        """Count a decision on a new tag; return whether its probe budget has room left."""
+        st = self._get(tag, False)
+        st.n_dec += 1
+        return st.n_probe < self.params.explore_b0 + self.params.explore_frac * st.n_dec
+
+    def count_probe(self, tag: str) -> None:
+        """Record that a decision on ``tag`` probed a configuration other than the greedy one."""
+        self._get(tag, False).n_probe += 1
 
     def update(
         self,
@@ -182,16 +221,23 @@ class OnlineState:
         y: float,
         cost: float | None,
         cost_pred: float,
+        weight: float = 1.0,
     ) -> None:
-        """Absorb one graded outcome ``y`` of config ``a`` whose static logit was ``z_static``."""
+        """Absorb one graded outcome ``y`` of config ``a`` whose static logit was ``z_static``.
+
+        ``weight`` < 1 absorbs a soft label (e.g. agreement among samples) as that share of an
+        outcome (the Laplace step of a weighted log-likelihood); it leaves the cost ledger alone.
+        """
         st = self._get(tag, known)
         z = z_static + st.mu[a]
         p = 0.5 * (1.0 + math.tanh(0.5 * z))
-        v = max(p * (1 - p), 1e-4)
+        v = weight * max(p * (1 - p), 1e-4)
         col = st.cov[:, a].copy()
         denom = 1.0 + v * col[a]
-        st.mu = st.mu + col * ((y - p) / denom)
+        st.mu = st.mu + col * (weight * (y - p) / denom)
         st.cov = st.cov - np.outer(col, col) * (v / denom)
+        if weight < 1.0:
+            return  # a soft label says nothing about what the query cost
         if cost is not None and math.isfinite(cost) and cost >= 0 and cost_pred > 0:
             st.real[a] += cost
             st.pred[a] += cost_pred

@@ -282,7 +282,11 @@ class Router:
         p_dec = self._decision_p(p[None, :], se[None, :], [tag], lam is not None)[0]
         best = int(pol.choose(p_dec, cost, mask, use_lam))
         explored = False
-        if explore and self.online.exploring(tag, tag in self.known):
+        if explore and tag not in self.known and self.params.online.explore_rule == "settle":
+            alt = self._probe(tag, z_static, cost, mask, best, use_lam)
+            if alt is not None:
+                best, explored = alt, True
+        elif explore and self.online.exploring(tag, tag in self.known):
             draw = self.online.sample_offsets(tag, tag in self.known)
             p_ts = _sigmoid(z_static + draw)
             # Bounded: exploring may only try configurations at most explore_cost_ratio times
@@ -306,6 +310,58 @@ class Router:
         return Decision(
             self.config_ids[best], float(p[best]), float(cost[best]), lat, alts, explored, use_lam
         )
+
+    def _probe(
+        self,
+        tag: str,
+        z_static: np.ndarray,
+        cost: np.ndarray,
+        mask: np.ndarray,
+        greedy: int,
+        lam: float | None,
+    ) -> int | None:
+        """Return the configuration a new tag's decision probes instead of ``greedy``, or None.
+
+        Posterior draws of the tag's offsets give each configuration's probability of being the
+        best choice for this prompt; while the greedy choice's is below ``settle`` and the tag's
+        probe budget has room, the most probable challenger is tried when its expected gain over
+        the tag's horizon outweighs this query's expected loss (``probe_value``; see
+        ``routing.online``), never one dearer than ``explore_cost_ratio`` times the greedy choice.
+        """
+        on = self.online
+        if not on.probe_allowed(tag):
+            return None
+        draws = on.sample_many(tag, False, on.params.n_draws)
+        p_ts = _sigmoid(z_static[None, :] + draws)
+        cheap_enough = mask & (cost <= self.params.explore_cost_ratio * cost[greedy])
+        m = len(draws)
+        picks = pol.choose(
+            p_ts, np.broadcast_to(cost, p_ts.shape), np.tile(cheap_enough, (m, 1)), lam
+        )
+        freq = np.bincount(picks, minlength=len(cost)) / m
+        if freq[greedy] >= on.params.settle:
+            return None
+        freq[greedy] = -1.0
+        alt = int(np.argmax(freq))
+        if freq[alt] <= 0:
+            return None
+        eta = on.params.probe_value
+        if eta > 0:
+            # Worth it only when what the probe may find, over as many queries again as the tag
+            # has had, outweighs what this query is expected to lose. Both in the linearised
+            # cost-of-pass (Dinkelbach: cost - R * p at the greedy choice's own R = cost / p),
+            # relative to the greedy cost: the aggregate CoP a query moves, without the heavy
+            # tail of cost / p where a draw of p is near 0.
+            r_g = cost[greedy] / max(float(p_ts[:, greedy].mean()), 1e-9)
+            rel = (cost[alt] - cost[greedy] - r_g * (p_ts[:, alt] - p_ts[:, greedy])) / max(
+                float(cost[greedy]), 1e-30
+            )
+            gain = float(np.clip(-rel, 0.0, None).mean())
+            loss = float(rel.mean())
+            if gain * eta * on.tags[tag].n_dec < loss:
+                return None
+        on.count_probe(tag)
+        return alt
 
     def decide_many(
         self,

@@ -62,3 +62,27 @@ def test_json_round_trip():
     assert np.allclose(again.offsets("x"), st.offsets("x"))
     assert np.allclose(again.tags["x"].cov, st.tags["x"].cov)
     assert np.allclose(again.tag_var["a"], [0.1, 0.2])
+
+
+def test_a_soft_label_moves_the_posterior_by_its_weight_and_leaves_the_cost_ledger_alone():
+    full = OnlineState(2, params=OnlineParams(sd_unknown=1.0, sd_tag_unknown=0.0))
+    soft = OnlineState(2, params=OnlineParams(sd_unknown=1.0, sd_tag_unknown=0.0))
+    full.update("t", False, 0, 0.0, 1.0, 1e-5, 1e-5)
+    soft.update("t", False, 0, 0.0, 1.0, 1e-5, 1e-5, weight=0.3)
+    assert 0 < soft.offsets("t")[0] < full.offsets("t")[0]
+    # p = 0.5, v = 0.3 * 0.25, P = 1: mu = 0.3 * 0.5 / 1.075
+    assert soft.offsets("t")[0] == pytest.approx(0.15 / 1.075)
+    assert soft.tags["t"].n_obs.sum() == 0 and full.tags["t"].n_obs.sum() == 1
+
+
+def test_the_probe_budget_of_a_new_tag_is_bounded():
+    st = OnlineState(3, params=OnlineParams(explore_b0=2.0, explore_frac=0.1))
+    probes = 0
+    for _ in range(100):
+        if st.probe_allowed("new"):
+            st.count_probe("new")
+            probes += 1
+    assert probes == 12  # 2 + 10 % of 100 decisions, however unsettled the ranking
+    assert st.tags["new"].n_dec == 100
+    again = OnlineState.from_json(st.to_json())
+    assert again.tags["new"].n_probe == 12

@@ -22,6 +22,7 @@ from conftest import _WORDS
 from routerapp.routing import evaluate, fit_router
 from routerapp.routing.cli import main
 from routerapp.routing.evaluation import online_curve
+from routerapp.routing.router import Router
 from routerapp.routing.transfer import lofo, summarise
 from routerapp.routing.types import family_of
 
@@ -204,3 +205,26 @@ def test_cli_lofo_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert "--data" in capsys.readouterr().err
     assert main(["evaluate"]) == 2
     assert "--suite and --model" in capsys.readouterr().err
+
+
+def test_probes_on_a_new_tag_wait_for_a_horizon_and_stay_within_budget(router):
+    """With the ranking unsettled (no outcome yet), a probe must be worth its expected loss over
+    the decisions the tag has had: none on the first queries, some later, never over budget."""
+    text = "Question 3: apples plus basket count total?"
+
+    def probes(r, n):
+        return [r.decide(text, "brand-new", explore=True).explored for _ in range(n)]
+
+    def fresh(**change):
+        r = Router.from_bytes(router.to_bytes())
+        # settle 0.99: the prior's ranking counts as unsettled here, so the gates below decide.
+        r.params.online = r.params.online.model_copy(update={"settle": 0.99, **change})
+        r.reset_online()
+        return r
+
+    gated = fresh()
+    got = probes(gated, 200)
+    prm = gated.params.online
+    assert not any(got[:3])
+    assert 0 < sum(got) <= prm.explore_b0 + prm.explore_frac * 200
+    assert any(probes(fresh(probe_value=0.0), 3))  # without the value gate: probed at once
