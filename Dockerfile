@@ -1,9 +1,9 @@
 # One image for the web process and the workers. The GPU worker builds it on a CUDA base with
-# INSTALL_EXTRAS=gpu,monitoring (see docker-compose.yml).
+# INSTALL_EXTRAS=gpu,monitoring,otel (see docker-compose.yml); tracing stays off until COSTPASS_OTEL=true.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-ARG INSTALL_EXTRAS="monitoring"
+ARG INSTALL_EXTRAS="monitoring,otel"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 

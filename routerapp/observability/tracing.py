@@ -80,7 +80,10 @@ def tracing_setup(*, exporter: Any = None, set_global: bool = True) -> Any:
             instrumentor.instrument(tracer_provider=provider)
     tracing.enable(provider.get_tracer("costpass"))
     _state.update(provider=provider, instrumentors=instrumentors)
-    log.info("OpenTelemetry tracing on (%s exporter)", settings.OTEL_EXPORTER)
+    log.info(
+        "OpenTelemetry tracing on (%s)",
+        type(exporter).__name__ if exporter is not None else f"{settings.OTEL_EXPORTER} exporter",
+    )
     return provider
 
 

@@ -222,6 +222,35 @@ def test_one_trace_from_request_to_settlement(  # type: ignore[no-untyped-def]
     assert query.cost_usd == sum((s.cost_usd for s in samples), Decimal(0))
 
 
+def test_an_inline_query_is_one_trace_in_the_web_process(  # type: ignore[no-untyped-def]
+    upstream_url, make_caller, traced_web
+) -> None:
+    """A single sample on a remote endpoint runs in the web process: the engine request, its
+    upstream call and the settlement are in the request's trace there."""
+    web_url, exporter = traced_web
+    configuration = make_configuration(upstream_url, name="inline-traced")
+    caller = make_caller("tracing-inline")
+    answer = _post(
+        f"{web_url}/v1/chat/completions",
+        {"model": configuration.slug, "messages": [{"role": "user", "content": "2+2?"}]},
+        caller.auth,
+    )
+    query = Query.objects.get(pk=answer["costpass"]["query_id"])
+    spans = exporter.get_finished_spans()
+    request = next(s for s in spans if s.kind.name == "SERVER")
+    trace = [s for s in spans if s.context.trace_id == request.context.trace_id]
+    names = [s.name for s in trace]
+    assert "apply_async/costpass.query_execute" not in names  # no queue hop
+    (engine,) = [s for s in trace if s.name == "costpass.engine.request"]
+    (settle,) = [s for s in trace if s.name == "costpass.budget.settle"]
+    (call,) = [s for s in trace if str(s.attributes.get("http.url", "")).startswith(upstream_url)]
+    assert call.parent.span_id == engine.context.span_id
+    assert engine.attributes[tracing.PROMPT_TOKENS] == query.prompt_tokens > 0
+    assert engine.attributes[tracing.COMPLETION_TOKENS] == query.completion_tokens > 0
+    assert Decimal(settle.attributes[tracing.COST_USD]) == query.cost_usd > 0
+    assert settle.attributes[tracing.QUERY_ID] == str(query.pk)
+
+
 def test_tracing_off_records_nothing() -> None:
     """Off (the default), our spans are one shared no-op: nothing is created or recorded."""
     assert not tracing.enabled()
