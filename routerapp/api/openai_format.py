@@ -41,10 +41,11 @@ def finish_reason(query: Query, samples: list[Sample]) -> str:
 
 
 def sample_finish_reason(sample: Sample | None) -> str:
-    if sample is not None and sample.tool_calls:
-        return "tool_calls"
+    # A call cut by max_tokens is "length", as OpenAI says: its arguments may not parse.
     if sample is not None and sample.finish_reason == "length":
         return "length"
+    if sample is not None and sample.tool_calls:
+        return "tool_calls"
     return "stop"
 
 

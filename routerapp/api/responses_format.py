@@ -371,8 +371,16 @@ def output_items(query: Query, samples: list[Sample] | None) -> list[dict[str, A
     items = []
     if query.answer or not calls:
         items.append(message_item(query, query.answer, logprobs=text_logprobs(query, sample)))
-    items += [function_call_item(query, j, call) for j, call in enumerate(calls)]
+    items += [
+        function_call_item(query, j, call, status=item_status(sample))
+        for j, call in enumerate(calls)
+    ]
     return items
+
+
+def item_status(sample: Sample | None) -> str:
+    """An output item's status: incomplete when its sample was cut by max_output_tokens."""
+    return "incomplete" if fmt.sample_finish_reason(sample) == "length" else "completed"
 
 
 def _text_echo(echo: dict[str, Any]) -> dict[str, Any]:

@@ -328,7 +328,7 @@ def _stream(query: Query, echo: dict[str, Any], events: Iterator[Any]) -> Iterat
                 item=rfmt.message_item(final, final.answer, logprobs=logprobs),
             )
         for j, call in enumerate(calls):
-            item = rfmt.function_call_item(final, j, call)
+            item = rfmt.function_call_item(final, j, call, status=rfmt.item_status(sample))
             if j not in call_at:  # not streamed (a multi-sample strategy's choice)
                 yield open_call(j, item["call_id"], item["name"])
             sent = "".join(call_args[j])

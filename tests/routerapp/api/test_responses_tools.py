@@ -146,6 +146,26 @@ def test_function_call_out_and_its_output_back(client: openai.OpenAI) -> None:
     _refused(lambda: client.responses.create(model="auto", input=orphan), "input")
 
 
+def test_a_call_cut_by_max_output_tokens_is_incomplete(client: openai.OpenAI) -> None:
+    """Arguments cut by the token limit may not parse: OpenAI says so (chat: finish_reason
+    length; Responses: status incomplete), never a completed call."""
+    r = client.responses.create(
+        model="auto", input="What is 2+2?", tools=[ADD_TOOL], max_output_tokens=2
+    )
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output[0].type == "function_call" and r.output[0].status == "incomplete"
+    assert _billed(r).completion_tokens == 2
+    chat = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is 2+2?"}],
+        tools=[
+            {"type": "function", "function": {k: v for k, v in ADD_TOOL.items() if k != "type"}}
+        ],
+        max_tokens=2,
+    )
+    assert chat.choices[0].finish_reason == "length" and chat.choices[0].message.tool_calls
+
+
 def test_tool_choice_names_a_function(client: openai.OpenAI) -> None:
     mul = {**ADD_TOOL, "name": "mul", "description": "Multiply"}
     r = client.responses.create(
