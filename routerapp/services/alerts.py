@@ -40,18 +40,25 @@ def policy_thresholds(policy: BudgetPolicy) -> list[int]:
     )
 
 
-def budget_alerts_raise(*, usage_ids: list[int]) -> list[BudgetAlert]:
+def budget_alerts_raise(
+    *, usage_ids: list[int], windows: list[BudgetUsage] | None = None
+) -> list[BudgetAlert]:
     """Raise the alerts of the thresholds these budget windows have crossed and not yet raised
-    this period; return the new ones. Run inside the transaction that settles the spend."""
+    this period; return the new ones. Run inside the transaction that settles the spend.
+    ``windows``: the windows as the settlement left them, each with its policy (what
+    budgets.budget_settle returns on Postgres); by default they are read here."""
     if not usage_ids:
         return []
     raised: list[BudgetAlert] = []
-    windows = BudgetUsage.objects.filter(pk__in=usage_ids, policy__enabled=True).select_related(
-        "policy"
-    )
+    if windows is None:
+        windows = list(
+            BudgetUsage.objects.filter(pk__in=usage_ids, policy__enabled=True).select_related(
+                "policy"
+            )
+        )
     for usage in windows:
         policy = usage.policy
-        if policy.limit_usd <= 0:
+        if not policy.enabled or policy.limit_usd <= 0:
             continue
         percent = usage.spent_usd * 100 / policy.limit_usd
         crossed = [t for t in policy_thresholds(policy) if percent >= t]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
+import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +18,14 @@ from routerapp.models import ApiKey, Team
 from routerapp.services.audit import audit_record
 
 KEY_PREFIX = "cp"
+# A key row read for authentication serves this process's requests for this long (seconds):
+# one SELECT a second per key instead of one per request. A revocation, expiry or any other
+# change made elsewhere (another process, the admin, SQL) takes effect within this time; one
+# made through this module in this process takes effect at once (_auth_cache_drop).
+AUTH_CACHE_S = 1.0
+AUTH_CACHE_MAX = 10_000
+_auth_cache: dict[str, tuple[float, ApiKey]] = {}
+_auth_lock = threading.Lock()
 
 
 def hash_key(raw: str) -> str:
@@ -127,6 +138,7 @@ def api_key_update_allowlist(
     if before != allowed:
         locked.allowed_models = allowed
         locked.save(update_fields=["allowed_models"])
+        _auth_cache_drop(locked)
         audit_record(
             action="update",
             obj=locked,
@@ -147,6 +159,7 @@ def api_key_revoke(
     if locked.revoked_at is None:
         locked.revoked_at = timezone.now()
         locked.save(update_fields=["revoked_at"])
+        _auth_cache_drop(locked)
         audit_record(
             action="revoke",
             obj=locked,
@@ -160,17 +173,44 @@ def api_key_revoke(
 
 
 def api_key_authenticate(raw: str) -> ApiKey | None:
-    """Return the live key matching `raw`, or None when unknown, revoked or expired."""
+    """Return the live key matching `raw` (a copy of its row with its team, read at most
+    AUTH_CACHE_S ago), or None when unknown, revoked or expired."""
     if not raw or len(raw) > 200:
         return None
-    try:
-        key = ApiKey.objects.select_related("team").get(hashed_key=hash_key(raw))
-    except ApiKey.DoesNotExist:
-        return None
+    digest = hash_key(raw)
+    tick = time.monotonic()
+    hit = _auth_cache.get(digest)
+    if hit is not None and tick - hit[0] < AUTH_CACHE_S:
+        key = hit[1]
+    else:
+        try:
+            key = ApiKey.objects.select_related("team").get(hashed_key=digest)
+        except ApiKey.DoesNotExist:
+            return None  # unknown keys are not cached: nothing to remember about a guess
+        with _auth_lock:
+            if len(_auth_cache) >= AUTH_CACHE_MAX:
+                _auth_cache.clear()
+            _auth_cache[digest] = (tick, key)
     now = timezone.now()
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         return None
     # Touch last_used_at at most once a minute: one write per request would serialise the API.
     if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return key
+        key.last_used_at = now
+    # Each request gets its own copy: the cached row is shared by this process's threads.
+    mine = copy.copy(key)
+    mine.team = copy.copy(key.team)
+    return mine
+
+
+def _auth_cache_drop(key: ApiKey) -> None:
+    """Forget a changed key in this process once the change commits (other processes see it
+    within AUTH_CACHE_S)."""
+
+    def drop() -> None:
+        with _auth_lock:
+            _auth_cache.pop(key.hashed_key, None)
+
+    drop()
+    transaction.on_commit(drop)  # a request may have cached the old row meanwhile

@@ -12,6 +12,7 @@ user's row, so one user's concurrent requests cannot overspend their share eithe
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -224,16 +225,58 @@ def _flag_soft(policy: BudgetPolicy, usage_id: int, team: Team, reservation: Res
         log.warning("soft budget %s (team %s) is over its limit", policy.name, team)
 
 
-def budget_settle(*, usage_ids: list[int], reserved: Decimal, spent: Decimal) -> None:
+def budget_settle(
+    *, usage_ids: list[int], reserved: Decimal, spent: Decimal
+) -> list[BudgetUsage] | None:
     """Replace a reservation by the real cost in the windows it was taken from.
 
     One UPDATE statement, atomic on its own; callers run it inside the transaction that
-    finishes the query, so the reservation and the query's status change together."""
+    finishes the query, so the reservation and the query's status change together. On
+    Postgres return the settled windows, each with its policy (limit, thresholds, enabled), as
+    the statement left them (``UPDATE ... RETURNING``: what budget alerts read, without reading
+    the rows again); elsewhere None."""
     if not usage_ids:
-        return
-    BudgetUsage.objects.filter(pk__in=usage_ids).update(
-        reserved_usd=F("reserved_usd") - reserved, spent_usd=F("spent_usd") + spent
+        return []
+    if connection.vendor != "postgresql":
+        BudgetUsage.objects.filter(pk__in=usage_ids).update(
+            reserved_usd=F("reserved_usd") - reserved, spent_usd=F("spent_usd") + spent
+        )
+        return None
+    usage, policy = BudgetUsage._meta.db_table, BudgetPolicy._meta.db_table
+    sql = (
+        f'UPDATE "{usage}" AS u SET "reserved_usd" = u."reserved_usd" - %s, '
+        f'"spent_usd" = u."spent_usd" + %s FROM "{policy}" AS p '
+        'WHERE u."id" = ANY(%s) AND p."id" = u."policy_id" '
+        'RETURNING u."id", u."period_start", u."end_user", u."reserved_usd", u."spent_usd", '
+        'u."updated_at", p."id", p."name", p."limit_usd", p."alert_thresholds", p."enabled", '
+        'p."per_end_user"'
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [reserved, spent, list(usage_ids)])
+        rows = cursor.fetchall()
+    windows = []
+    for uid, start, user, res, spe, updated, pid, name, limit, thresholds, enabled, per in rows:
+        if isinstance(thresholds, str):  # Django reads jsonb as text
+            thresholds = json.loads(thresholds)
+        window = BudgetUsage(
+            id=uid,
+            policy_id=pid,
+            period_start=start,
+            end_user=user,
+            reserved_usd=res,
+            spent_usd=spe,
+            updated_at=updated,
+        )
+        window.policy = BudgetPolicy(
+            id=pid,
+            name=name,
+            limit_usd=limit,
+            alert_thresholds=thresholds,
+            enabled=enabled,
+            per_end_user=per,
+        )
+        windows.append(window)
+    return windows
 
 
 AUDITED_POLICY_FIELDS = [

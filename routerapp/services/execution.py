@@ -135,9 +135,13 @@ class CancelPoll:
 
 
 class Heartbeat:
-    """While a query runs, refresh its ``heartbeat_at`` every QUERY_HEARTBEAT_S from a thread,
-    so the reaper can tell a dead run from a long one. ``lost`` turns true when the row says
-    another attempt owns the query (this run was taken for dead): the run then stops.
+    """While a query runs, refresh its ``heartbeat_at`` every QUERY_HEARTBEAT_S, so the reaper
+    can tell a dead run from a long one. ``lost`` turns true when the row says another attempt
+    owns the query (this run was taken for dead): the run then stops.
+
+    One beater thread per process serves every running query (``_Beater``): starting a query
+    costs a dict entry, not a thread, and a query that ends before its first beat is due (most
+    single calls) costs no statement at all.
 
     Use as a context manager around the run."""
 
@@ -145,44 +149,89 @@ class Heartbeat:
         self.query_id = query_id
         self.attempt = run
         self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._beat, name=f"heartbeat-{query_id}", daemon=True
-        )
+        self.due = 0.0  # monotonic time of the next beat
+        self._registered = False
 
     def __enter__(self) -> Heartbeat:
         # Inside an outer transaction (a test calling the service directly) nobody else can
         # see the row, so there is nothing to tell the reaper.
         if not connection.in_atomic_block:
-            self._thread.start()
+            self.due = time.monotonic() + settings.QUERY_HEARTBEAT_S
+            _BEATER.add(self)
+            self._registered = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        if self._registered:
+            _BEATER.remove(self)
+            self._registered = False
 
-    def _beat(self) -> None:
+    def beat(self) -> bool:
+        """Refresh the row once; return False when this run no longer owns the query."""
+        owned = Query.objects.filter(
+            pk=self.query_id, status=Query.Status.RUNNING, runs=self.attempt
+        ).update(heartbeat_at=timezone.now())
+        if not owned:
+            row = Query.objects.filter(pk=self.query_id).values_list("status", "runs").first()
+            if row is not None and row != (Query.Status.RUNNING, self.attempt):
+                self.lost = True  # finished elsewhere, or another run took it over
+                return False
+        return True
+
+
+class _Beater:
+    """The process's heartbeat thread: beats each registered Heartbeat when it is due. Started
+    on first use (and again in a forked child, whose copy of the thread does not run)."""
+
+    def __init__(self) -> None:
+        self._beats: dict[int, Heartbeat] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, heartbeat: Heartbeat) -> None:
+        import os
+
+        with self._lock:
+            self._beats[id(heartbeat)] = heartbeat
+            self._wake.notify()
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+                self._thread.start()
+
+    def remove(self, heartbeat: Heartbeat) -> None:
+        with self._lock:
+            self._beats.pop(id(heartbeat), None)
+
+    def _run(self) -> None:
         from django.db import connections
 
-        try:
-            while not self._stop.wait(settings.QUERY_HEARTBEAT_S):
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [h for h in self._beats.values() if h.due <= now]
+                nxt = min((h.due for h in self._beats.values()), default=now + 1.0)
+                if not due:
+                    self._wake.wait(timeout=max(0.01, min(1.0, nxt - now)))
+                    continue
+            for heartbeat in due:
+                if id(heartbeat) not in self._beats:  # its run ended meanwhile
+                    continue
+                heartbeat.due = time.monotonic() + settings.QUERY_HEARTBEAT_S
                 try:
-                    owned = Query.objects.filter(
-                        pk=self.query_id, status=Query.Status.RUNNING, runs=self.attempt
-                    ).update(heartbeat_at=timezone.now())
+                    if not heartbeat.beat():
+                        self.remove(heartbeat)
                 except DB_TRANSIENT:  # restarting: the next beat reconnects
                     connections.close_all()
-                    continue
-                if not owned:
-                    row = (
-                        Query.objects.filter(pk=self.query_id).values_list("status", "runs").first()
-                    )
-                    if row is not None and row != (Query.Status.RUNNING, self.attempt):
-                        self.lost = True  # finished elsewhere, or another run took it over
-                        return
-        finally:
-            connections.close_all()  # this thread's own connection
+                except Exception:  # never let one bad beat stop every other query's
+                    log.exception("heartbeat of query %s failed", heartbeat.query_id)
+            # A round every QUERY_HEARTBEAT_S at most: not worth a connection held between.
+            connections.close_all()
+
+
+_BEATER = _Beater()
 
 
 def _ms(seconds: Any) -> int:
@@ -775,13 +824,13 @@ def _finish(query: Query, *, aborted_completion_tokens: int | None = None) -> No
     with tracing.span("costpass.budget.settle") as span:
         if span is not None:
             span.set_attributes(_settle_attributes(query))
-        budget_settle(
+        windows = budget_settle(
             usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd
         )
     if query.budget_windows and query.cost_usd > 0:
         from routerapp.services.alerts import budget_alerts_raise
 
-        budget_alerts_raise(usage_ids=query.budget_windows)
+        budget_alerts_raise(usage_ids=query.budget_windows, windows=windows)
     # The dashboards' daily rollup: its group is refreshed (debounced, off the request path)
     # once this is committed; robust, because a rollup failure must not fail a finished query.
     from routerapp.services.rollups import rollup_schedule

@@ -23,6 +23,7 @@ from routerapp.models import (
     Team,
 )
 from routerapp.selectors.access import permitted_configuration_slugs
+from routerapp.selectors.catalog_cache import cached, catalog_pinned
 from routerapp.services.budgets import (
     ZERO,
     budget_reserve,
@@ -183,11 +184,16 @@ def query_create(
     constraints = dataclasses.replace(
         constraints, permitted=permitted_configuration_slugs(team=team, api_key=api_key)
     )
-    with tracing.span("costpass.route") as span:
+    # The configurations, router versions and policies come from this process's cache, valid
+    # for the catalog version read once here (selectors.catalog_cache).
+    with tracing.span("costpass.route") as span, catalog_pinned():
         decision = decide(
             prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound, team=team
         )
-        policies = policies_for(team, api_key, end_user)
+        policies = cached(
+            ("policies", team.pk, api_key.pk if api_key else None, end_user),
+            lambda: policies_for(team, api_key, end_user),
+        )
         decision = _within_budget(
             team,
             api_key,

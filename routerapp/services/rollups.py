@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -380,6 +381,11 @@ def _pending_key(group: dict[str, Any]) -> str:
     return "rollup-pending:" + hashlib.sha1(repr(parts).encode()).hexdigest()
 
 
+# Marker key -> monotonic time until which the refresh this process enqueued for that group is
+# certainly still waiting (rollup_schedule).
+_enqueued_here: dict[str, float] = {}
+
+
 def rollup_schedule(*, query: Query) -> None:
     """Schedule the refresh of a query's rollup group (call after its change is committed).
 
@@ -395,6 +401,12 @@ def rollup_schedule(*, query: Query) -> None:
         rollup_refresh_pending(group=group)
         return
     key = _pending_key(group)
+    now = time.monotonic()
+    if _enqueued_here.get(key, 0.0) > now:
+        # A refresh this process enqueued cannot have started yet (it starts `delay` after
+        # it was enqueued; up to half a second is left as a margin for the clocks), so it
+        # will read this change, which is committed: no need to ask the cache (a round trip).
+        return
     # The marker outlives the countdown so a slow worker does not let duplicates pile up, and
     # expires so a lost task cannot silence a group for good.
     if not cache.add(key, 1, timeout=max(60, int(delay * 10))):
@@ -406,6 +418,9 @@ def rollup_schedule(*, query: Query) -> None:
         rollup_refresh.apply_async(
             kwargs={"group": group}, countdown=delay, queue=Queue.DEFAULT.value
         )
+        if len(_enqueued_here) > 10_000:
+            _enqueued_here.clear()
+        _enqueued_here[key] = now + delay - min(0.5, delay / 2)
     except Exception:  # no broker: refresh now rather than leave the group stale
         log.warning("could not enqueue a rollup refresh; refreshing inline", exc_info=True)
         cache.delete(key)

@@ -84,6 +84,19 @@ class RoutingDecision:
 
 def candidate_configurations(constraints: RequestConstraints) -> list[Configuration]:
     """Return the enabled configurations the request allows; raise when a name is unknown."""
+    if not (
+        constraints.configuration
+        or constraints.model
+        or constraints.strategy
+        or constraints.allowed_models is not None
+        or constraints.permitted is not None
+    ):  # model "auto" without allowlists: every enabled configuration (cached)
+        from routerapp.selectors.catalog_cache import cached
+
+        every = cached("configurations", _enabled_configurations)
+        if not every:
+            raise Unprocessable("no enabled configuration satisfies the request", param="model")
+        return list(every)
     qs = Configuration.objects.filter(enabled=True, endpoint__enabled=True).select_related(
         "endpoint", "strategy"
     )
@@ -120,6 +133,14 @@ def candidate_configurations(constraints: RequestConstraints) -> list[Configurat
     if not configs:
         raise Unprocessable("no enabled configuration satisfies the request", param="model")
     return configs
+
+
+def _enabled_configurations() -> list[Configuration]:
+    return list(
+        Configuration.objects.filter(enabled=True, endpoint__enabled=True)
+        .select_related("endpoint", "strategy")
+        .order_by("slug")
+    )
 
 
 def _permitted_only(qs: Any, constraints: RequestConstraints) -> Any:
@@ -248,6 +269,29 @@ def active_router_version(team: Any = None) -> RouterVersion | None:
     return qs.filter(team__isnull=True).defer("artifact").first()
 
 
+def serving_router_versions(team: Any = None) -> tuple[RouterVersion | None, RouterVersion | None]:
+    """Return (the version that serves ``team``, the shadow version) with one query (none
+    while the catalog is unchanged: selectors.catalog_cache): the same answers as
+    ``active_router_version(team)`` and ``shadow_router_version()``."""
+    from routerapp.selectors.catalog_cache import cached
+
+    return cached(("routers", team.pk if team is not None else None), lambda: _serving(team))
+
+
+def _serving(team: Any) -> tuple[RouterVersion | None, RouterVersion | None]:
+    scope = Q(is_active=True, team__isnull=True) | Q(is_shadow=True)
+    if team is not None:
+        scope |= Q(is_active=True, team=team)
+    rows = list(
+        RouterVersion.objects.filter(scope, status=RouterVersion.Status.READY).defer("artifact")
+    )
+    scoped = [v for v in rows if v.is_active and team is not None and v.team_id == team.pk]
+    default = [v for v in rows if v.is_active and v.team_id is None]
+    active = next(iter(scoped or default), None)
+    shadow = next((v for v in rows if v.is_shadow), None)
+    return active, shadow
+
+
 def shadow_router_version() -> RouterVersion | None:
     return (
         RouterVersion.objects.filter(is_shadow=True, status=RouterVersion.Status.READY)
@@ -290,8 +334,10 @@ def decide(
             )
         configs = affordable
     configs = _healthy(configs)
-    shadow = shadow_decision(prompt=prompt, task=task, configs=configs, constraints=constraints)
-    version = active_router_version(team)
+    version, shadow_version = serving_router_versions(team)
+    shadow = shadow_decision(
+        prompt=prompt, task=task, configs=configs, constraints=constraints, version=shadow_version
+    )
     # min_accuracy / max_latency_s are judged on the router's predictions: without them no
     # configuration is known to meet the request, so it is refused (422), never served blind.
     predicted = [
@@ -418,12 +464,17 @@ def _decide_with_router(
 
 
 def shadow_decision(
-    *, prompt: str, task: str, configs: list[Configuration], constraints: RequestConstraints
+    *,
+    prompt: str,
+    task: str,
+    configs: list[Configuration],
+    constraints: RequestConstraints,
+    version: RouterVersion | None,
 ) -> dict[str, Any] | None:
-    """Return what the shadow version would have chosen (it decides, it does not serve)."""
+    """Return what the shadow ``version`` (serving_router_versions) would have chosen (it
+    decides, it does not serve); None without one."""
     from routerapp.routing import RouterError
 
-    version = shadow_router_version()
     if version is None:
         return None
     try:

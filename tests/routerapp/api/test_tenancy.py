@@ -4,6 +4,7 @@ the audit log is visible in the admin."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from routerapp.models import ApiKey, AuditLog, BudgetPolicy, Query
-from routerapp.services.apikeys import hash_key
+from routerapp.services.apikeys import AUTH_CACHE_S, hash_key
 from tests.factories import BudgetPolicyFactory
 from tests.routerapp.api.conftest import make_configuration
 
@@ -163,6 +164,9 @@ def test_expired_key_is_401(teams) -> None:  # type: ignore[no-untyped-def]
     from django.utils import timezone
 
     ApiKey.objects.filter(pk=key.pk).update(expires_at=timezone.now())
+    # A change made outside the keys service (here SQL) reaches each process's key cache
+    # within AUTH_CACHE_S.
+    time.sleep(AUTH_CACHE_S + 0.05)
     r = http.get("/v1/models", headers=alpha.auth)
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 

@@ -1,0 +1,224 @@
+"""The inline chat/completions path (router on, hard budget on, ledger on): how many SQL
+statements and Redis round trips one request costs, pinned so that it cannot silently grow.
+
+Counted in every thread of this process (the request's, and any it starts): the statements the
+Django cursors execute and the packed commands the redis client sends (one per round trip, a
+pipeline counting once)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db.backends.utils import CursorWrapper
+from django.test import Client, override_settings
+from django.utils import timezone
+from redis.connection import AbstractConnection
+
+from routerapp.models import ApiKey, BudgetPolicy, BudgetUsage, Configuration, Query, Sample, Team
+from routerapp.services.apikeys import AUTH_CACHE_S, api_key_create, api_key_revoke
+from tests.routerapp.api.conftest import Caller, make_configuration
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+
+
+@dataclass
+class RoundTrips:
+    sql: list[str] = field(default_factory=list)
+    redis: list[str] = field(default_factory=list)
+    threads: set[str] = field(default_factory=set)
+
+    def report(self) -> str:
+        verbs = Counter(s.split()[0].upper() for s in self.sql)
+        return (
+            f"{len(self.sql)} SQL statements {dict(verbs)}, {len(self.redis)} Redis round trips:\n"
+            + "\n".join(f"  sql: {s[:160]}" for s in self.sql)
+            + "\n"
+            + "\n".join(f"  redis: {r[:160]}" for r in self.redis)
+        )
+
+
+@contextmanager
+def round_trips() -> Iterator[RoundTrips]:
+    """Count SQL statements and Redis round trips made by any thread while inside."""
+    seen = RoundTrips()
+    lock = threading.Lock()
+    execute = CursorWrapper._execute_with_wrappers
+    executemany = CursorWrapper.executemany
+    send = AbstractConnection.send_packed_command
+
+    def _execute(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            seen.sql.append(sql)
+            seen.threads.add(threading.current_thread().name)
+        return execute(self, sql, *args, **kwargs)
+
+    def _send(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        parts = command if isinstance(command, list) else [command]
+        text = b"".join(bytes(p) for p in parts).decode(errors="replace")
+        words = [w for w in text.split("\r\n") if w and w[0] not in "*$"]
+        with lock:
+            seen.redis.append(" ".join(words[:4]))
+        return send(self, command, *args, **kwargs)
+
+    CursorWrapper._execute_with_wrappers = _execute  # type: ignore[method-assign]
+    AbstractConnection.send_packed_command = _send  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        CursorWrapper._execute_with_wrappers = execute  # type: ignore[method-assign]
+        CursorWrapper.executemany = executemany  # type: ignore[method-assign]
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def hot_path(upstream_url: str, make_caller: Any) -> Any:
+    make_configuration(upstream_url)
+    caller = make_caller("hot")
+    BudgetPolicy.objects.create(
+        team=caller.team,
+        name="monthly",
+        limit_usd=Decimal("1000"),
+        period="month",
+        mode=BudgetPolicy.Mode.HARD_REJECT,
+    )
+    return caller
+
+
+def _post(client: Client, caller: Any) -> Any:
+    response = client.post(
+        "/v1/chat/completions",
+        BODY,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {caller.raw}"},
+    )
+    assert response.status_code == 200, response.content
+    return response
+
+
+@override_settings(ROLLUP_DEBOUNCE_S=60.0)  # the first request's rollup refresh is still pending
+def test_inline_request_round_trips(hot_path: Any) -> None:
+    from routerapp.services.streaming import redis_client
+
+    redis = redis_client()
+    for key in redis.scan_iter("*rollup-pending*"):  # ids restart with each test database
+        redis.delete(key)
+    client = Client()
+    _post(client, hot_path)  # first request: per-process caches fill, last_used_at is touched
+    _post(client, hot_path)
+    with round_trips() as seen:
+        response = _post(client, hot_path)
+    print(seen.report())
+    query = Query.objects.get(pk=response.json()["costpass"]["query_id"])
+    sample = Sample.objects.get(query=query)
+    assert query.status == Query.Status.DONE
+    assert query.cost_usd == sample.cost_usd > 0
+    usage = BudgetUsage.objects.get()
+    assert usage.reserved_usd == 0
+    assert usage.spent_usd == sum(q.cost_usd for q in Query.objects.all())
+    # Pinned: a change that adds a statement or a round trip to the hot path must say so here.
+    # The key comes from the process's cache (AUTH_CACHE_S), and so do the configurations,
+    # router versions and budget policies while the catalog version (one SELECT) is unchanged.
+    # Left: the catalog version, the reservation and the query row (one transaction), then the
+    # settlement (returning the windows the budget alerts read), the query's final row and the
+    # sample (another).
+    assert len(seen.sql) == 6, seen.report()
+    # The end-of-query event (one pipeline); the rollup marker was set by the first request and
+    # its refresh has not started yet.
+    assert len(seen.redis) == 1, seen.report()
+    assert seen.threads == {threading.current_thread().name}, seen.threads
+
+
+def test_a_cached_key_revoked_here_fails_at_once_and_elsewhere_within_a_second(
+    hot_path: Any,
+) -> None:
+    client = Client()
+    _post(client, hot_path)  # now in this process's key cache
+    api_key_revoke(key=hot_path.key)
+    r = client.post(
+        "/v1/chat/completions",
+        BODY,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {hot_path.raw}"},
+    )
+    assert r.status_code == 401
+    # Revoked by another process (here: SQL): refused once the cached row is AUTH_CACHE_S old.
+    key, raw = api_key_create(team=hot_path.team, name="other")
+    other = Caller(hot_path.team, key, raw)
+    _post(client, other)
+    revoked_at = time.monotonic()
+    ApiKey.objects.filter(pk=other.key.pk).update(revoked_at=timezone.now())
+    statuses = []
+    while time.monotonic() - revoked_at < AUTH_CACHE_S + 0.5:
+        r = client.get("/v1/models", headers={"Authorization": f"Bearer {other.raw}"})
+        statuses.append((round(time.monotonic() - revoked_at, 2), r.status_code))
+        time.sleep(0.05)
+    refused = [t for t, status in statuses if status == 401]
+    assert refused and refused[0] <= AUTH_CACHE_S + 0.1, statuses
+    assert all(status == 401 for t, status in statuses if t >= refused[0]), statuses
+
+
+def test_one_heartbeat_thread_beats_every_running_query(hot_path: Any) -> None:
+    from routerapp.services.execution import Heartbeat
+
+    team = Team.objects.get(name="hot")
+    queries = [
+        Query.objects.create(team=team, prompt="p", status=Query.Status.RUNNING, runs=1)
+        for _ in range(5)
+    ]
+    with override_settings(QUERY_HEARTBEAT_S=0.2):
+        beats = [Heartbeat(q.pk, 1) for q in queries]
+        for b in beats:
+            b.__enter__()
+        threads = threading.active_count()
+        try:
+            Query.objects.filter(pk=queries[0].pk).update(runs=2)  # taken over by another run
+            time.sleep(0.7)
+            assert threading.active_count() == threads  # no thread per query
+            assert beats[0].lost
+            for q, b in zip(queries[1:], beats[1:], strict=True):
+                q.refresh_from_db()
+                assert q.heartbeat_at is not None and not b.lost
+        finally:
+            for b in beats:
+                b.__exit__(None, None, None)
+    time.sleep(0.3)  # a round that had started when they ended is over
+    # A query that ends before its first beat is due costs no statement.
+    with (
+        override_settings(QUERY_HEARTBEAT_S=5.0),
+        round_trips() as seen,
+        Heartbeat(queries[1].pk, 1),
+    ):
+        time.sleep(0.1)
+    assert seen.sql == []
+
+
+def test_catalog_changes_reach_the_cached_request_path_at_once(
+    hot_path: Any, upstream_url: str
+) -> None:
+    """Configurations, router versions and policies are cached per process, but any write to
+    them (here plain ORM updates, as another process or the admin would) is seen by the next
+    request: no staleness window."""
+    client = Client()
+    first = _post(client, hot_path).json()["costpass"]
+    other = make_configuration(upstream_url, name="other")
+    Configuration.objects.exclude(pk=other.pk).update(enabled=False)
+    assert _post(client, hot_path).json()["costpass"]["configuration"] == other.slug
+    assert first["configuration"] != other.slug
+    BudgetPolicy.objects.filter(team=hot_path.team).update(limit_usd=Decimal("0"))
+    r = client.post(
+        "/v1/chat/completions",
+        BODY,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {hot_path.raw}"},
+    )
+    assert r.status_code == 402, r.content
