@@ -140,6 +140,30 @@ def content_text(content: Any) -> str:
     return ""
 
 
+def check_tool_turns(messages: list[dict[str, Any]], *, param: str) -> None:
+    """Raise InvalidInput (OpenAI's 400, before anything runs or is billed) when a tool
+    result answers no earlier call, or a tool call is not answered before the conversation
+    goes on (every upstream refuses both)."""
+    pending: list[str] = []
+    for m in messages:
+        if m.get("role") == "tool":
+            call_id = m.get("tool_call_id")
+            if call_id not in pending:
+                raise InvalidInput(
+                    f"no tool call found for the tool output with call id {call_id!r}",
+                    param=param,
+                )
+            pending.remove(call_id)
+            continue
+        if pending:
+            raise InvalidInput(
+                f"no tool output found for the tool call {pending[0]!r}", param=param
+            )
+        pending = [str(c.get("id")) for c in m.get("tool_calls") or []]
+    if pending:
+        raise InvalidInput(f"no tool output found for the tool call {pending[0]!r}", param=param)
+
+
 def parse_request(data: Any, kind: str) -> OpenAIRequest:
     """Validate an OpenAI request body; raise InvalidInput (a 400) naming the bad field."""
     if not isinstance(data, dict):
@@ -204,6 +228,8 @@ def parse_request(data: Any, kind: str) -> OpenAIRequest:
     if kind == CHAT:
         request.messages, images, audio = _messages(body["messages"])
         history = any(m.get("role") == "tool" or m.get("tool_calls") for m in request.messages)
+        if history:
+            check_tool_turns(request.messages, param="messages")
         if images or audio or history:
             request.options = request.options.model_copy(
                 update={"images": images, "audio": audio, "tool_history": history}

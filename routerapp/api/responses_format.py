@@ -174,19 +174,6 @@ def _function_call_output(item: dict[str, Any], i: int) -> dict[str, Any]:
     }
 
 
-def check_tool_results(messages: list[dict[str, Any]]) -> None:
-    """Raise InvalidInput when a tool result answers no earlier tool call (OpenAI's 400)."""
-    called: set[str] = set()
-    for m in messages:
-        for call in m.get("tool_calls") or []:
-            called.add(call["id"])
-        if m["role"] == "tool" and m["tool_call_id"] not in called:
-            raise InvalidInput(
-                f"no tool call found for function call output with call_id {m['tool_call_id']!r}",
-                param="input",
-            )
-
-
 _FUNCTION_TOOL_KEYS = {"type", "name", "description", "parameters", "strict"}
 
 

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from routerapp.api import responses_format as rfmt
 from routerapp.api.auth import admit_request, require_scope
-from routerapp.api.openai_request import content_text
+from routerapp.api.openai_request import check_tool_turns, content_text
 from routerapp.api.schema import ApiAutoSchema, SpendingApiAutoSchema
 from routerapp.api.serializers import (
     ConstraintFields,
@@ -171,7 +171,7 @@ def _messages(request: Request, data: dict[str, Any]) -> list[dict[str, Any]]:
             answer["content"] = earlier.answer or None
         messages.append(answer)
     messages += rfmt.input_messages(data["input"])
-    rfmt.check_tool_results(messages)
+    check_tool_turns(messages, param="input")
     return messages
 
 

@@ -121,3 +121,18 @@ def test_custom_tools_are_refused_not_mangled_into_function_calls() -> None:
             CHAT,
         )
     assert raised.value.param == "tool_choice"
+
+
+def test_tool_turns_must_pair_calls_with_results() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}
+    asked = [*QUESTION, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    answered = [*asked, {"role": "tool", "tool_call_id": "c1", "content": "4"}]
+    assert parse_request({"messages": answered}, CHAT).options.tool_history
+    for messages in (
+        [*asked, {"role": "user", "content": "and?"}],  # the call never answered
+        [*QUESTION, {"role": "tool", "tool_call_id": "c9", "content": "4"}],  # no such call
+        [*answered, {"role": "tool", "tool_call_id": "c1", "content": "4"}],  # answered twice
+    ):
+        with pytest.raises(InvalidInput) as raised:
+            parse_request({"messages": messages}, CHAT)
+        assert raised.value.param == "messages"

@@ -144,6 +144,11 @@ def test_function_call_out_and_its_output_back(client: openai.OpenAI) -> None:
     # A tool result that answers no call is OpenAI's 400, before anything runs.
     orphan = [{"type": "function_call_output", "call_id": "call_nope", "output": "4"}]
     _refused(lambda: client.responses.create(model="auto", input=orphan), "input")
+    # So is a call left unanswered while the conversation goes on.
+    _refused(
+        lambda: client.responses.create(model="auto", previous_response_id=r.id, input="Hi"),
+        "input",
+    )
 
 
 def test_a_call_cut_by_max_output_tokens_is_incomplete(client: openai.OpenAI) -> None:
