@@ -21,7 +21,7 @@ from django.shortcuts import render
 from routerapp import charts
 from routerapp.models import Team
 from routerapp.selectors import dashboards as D
-from routerapp.selectors.budgets import end_user_budgets_left
+from routerapp.selectors.budgets import budgets_for_team, end_user_budgets_left
 from routerapp.templatetags.ui import ms, num, pct, usd
 from routerapp.views.common import team_view
 from routerapp.views.forms import FilterForm
@@ -50,7 +50,8 @@ NO_GRADED = (
 
 def _spend(team: Team, f: D.DashboardFilters) -> Panel:
     data = D.spend_over_time(team=team, filters=f)
-    if not data["total"] and not data["budgets"]:
+    per_user = [p.name for p in budgets_for_team(team=team) if p.per_end_user and p.enabled]
+    if not data["total"] and not data["budgets"] and not per_user:
         return Panel(empty=NO_QUERIES)
     columns = ["day", "spend (filtered)"] + [
         f"{b['name']}: spent this {b['period']} (limit {usd(b['limit_usd'])})"
@@ -61,10 +62,15 @@ def _spend(team: Team, f: D.DashboardFilters) -> Panel:
         for i, (d, s) in enumerate(zip(data["days"], data["spend"], strict=True))
     ]
     note = f"Total {usd(data['total'])} in the period."
-    if not data["budgets"]:
+    if not data["budgets"] and not per_user:
         note += " No budget is set for this team: an admin can add one under Budget policies in the admin."
-    else:
+    elif data["budgets"]:
         note += " Budget lines count everything their scope spent (the team, or one key), whatever the filters."
+    if per_user:
+        note += (
+            " Per-end-user budgets (" + ", ".join(per_user) + ") are shown per user under "
+            "Spend by end user."
+        )
     alerts = [
         f"{b['name']} reached {a['threshold_percent']}% on {a['raised_at'][:10]}"
         for b in data["budgets"]

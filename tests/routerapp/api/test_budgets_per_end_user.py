@@ -216,6 +216,8 @@ def test_per_end_user_budget_in_api_usage_and_dashboard(  # type: ignore[no-unty
     client.force_login(member.user)
     page = client.get("/dashboards/panel/end-users").content.decode()
     assert "budget left this period" in page and "each" in page
+    page = client.get("/dashboards/panel/spend").content.decode()
+    assert "Per-end-user budgets (each) are shown per user" in page
     r = client.get("/dashboards/panel/end-users", {"format": "csv"})
     rows = {row["end user"]: row for row in csv.DictReader(io.StringIO(r.content.decode()))}
     assert Decimal(rows["alice"]["budget left this period"].lstrip("$")) == pytest.approx(
