@@ -259,6 +259,8 @@ def query_create(
         budget_flags=reservation.soft_flags,
         benchmark_run=benchmark_run,
     )
+    # The request's span (Django's, when tracing is on) names the query: find a trace by id.
+    tracing.annotate({tracing.QUERY_ID: str(query.pk)})
     if tags:
         QueryTag.objects.bulk_create(
             [QueryTag(query=query, team=team, tag=t, created_at=query.created_at) for t in tags]

@@ -169,6 +169,7 @@ def test_one_trace_from_request_to_settlement(  # type: ignore[no-untyped-def]
     trace_id = format(request.context.trace_id, "032x")
     assert request.parent is None  # the trace starts at the request
     assert request.attributes["http.route"] == "v1/chat/completions"
+    assert request.attributes[tracing.QUERY_ID] == str(query.pk)
     route, reserve = web["costpass.route"], web["costpass.budget.reserve"]
     publish = web["apply_async/costpass.query_execute"]
     for span in (route, reserve, publish):
