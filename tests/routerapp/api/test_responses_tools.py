@@ -285,6 +285,7 @@ def test_store_false_and_what_a_retrieval_repeats(client: openai.OpenAI) -> None
         metadata={"run": "7"},
         instructions="Use the tool.",
     )
+    assert r.store is True and r.parallel_tool_calls is True  # OpenAI's defaults, not given
     again = client.responses.retrieve(r.id)
     assert again.tools[0].name == "add" and again.metadata == {"run": "7"}
     assert again.instructions == "Use the tool." and again.output[0].type == "function_call"
