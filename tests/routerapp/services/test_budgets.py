@@ -61,3 +61,57 @@ def test_key_budget_applies_only_to_its_key_and_soft_budget_flags() -> None:
     r = budget_reserve(team=team, api_key=key_b, amount=Decimal("0.20"))
     assert r.soft_flags == ["team-soft"]
     assert BudgetUsage.objects.get(policy__name="team-soft").reserved_usd == Decimal("0.20")
+
+
+def test_a_per_end_user_budget_keeps_one_window_per_user() -> None:
+    """Each end user has the whole limit in a window of their own (the first reservation
+    creates it, later ones take the one-statement path); requests naming no user share one;
+    a top-up of a user's query (a fallback) lands in that user's window."""
+    from routerapp.services.budgets import budget_reserve_more, hard_budget_left, policies_for
+
+    team = TeamFactory()
+    policy = BudgetPolicyFactory(
+        team=team, name="each", limit_usd=Decimal("1.00"), per_end_user=True
+    )
+    windows = {}
+    for user in ("alice", "bob", ""):
+        first = budget_reserve(team=team, api_key=None, amount=Decimal("0.60"), end_user=user)
+        again = budget_reserve(team=team, api_key=None, amount=Decimal("0.40"), end_user=user)
+        assert first.usage_ids == again.usage_ids
+        windows[user] = first.usage_ids[0]
+        with pytest.raises(BudgetExceeded) as err:
+            budget_reserve(team=team, api_key=None, amount=Decimal("0.01"), end_user=user)
+        who = f"end user '{user}'" if user else "requests naming no end user"
+        assert f"budget 'each' (per month, {who}, limit $1)" in err.value.message
+        assert hard_budget_left(team=team, api_key=None, end_user=user) == 0
+    assert len(set(windows.values())) == 3
+    assert {u.end_user: u.reserved_usd for u in BudgetUsage.objects.filter(policy=policy)} == {
+        "alice": Decimal("1.00"),
+        "bob": Decimal("1.00"),
+        "": Decimal("1.00"),
+    }
+    assert hard_budget_left(team=team, api_key=None, end_user="carol") == Decimal("1.00")
+    budget_settle(usage_ids=[windows["alice"]], reserved=Decimal("1.00"), spent=Decimal("0.30"))
+    top_up = budget_reserve(
+        team=team,
+        api_key=None,
+        amount=Decimal("0.70"),
+        policies=policies_for(team, None, "alice"),
+        end_user="alice",
+    )
+    assert top_up.usage_ids == [windows["alice"]]
+    with pytest.raises(BudgetExceeded):
+        budget_reserve_more(usage_ids=[windows["alice"]], amount=Decimal("0.01"))
+
+
+def test_per_end_user_and_one_end_user_do_not_combine() -> None:
+    from routerapp.errors import InvalidInput
+    from routerapp.services.budgets import budget_policy_create
+
+    team = TeamFactory()
+    with pytest.raises(InvalidInput) as err:
+        budget_policy_create(
+            team=team, name="x", limit_usd=Decimal("1"), per_end_user=True, end_user="alice"
+        )
+    assert err.value.param == "per_end_user"
+    assert not BudgetPolicy.objects.exists()
