@@ -222,3 +222,27 @@ def test_catalog_changes_reach_the_cached_request_path_at_once(
         headers={"Authorization": f"Bearer {hot_path.raw}"},
     )
     assert r.status_code == 402, r.content
+
+
+def test_a_rolled_back_catalog_change_never_serves_a_later_request(
+    hot_path: Any, upstream_url: str
+) -> None:
+    """A transaction that changed the catalog and read it (caching what it saw) then rolled
+    back: its version number is never reached again, so a later change is not served the
+    rolled-back rows."""
+    from django.db import transaction
+
+    from routerapp.selectors.catalog_cache import catalog_version
+    from routerapp.services.routing import RequestConstraints, candidate_configurations
+
+    def names() -> set[str]:
+        return {c.endpoint.name for c in candidate_configurations(RequestConstraints())}
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        make_configuration(upstream_url, name="ghost")
+        seen = catalog_version()
+        assert "ghost" in names()
+        raise RuntimeError("rolled back")
+    make_configuration(upstream_url, name="other")
+    assert catalog_version() != seen
+    assert "ghost" not in names() and "other" in names()
