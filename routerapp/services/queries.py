@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import AutoField
+from django.db.models.sql.subqueries import InsertQuery, UpdateQuery
 from django.utils import timezone
 
 from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
@@ -601,14 +603,48 @@ def _inline_complete(
         execution._finish(
             query, aborted_completion_tokens=int(result.ledger.aborted_completion_tokens)
         )
-        updated = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING).update(
-            **{name: getattr(query, name) for name in _FINAL_FIELDS}
-        )
+        updated = _write_final(query, [*partials, *samples], [*scorers_before, *scorers])
         if not updated:  # finished meanwhile (e.g. failed by an operator): keep that
-            raise _AlreadyFinished
-        Sample.objects.bulk_create([*partials, *samples])
-        ScorerCall.objects.bulk_create([*scorers_before, *scorers])
+            raise _AlreadyFinished  # (and the rows written with it are rolled back)
     return str(query.status), [*partials, *samples]
+
+
+def _write_final(query: Query, samples: list[Sample], scorers: list[ScorerCall]) -> int:
+    """Write a finished inline query's final row (``_FINAL_FIELDS``, only while it is still
+    running) with its sample and scorer-call rows; return how many query rows were updated
+    (0: it had finished meanwhile; the caller rolls the samples back). On Postgres one
+    statement: ``WITH <insert samples>, <insert scorer calls> UPDATE <query>``, the SQL Django
+    builds for each."""
+    rows = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING)
+    values = {name: getattr(query, name) for name in _FINAL_FIELDS}
+    if connection.vendor != "postgresql":
+        updated = rows.update(**values)
+        if updated:
+            Sample.objects.bulk_create(samples)
+            ScorerCall.objects.bulk_create(scorers)
+        return updated
+    ctes: list[str] = []
+    params: list[Any] = []
+    parts: list[tuple[Any, list[Any]]] = [(Sample, samples), (ScorerCall, scorers)]
+    for model, objs in parts:
+        if not objs:
+            continue
+        insert = InsertQuery(model)
+        insert.insert_values(
+            [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)], objs
+        )
+        [(sql, args)] = insert.get_compiler(connection=connection).as_sql()
+        ctes.append(f"w{len(ctes)} AS ({sql})")
+        params.extend(args)
+    update = cast(UpdateQuery, rows.query.chain(UpdateQuery))
+    update.add_update_values(values)
+    sql, args = update.get_compiler(connection=connection).as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute((f"WITH {', '.join(ctes)} " if ctes else "") + sql, [*params, *args])
+        updated = int(cursor.rowcount)
+    for obj in [*samples, *scorers]:
+        obj._state.adding, obj._state.db = False, connection.alias
+    return updated
 
 
 class _InlineEvents:

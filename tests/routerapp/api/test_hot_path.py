@@ -129,9 +129,9 @@ def test_inline_request_round_trips(hot_path: Any) -> None:
     # The key comes from the process's cache (AUTH_CACHE_S), and so do the configurations,
     # router versions and budget policies while the catalog version (one SELECT) is unchanged.
     # Left: the catalog version, the reservation and the query row (one transaction), then the
-    # settlement (returning the windows the budget alerts read), the query's final row and the
-    # sample (another).
-    assert len(seen.sql) == 6, seen.report()
+    # settlement (returning the windows the budget alerts read) and one statement writing the
+    # sample and the query's final row (another).
+    assert len(seen.sql) == 5, seen.report()
     # The end-of-query event (one pipeline); the rollup marker was set by the first request and
     # its refresh has not started yet.
     assert len(seen.redis) == 1, seen.report()
@@ -246,3 +246,29 @@ def test_a_rolled_back_catalog_change_never_serves_a_later_request(
     make_configuration(upstream_url, name="other")
     assert catalog_version() != seen
     assert "ghost" not in names() and "other" in names()
+
+
+def test_a_query_finished_elsewhere_keeps_its_state_and_gets_no_sample_rows(
+    hot_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final row and the samples are one statement; when the row is no longer running
+    (an operator failed it meanwhile) neither is written."""
+    from routerapp.services import queries
+
+    attempt = queries._inline_attempt
+
+    def failed_meanwhile(query: Query, *args: Any) -> Any:
+        result = attempt(query, *args)
+        Query.objects.filter(pk=query.pk).update(status=Query.Status.FAILED, error="operator")
+        return result
+
+    monkeypatch.setattr(queries, "_inline_attempt", failed_meanwhile)
+    r = Client().post(
+        "/v1/chat/completions",
+        BODY,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {hot_path.raw}"},
+    )
+    query = Query.objects.get()
+    assert r.status_code == 502 and query.status == Query.Status.FAILED
+    assert query.error == "operator" and not Sample.objects.filter(query=query).exists()
