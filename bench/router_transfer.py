@@ -70,6 +70,9 @@ def main() -> int:
         "--family", action="append", default=None, help="held-out family to run (repeatable)"
     )
     ap.add_argument(
+        "--irt-rank", type=int, default=None, help="rank of the unseen-family difficulty model"
+    )
+    ap.add_argument(
         "--fast", action="store_true", help="static figures only (no online replay, no kNN)"
     )
     ap.add_argument("--json", type=Path, default=HERE.parent / "results" / "router_transfer.json")
@@ -92,6 +95,7 @@ def main() -> int:
             p,
             name=name,
             only=args.family,
+            params=None if args.irt_rank is None else {"irt_rank": args.irt_rank},
             seeds=args.seeds,
             online=not args.fast,
             knn=not args.fast,
@@ -116,7 +120,9 @@ def main() -> int:
     args.json.write_text(
         json.dumps(
             {
-                "command": "bench/router_transfer.py --seeds " + str(args.seeds),
+                "command": "bench/router_transfer.py --seeds "
+                + str(args.seeds)
+                + ("" if args.irt_rank is None else f" --irt-rank {args.irt_rank}"),
                 "rows": rows,
                 "summary": summ,
                 "summary_earlier_rule": old,

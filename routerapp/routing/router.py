@@ -24,6 +24,7 @@ from routerapp.routing.costs import CostModel
 from routerapp.routing.data import TrainData, build_matrices
 from routerapp.routing.features import PromptFeaturizer
 from routerapp.routing.irt import MIN_FAMILIES, DifficultyModel
+from routerapp.routing.irt import RANK as IRT_RANK
 from routerapp.routing.learners import Learner, fit_calibration, get_learner
 from routerapp.routing.metrics import cost_of_pass, ece
 from routerapp.routing.online import OnlineParams, OnlineState
@@ -70,6 +71,7 @@ class RouterParams(BaseModel):
     # model fitted across the training families (``routing.irt``; needs >= 3 of them, else the
     # family mean); "family-mean" gives every prompt the configurations' mean over families.
     unseen_p: Literal["irt", "family-mean"] = "irt"
+    irt_rank: int = Field(default=IRT_RANK, ge=1, le=8)
     learner_params: dict[str, Any] = Field(default_factory=dict)
     online: OnlineParams = Field(default_factory=OnlineParams)
 
@@ -224,7 +226,7 @@ class Router:
                 se[unseen] = self._fam_se[None, :]
                 if self.irt is not None and self.params.unseen_p == "irt":
                     # Per prompt: how hard it looks, learned across the training families
-                    # (LOFO: static gap_closed > 0 on 5 families instead of 1, none below 0).
+                    # (LOFO: static gap_closed > 0 on 5 of 25 families instead of 1, none < 0).
                     p[unseen] = self.irt.predict(feats[unseen])
         return p, se, cost
 
@@ -715,7 +717,9 @@ def _fit_router(
     irt = None
     if prm.unseen_p == "irt" and fam_logits.shape[1] >= MIN_FAMILIES:
         t_irt = time.perf_counter()
-        irt = DifficultyModel.fit(feats, data.y, data.w, [family_of(t) for t in tags])
+        irt = DifficultyModel.fit(
+            feats, data.y, data.w, [family_of(t) for t in tags], rank=prm.irt_rank
+        )
         info["irt_seconds"] = time.perf_counter() - t_irt
     info["fit_seconds"] = time.perf_counter() - t0
     return Router(

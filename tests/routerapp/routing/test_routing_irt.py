@@ -125,3 +125,16 @@ def test_two_training_families_are_too_few_to_learn_difficulty(train):
     r = fit_router(out[keep], pr[pr["dataset"].isin(["alpha", "beta"])], cands, seed=0)
     assert r.irt is None
     assert r.fit_info["n_families"] == 2
+
+
+def test_the_rank_is_a_router_parameter_and_survives_saving(train):
+    out, pr, cands = train
+    r2 = fit_router(out, pr, cands, seed=0, params={"irt_rank": 2})
+    assert r2.irt is not None
+    assert r2.irt.b.shape[0] == 2 and r2.irt.s.shape == (2, 2)
+    back = Router.from_bytes(r2.to_bytes())
+    assert back.params.irt_rank == 2
+    np.testing.assert_allclose(back.irt.b, r2.irt.b)
+    rng = np.random.default_rng(4)
+    long_q = _text(rng, "delta", True)
+    assert back.decide(long_q, "delta").config_id == "big|single"
