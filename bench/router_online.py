@@ -41,8 +41,6 @@ from routerapp.routing import transfer as T  # noqa: E402
 from routerapp.routing.evaluation import outcome_matrices  # noqa: E402
 from routerapp.routing.online import OnlineParams  # noqa: E402
 from routerapp.routing.router import Router, fit_router  # noqa: E402
-from routerapp.routing.simulation import build_suite  # noqa: E402
-from routerapp.routing.types import TableError  # noqa: E402
 
 HERE = Path(__file__).resolve()
 SHARED = HERE.parents[2] / "shared"
@@ -87,15 +85,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for name in args.source or list(T.SOURCES):
         o, p = T.load_source(args.data, name)
-        tags = sorted(str(t) for t in o["dataset"].unique())
-        for fam in sorted({T.family_of(t) for t in tags}):
+        for fam, suite in T.lofo_suites(o, p, name=name):
             if args.family and f"{name}:{fam}" not in args.family:
-                continue
-            held = [t for t in tags if T.family_of(t) == fam]
-            rest = [t for t in tags if T.family_of(t) != fam]
-            try:
-                suite = build_suite(o, p, train_datasets=rest, test_datasets=held)
-            except TableError:
                 continue
             fitted = fit_router(suite.train_outcomes, suite.train_prompts, suite.candidates)
             blob = fitted.to_bytes()

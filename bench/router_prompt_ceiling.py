@@ -34,8 +34,6 @@ from routerapp.routing import transfer as T  # noqa: E402
 from routerapp.routing.evaluation import outcome_matrices  # noqa: E402
 from routerapp.routing.features import PromptFeaturizer  # noqa: E402
 from routerapp.routing.router import single_threaded  # noqa: E402
-from routerapp.routing.simulation import build_suite  # noqa: E402
-from routerapp.routing.types import TableError  # noqa: E402
 
 HERE = Path(__file__).resolve()
 SHARED = HERE.parents[2] / "shared"
@@ -104,14 +102,7 @@ def main() -> int:
     rows = []
     for name in args.source or list(T.SOURCES):
         o, p = T.load_source(args.data, name)
-        tags = sorted(str(t) for t in o["dataset"].unique())
-        for fam in sorted({T.family_of(t) for t in tags}):
-            held = [t for t in tags if T.family_of(t) == fam]
-            rest = [t for t in tags if T.family_of(t) != fam]
-            try:
-                suite = build_suite(o, p, train_datasets=rest, test_datasets=held)
-            except TableError:
-                continue
+        for fam, suite in T.lofo_suites(o, p, name=name):
             with single_threaded():
                 row = {"source": name, "held_out": fam, **_fold_row(suite)}
             rows.append(row)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from routerapp.routing import metrics as M
 from routerapp.routing.evaluation import evaluate, outcome_matrices, replay_prefix_figures
 from routerapp.routing.router import Router, RouterParams, fit_router, single_threaded
 from routerapp.routing.simulation import build_suite, hash_unit, outcomes_from_raw
-from routerapp.routing.tables import load_suite
+from routerapp.routing.tables import Suite, load_suite
 from routerapp.routing.types import TableError, family_of
 
 CURVE_POINTS = (50, 100, 200, 500)
@@ -148,6 +148,37 @@ def _g(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def lofo_suites(
+    outcomes: pd.DataFrame,
+    prompts: pd.DataFrame | None,
+    *,
+    name: str = "",
+    family: Callable[[str], str] = family_of,
+    only: Sequence[str] | None = None,
+) -> Iterator[tuple[str, Suite]]:
+    """Yield (held-out family, suite) for each family in turn: train = the other families'
+    prompts on the 70 % side of the prompt-hash split, test = the held-out family's prompts on
+    the 30 % side (``simulation.build_suite``), so no prompt is on both sides. ``only``
+    restricts the held-out families; a family too small to split is skipped. Raise TableError
+    when the table has fewer than two families."""
+    tags = sorted(str(t) for t in outcomes["dataset"].unique())
+    fams = sorted({family(t) for t in tags})
+    if len(fams) < 2:
+        raise TableError(
+            f"{name or 'outcomes'}: leave-one-family-out needs at least two task families, "
+            f"found {', '.join(fams) or 'none'}"
+        )
+    for fam in fams:
+        if only is not None and fam not in only:
+            continue
+        held = [t for t in tags if family(t) == fam]
+        rest = [t for t in tags if family(t) != fam]
+        try:
+            yield fam, build_suite(outcomes, prompts, train_datasets=rest, test_datasets=held)
+        except TableError:
+            continue
+
+
 def lofo(
     outcomes: pd.DataFrame,
     prompts: pd.DataFrame | None,
@@ -170,23 +201,8 @@ def lofo(
     both sides. ``only`` restricts the held-out families; ``on_row`` is called as each row is done.
     Raise TableError when the table has fewer than two families.
     """
-    tags = sorted(str(t) for t in outcomes["dataset"].unique())
-    fams = sorted({family(t) for t in tags})
-    if len(fams) < 2:
-        raise TableError(
-            f"{name or 'outcomes'}: leave-one-family-out needs at least two task families, "
-            f"found {', '.join(fams) or 'none'}"
-        )
     rows = []
-    for fam in fams:
-        if only is not None and fam not in only:
-            continue
-        held = [t for t in tags if family(t) == fam]
-        rest = [t for t in tags if family(t) != fam]
-        try:
-            suite = build_suite(outcomes, prompts, train_datasets=rest, test_datasets=held)
-        except TableError:
-            continue
+    for fam, suite in lofo_suites(outcomes, prompts, name=name, family=family, only=only):
         row = transfer_row(
             suite,
             name=name,
