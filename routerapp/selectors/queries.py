@@ -9,7 +9,10 @@ from typing import Any
 from django.db.models import QuerySet
 
 from routerapp.errors import NotFound
-from routerapp.models import Query, Sample, Team
+from routerapp.models import Query, Sample, StrategyConfig, Team
+
+#: Most recent graded queries read per strategy configuration by the log refits.
+GRADED_RUNS_MAX = 20_000
 
 
 def query_get_for_team(*, team: Team, query_id: str | uuid.UUID) -> Query:
@@ -84,3 +87,20 @@ def query_log_page(
     more = len(page) > size
     page = page[:size]
     return page, (page[-1].created_at if more else None)
+
+
+def graded_runs(
+    *, strategy_config: StrategyConfig, fields: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Return ``fields`` of the most recent (at most GRADED_RUNS_MAX) finished, graded queries
+    run by a strategy configuration, newest first: what the log refits of a strategy's own
+    parameters (difficulty classifier, cascade threshold) learn from."""
+    return list(
+        Query.objects.filter(
+            configuration__strategy=strategy_config,
+            status=Query.Status.DONE,
+            graded_correct__isnull=False,
+        )
+        .order_by("-created_at")
+        .values(*fields)[:GRADED_RUNS_MAX]
+    )

@@ -11,13 +11,11 @@ from typing import Any
 
 from django.db import transaction
 
-from routerapp.models import Query, Sample, StrategyConfig
+from routerapp.models import Sample, StrategyConfig
+from routerapp.selectors.queries import graded_runs
 from routerapp.services.audit import audit_record
 
 log = logging.getLogger(__name__)
-
-#: Most recent graded queries read per strategy configuration.
-MAX_ROWS = 20_000
 
 
 def cascade_rows(*, strategy_config: StrategyConfig) -> list[dict[str, Any]]:
@@ -31,16 +29,9 @@ def cascade_rows(*, strategy_config: StrategyConfig) -> list[dict[str, Any]]:
     """
     from workers.grading import grade
 
-    queries = list(
-        Query.objects.filter(
-            configuration__strategy=strategy_config,
-            status=Query.Status.DONE,
-            graded_correct__isnull=False,
-        )
-        .order_by("-created_at")
-        .values("pk", "trace", "gold", "answer_kind", "extracted_answer", "graded_correct")[
-            :MAX_ROWS
-        ]
+    queries = graded_runs(
+        strategy_config=strategy_config,
+        fields=("pk", "trace", "gold", "answer_kind", "extracted_answer", "graded_correct"),
     )
     costs: dict[Any, dict[int, Decimal]] = defaultdict(dict)
     for s in Sample.objects.filter(query_id__in=[q["pk"] for q in queries]).values(

@@ -9,13 +9,11 @@ from typing import Any
 
 from django.db import transaction
 
-from routerapp.models import Query, StrategyConfig
+from routerapp.models import StrategyConfig
+from routerapp.selectors.queries import graded_runs
 from routerapp.services.audit import audit_record
 
 log = logging.getLogger(__name__)
-
-#: Most recent graded queries read per strategy configuration.
-MAX_ROWS = 20_000
 
 
 def probe_rows(*, strategy_config: StrategyConfig) -> list[dict[str, Any]]:
@@ -25,16 +23,9 @@ def probe_rows(*, strategy_config: StrategyConfig) -> list[dict[str, Any]]:
     from workers.grading import grade
 
     rows = []
-    queries = (
-        Query.objects.filter(
-            configuration__strategy=strategy_config,
-            status=Query.Status.DONE,
-            graded_correct__isnull=False,
-        )
-        .order_by("-created_at")
-        .values("trace", "task", "gold", "answer_kind", "extracted_answer", "graded_correct")[
-            :MAX_ROWS
-        ]
+    queries = graded_runs(
+        strategy_config=strategy_config,
+        fields=("trace", "task", "gold", "answer_kind", "extracted_answer", "graded_correct"),
     )
     for q in queries:
         t = q["trace"] or {}
