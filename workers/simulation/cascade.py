@@ -63,6 +63,46 @@ def _stage(
     return ok, agreement, out, cost, k
 
 
+StageData = dict[tuple[str, str], tuple[np.ndarray, list[str | None], np.ndarray, Any]]
+
+
+def _stage_data(
+    df: Any,
+    group_col: str,
+    output_usd_per_mtok: float | None,
+    *,
+    groups: Sequence[str] | None = None,
+    prompts: set[str] | None = None,
+) -> tuple[StageData, float]:
+    """Per (group, prompt): the samples' correctness, normalised answers, output tokens and
+    input cost (the cost column less the output tokens' price, or None), in sample order; and
+    the output price per token. ``groups`` / ``prompts`` restrict what is read."""
+    tok_col = "output_tokens_est" if "output_tokens_est" in df.columns else "output_tokens"
+    cost_col = next((c for c in ("cost_usd_est", "cost_usd") if c in df.columns), None)
+    if cost_col is not None and output_usd_per_mtok is None:
+        raise ValueError(f"{cost_col} present: pass output_usd_per_mtok to split input cost")
+    out_price = float(output_usd_per_mtok or 0) / 1e6
+    if groups is not None:
+        df = df[df[group_col].isin(list(groups))]
+    data: StageData = {}
+    for (group, pid), g in df.sort_values([group_col, "prompt_id", "sample_idx"]).groupby(
+        [group_col, "prompt_id"], sort=True
+    ):
+        if prompts is not None and str(pid) not in prompts:
+            continue
+        toks = g[tok_col].astype(float).fillna(0).to_numpy()
+        in_cost = None
+        if cost_col is not None:
+            in_cost = (g[cost_col].astype(float).to_numpy() - toks * out_price).clip(min=0)
+        data[(str(group), str(pid))] = (
+            g["correct"].astype(float).to_numpy(),
+            [_norm(p) for p in g["pred"].tolist()],
+            toks,
+            in_cost,
+        )
+    return data, out_price
+
+
 def simulate_cascades(
     samples: Any,
     cascades: Sequence[CascadeSim],
@@ -76,26 +116,7 @@ def simulate_cascades(
     ``output_tokens``, ``cost_usd`` and ``escalated`` (the share of draws that escalated)."""
     import pandas as pd
 
-    df = samples
-    tok_col = "output_tokens_est" if "output_tokens_est" in df.columns else "output_tokens"
-    cost_col = next((c for c in ("cost_usd_est", "cost_usd") if c in df.columns), None)
-    if cost_col is not None and output_usd_per_mtok is None:
-        raise ValueError(f"{cost_col} present: pass output_usd_per_mtok to split input cost")
-    out_price = float(output_usd_per_mtok or 0) / 1e6
-    data: dict[tuple[str, str], tuple[np.ndarray, list[str | None], np.ndarray, Any]] = {}
-    for (group, pid), g in df.sort_values([group_col, "prompt_id", "sample_idx"]).groupby(
-        [group_col, "prompt_id"], sort=True
-    ):
-        toks = g[tok_col].astype(float).fillna(0).to_numpy()
-        in_cost = None
-        if cost_col is not None:
-            in_cost = (g[cost_col].astype(float).to_numpy() - toks * out_price).clip(min=0)
-        data[(str(group), str(pid))] = (
-            g["correct"].astype(float).to_numpy(),
-            [_norm(p) for p in g["pred"].tolist()],
-            toks,
-            in_cost,
-        )
+    data, out_price = _stage_data(samples, group_col, output_usd_per_mtok)
     prompts = sorted({pid for _, pid in data})
     rows = []
     for c in cascades:
@@ -136,30 +157,10 @@ def cascade_fit_rows(
     ``prompts``, default all) and draw, the first stage's agreement, correctness and cost and the
     second stage's correctness and cost, both stages always simulated (as FrugalGPT fits on a
     labelled set where every stage ran)."""
-    df = samples
-    tok_col = "output_tokens_est" if "output_tokens_est" in df.columns else "output_tokens"
-    cost_col = next((c for c in ("cost_usd_est", "cost_usd") if c in df.columns), None)
-    if cost_col is not None and output_usd_per_mtok is None:
-        raise ValueError(f"{cost_col} present: pass output_usd_per_mtok to split input cost")
-    out_price = float(output_usd_per_mtok or 0) / 1e6
     keep = None if prompts is None else {str(p) for p in prompts}
-    data: dict[tuple[str, str], tuple[np.ndarray, list[str | None], np.ndarray, Any]] = {}
-    sub = df[df[group_col].isin([first, second])]
-    for (group, pid), g in sub.sort_values([group_col, "prompt_id", "sample_idx"]).groupby(
-        [group_col, "prompt_id"], sort=True
-    ):
-        if keep is not None and str(pid) not in keep:
-            continue
-        toks = g[tok_col].astype(float).fillna(0).to_numpy()
-        in_cost = None
-        if cost_col is not None:
-            in_cost = (g[cost_col].astype(float).to_numpy() - toks * out_price).clip(min=0)
-        data[(str(group), str(pid))] = (
-            g["correct"].astype(float).to_numpy(),
-            [_norm(p) for p in g["pred"].tolist()],
-            toks,
-            in_cost,
-        )
+    data, out_price = _stage_data(
+        samples, group_col, output_usd_per_mtok, groups=[first, second], prompts=keep
+    )
     rows = []
     for pid in sorted({pid for _, pid in data}):
         if (first, pid) not in data or (second, pid) not in data:
