@@ -7,7 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
+from django.db import models, transaction
 from django.http import HttpRequest
 
 from routerapp import models as m
@@ -19,6 +19,8 @@ class AuditedAdmin(admin.ModelAdmin):
     """Record who changed which audited field, from what to what."""
 
     audited_fields: list[str] = []
+    # A URL typed without a scheme means https (Django 6's default; no deprecation warning).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         old = type(obj).objects.filter(pk=obj.pk).first() if change else None
