@@ -362,6 +362,36 @@ def start_gateway(
     )
 
 
+def closed_loop_round(
+    gunicorn: subprocess.Popen, port: int, key: str, args: argparse.Namespace
+) -> dict[str, float]:
+    """Run the closed-loop phases through one gateway; return its CPU per request and each
+    phase's rate and p50 / p99."""
+    target = raw_request(f"http://127.0.0.1:{port}", "/v1/chat/completions", BODY, key)
+    cpu0 = proc_cpu_seconds([gunicorn.pid])
+    phases = asyncio.run(
+        run_phases(target, args.duration, args.warmup, (), tuple(args.concurrency))
+    )
+    cpu = proc_cpu_seconds([gunicorn.pid]) - cpu0
+    served = sum(p.completed for p in phases.values())
+    row: dict[str, float] = {"cpu_ms_per_request": cpu / max(1, served) * 1000}
+    for label, phase in phases.items():
+        row[f"{label}_rps"] = phase.rps
+        row[f"{label}_p50_ms"] = phase.pct(50)
+        row[f"{label}_p99_ms"] = phase.pct(99)
+    return row
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server process, killing it if it does not exit within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def compare_trees(args: argparse.Namespace) -> None:
     """Gateway overhead of two checkouts of the product (e.g. main before and after a change),
     served alternately in one run, each on its own fresh database; medians over rounds and the
@@ -416,27 +446,10 @@ def compare_trees(args: argparse.Namespace) -> None:
                     )
                     if check.status_code != 200:
                         raise SystemExit(f"{name} gateway check failed: {check.status_code}")
-                    target = raw_request(
-                        f"http://127.0.0.1:{port}", "/v1/chat/completions", BODY, keys[name]
-                    )
                     print(f"  round {round_ + 1}, {name} ({tree}):")
-                    cpu0 = proc_cpu_seconds([gunicorn.pid])
-                    phases = asyncio.run(
-                        run_phases(target, args.duration, args.warmup, (), tuple(args.concurrency))
-                    )
-                    cpu = proc_cpu_seconds([gunicorn.pid]) - cpu0
+                    row = closed_loop_round(gunicorn, port, keys[name], args)
                 finally:
-                    gunicorn.terminate()
-                    try:
-                        gunicorn.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        gunicorn.kill()
-                served = sum(p.completed for p in phases.values())
-                row: dict[str, float] = {"cpu_ms_per_request": cpu / max(1, served) * 1000}
-                for label, phase in phases.items():
-                    row[f"{label}_rps"] = phase.rps
-                    row[f"{label}_p50_ms"] = phase.pct(50)
-                    row[f"{label}_p99_ms"] = phase.pct(99)
+                    stop(gunicorn)
                 print(
                     f"    gateway CPU per request: {row['cpu_ms_per_request']:.2f} ms", flush=True
                 )
@@ -529,27 +542,10 @@ def compare_metrics(args: argparse.Namespace) -> None:
                     expected = 200 if name == "on" else 404
                     if scrape.status_code != expected:
                         raise SystemExit(f"/metrics answered {scrape.status_code} with {name}")
-                    target = raw_request(
-                        f"http://127.0.0.1:{port}", "/v1/chat/completions", BODY, key
-                    )
                     print(f"  round {round_ + 1}, metrics {name}:")
-                    cpu0 = proc_cpu_seconds([gunicorn.pid])
-                    phases = asyncio.run(
-                        run_phases(target, args.duration, args.warmup, (), tuple(args.concurrency))
-                    )
-                    cpu = proc_cpu_seconds([gunicorn.pid]) - cpu0
+                    row = closed_loop_round(gunicorn, port, key, args)
                 finally:
-                    gunicorn.terminate()
-                    try:
-                        gunicorn.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        gunicorn.kill()
-                served = sum(p.completed for p in phases.values())
-                row: dict[str, float] = {"cpu_ms_per_request": cpu / max(1, served) * 1000}
-                for label, phase in phases.items():
-                    row[f"{label}_rps"] = phase.rps
-                    row[f"{label}_p50_ms"] = phase.pct(50)
-                    row[f"{label}_p99_ms"] = phase.pct(99)
+                    stop(gunicorn)
                 results[name].append(row)
     finally:
         upstream.terminate()

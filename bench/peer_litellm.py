@@ -51,6 +51,7 @@ from gateway_overhead import (  # noqa: E402
     free_port,
     pinned,
     start_gateway,
+    stop,
     wait_port,
 )
 
@@ -153,15 +154,6 @@ def rss_mib(pid: int) -> float:
         except OSError:
             pass
     return total / 1024
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def warm(url: str, key: str, model: str) -> None:
