@@ -45,17 +45,36 @@ class Upstream:
         self.proc.wait(timeout=10)
 
 
-def _free_port() -> int:
+def wait_listening(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    """Wait until something listens on ``port``; raise with the tail of the process's log if
+    it exits or does not listen in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited: {log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError(f"nothing listening on {port}: {log.read_text()[-3000:]}")
+
+
+def spawn_fake_upstream(
+    tmp: Path,
+    *,
+    reply: str,
+    token_delay_ms: float = 0.0,
+    extra_args: tuple[str, ...] = (),
+    replies: list[str] | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start bench/fake_upstream.py on a free port (its log in ``tmp``) and wait until it
+    listens; return the process and its ``/v1`` base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_scripted_upstream(
-    tmp: Path, *, reply: str = LONG_REPLY, token_delay_ms: float = 0.0
-) -> Upstream:
-    port = _free_port()
-    log = tmp / f"scripted-upstream-{port}.log"
+        port = int(s.getsockname()[1])
+    log = tmp / f"upstream-{port}.log"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -66,23 +85,21 @@ def start_scripted_upstream(
             reply,
             "--token-delay-ms",
             str(token_delay_ms),
+            *extra_args,
+            *(["--replies", "|".join(replies)] if replies else []),
         ],
         stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"upstream exited: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise RuntimeError(f"upstream did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.1)
-    return Upstream(f"http://127.0.0.1:{port}/v1", proc)
+    wait_listening(port, proc, log)
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def start_scripted_upstream(
+    tmp: Path, *, reply: str = LONG_REPLY, token_delay_ms: float = 0.0
+) -> Upstream:
+    proc, url = spawn_fake_upstream(tmp, reply=reply, token_delay_ms=token_delay_ms)
+    return Upstream(url, proc)
 
 
 def scripted_configuration(

@@ -20,6 +20,7 @@ import pytest
 from routerapp.models import ApiKey, Configuration, ModelEndpoint, StrategyConfig, Team
 from routerapp.services.apikeys import api_key_create
 from tests.conftest import REPO
+from tests.scripted_upstream import spawn_fake_upstream, wait_listening
 
 FAKE_REPLY = "The answer is 4."
 FAKE_PRICE_IN = Decimal("1.5")
@@ -32,46 +33,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited: {log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError(f"nothing listening on {port}: {log.read_text()[-3000:]}")
-
-
 def start_upstream(
     tmp: Path,
     token_delay_ms: float = 0.0,
     extra_args: tuple[str, ...] = (),
     replies: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = tmp / f"upstream-{port}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "bench" / "fake_upstream.py"),
-            "--port",
-            str(port),
-            "--reply",
-            FAKE_REPLY,
-            "--token-delay-ms",
-            str(token_delay_ms),
-            *extra_args,
-            *(["--replies", "|".join(replies)] if replies else []),
-        ],
-        stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
-        stderr=subprocess.STDOUT,
+    return spawn_fake_upstream(
+        tmp,
+        reply=FAKE_REPLY,
+        token_delay_ms=token_delay_ms,
+        extra_args=extra_args,
+        replies=replies,
     )
-    _wait_port(port, proc, log)
-    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture(scope="session")
@@ -212,7 +186,7 @@ def start_gunicorn(
         stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
     )
-    _wait_port(port, proc, log)
+    wait_listening(port, proc, log)
     url = f"http://127.0.0.1:{port}"
     # Workers import the app lazily: wait until one answers.
     deadline = time.monotonic() + 60

@@ -29,7 +29,8 @@ from routerapp.services.breakers import (
 from routerapp.services.streaming import redis_client
 from tests.conftest import REPO
 from tests.factories import BudgetPolicyFactory
-from tests.routerapp.api.conftest import FAKE_REPLY, _wait_port, free_port, make_configuration
+from tests.routerapp.api.conftest import FAKE_REPLY, free_port, make_configuration
+from tests.scripted_upstream import wait_listening
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,7 +50,7 @@ class Faulty:
             stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
             stderr=subprocess.STDOUT,
         )
-        _wait_port(self.port, self.proc, log)
+        wait_listening(self.port, self.proc, log)
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = self.root + "/v1"
 
