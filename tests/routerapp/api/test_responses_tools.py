@@ -41,6 +41,18 @@ SCHEMA = {
     "required": ["result", "even"],
 }
 
+#: The Responses stream of one function call the upstream sends in two pieces.
+FUNCTION_CALL_EVENTS = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
 
 @pytest.fixture
 def client(live_server, scripted_upstream_url, make_caller) -> openai.OpenAI:  # type: ignore[no-untyped-def]
@@ -201,16 +213,7 @@ def test_streamed_function_call_events(client: openai.OpenAI) -> None:
         final = stream.get_final_response()
     kinds = [e.type for e in events]
     # The upstream streams the call in two pieces: each is a delta as it comes.
-    assert kinds == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert kinds == FUNCTION_CALL_EVENTS
     assert [e.sequence_number for e in events] == list(range(len(events)))
     added = events[2]
     assert added.item.type == "function_call" and added.item.status == "in_progress"

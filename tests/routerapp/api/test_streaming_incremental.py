@@ -15,6 +15,7 @@ import pytest
 
 from routerapp.models import Query, Sample
 from tests.routerapp.api.conftest import FAKE_REPLY, make_configuration
+from tests.routerapp.api.test_responses_tools import FUNCTION_CALL_EVENTS
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -179,16 +180,7 @@ def test_tool_call_arguments_stream_as_they_come(client: openai.OpenAI) -> None:
     ):
         events.append((time.monotonic() - started, event))
     kinds = [e.type for _, e in events]
-    assert kinds == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert kinds == FUNCTION_CALL_EVENTS
     assert events[-1][0] - events[3][0] > 0.1  # the first piece came before the end
     done = events[5][1]
     assert json.loads(done.arguments) == {"a": 4, "b": 4} and done.item_id == events[2][1].item.id
