@@ -12,8 +12,15 @@ writes the rows and the summary to ``--json`` (default bench/results/router_tran
     # iterate quickly: static only, some families (figures for bench/README.md: the full run)
     .venv/bin/python bench/router_transfer.py --fast --source openllm-v2 --family gpqa --json /tmp/x.json
 
+External sources fetched from GitHub (``routing.external.EXTERNAL``; bench/README.md says how to
+fetch each into ``var/``): ``--extra-source NAME=DIR`` (repeatable). With extra sources and no
+``--source``, only the extra sources run (the shared ones are in router_transfer.json already):
+
+    .venv/bin/python bench/router_transfer.py --seeds 3 --extra-source zeroeval-math=var/zeroeval \
+      --json bench/results/router_transfer_external.json
+
 The same figures per source: ``costpass-router evaluate --leave-one-family-out NAME --data DIR
---online-curve``.
+--online-curve`` (``NAME=DIR`` for an external source).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from routerapp.routing import transfer as T  # noqa: E402
+from routerapp.routing.external import EXTERNAL  # noqa: E402
 
 HERE = Path(__file__).resolve()
 SHARED = HERE.parents[2] / "shared"
@@ -65,6 +73,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=SHARED / "data")
     ap.add_argument("--source", action="append", default=None, choices=sorted(T.SOURCES))
+    ap.add_argument(
+        "--extra-source",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="an external source and the directory it was fetched to (repeatable; "
+        f"known: {', '.join(sorted(EXTERNAL))})",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument(
         "--family", action="append", default=None, help="held-out family to run (repeatable)"
@@ -77,9 +93,22 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path, default=HERE.parent / "results" / "router_transfer.json")
     args = ap.parse_args()
-    if not args.data.is_dir():
+    extras = []
+    for spec in args.extra_source:
+        parsed = T.parse_external(spec)
+        if parsed is None:
+            ap.error(f"--extra-source {spec!r}: expected NAME=DIR")
+        if not parsed[1].is_dir():
+            print(f"no files for {parsed[0]} at {parsed[1]} (fetch them as bench/README.md says)")
+            return 0
+        extras.append(parsed)
+    if not args.data.is_dir() and not extras:
         print(f"no outcome tables at {args.data}; nothing to do")
         return 0
+    data = args.data if args.data.is_dir() else None
+    shared = args.source if args.source is not None or extras else list(T.SOURCES)
+    tables = [(name, lambda n=name: T.load_source(args.data, n)) for name in shared or []]
+    tables += [(n, lambda n=n, d=d: T.load_external(n, d, data)) for n, d in extras]
     t0 = time.perf_counter()
     print(
         "| source | held-out family | test prompts | static | online | online @50 / @100 / @200 / "
@@ -88,8 +117,8 @@ def main() -> int:
     )
     print("|---" * 14 + "|")
     rows: list[dict[str, Any]] = []
-    for name in args.source or list(T.SOURCES):
-        o, p = T.load_source(args.data, name)
+    for name, load in tables:
+        o, p = load()
         rows += T.lofo(
             o,
             p,
@@ -122,7 +151,13 @@ def main() -> int:
             {
                 "command": "bench/router_transfer.py --seeds "
                 + str(args.seeds)
-                + ("" if args.irt_rank is None else f" --irt-rank {args.irt_rank}"),
+                + ("" if args.irt_rank is None else f" --irt-rank {args.irt_rank}")
+                + "".join(f" --source {n}" for n in args.source or [])
+                + "".join(f" --extra-source {x}" for x in args.extra_source),
+                "external_sources": {
+                    n: {"origin": EXTERNAL[n].origin, "license": EXTERNAL[n].license}
+                    for n, _ in extras
+                },
                 "rows": rows,
                 "summary": summ,
                 "summary_earlier_rule": old,

@@ -11,7 +11,9 @@ Commands (see the issue's CLI contract):
   baselines' metrics on ``DIR/test_outcomes.parquet``.
 - ``evaluate --leave-one-family-out SUITE... [--data DIR] [--online-curve] [--seeds N]
   [--family F] [--json OUT]``: for every task family of each suite directory (train and test
-  pooled) or outcome source (``routing.transfer.SOURCES``, built from ``--data``), fit on the other
+  pooled), outcome source (``routing.transfer.SOURCES``, built from ``--data``) or external source
+  fetched from GitHub (``NAME=DIR``, ``routing.external.EXTERNAL``; priced and pooled with
+  ``--data`` when given), fit on the other
   families and print, per held-out family: static / online gap_closed, gap_closed after the first
   50 / 100 / 200 / 500 online queries (``--online-curve``), AIQ vs the zero router, accuracy,
   CoP, and the baselines (best single chosen on train, kNN, random, min-CoP oracle).
@@ -43,6 +45,7 @@ from pydantic import ValidationError
 
 from routerapp.routing import transfer
 from routerapp.routing.evaluation import evaluate
+from routerapp.routing.external import EXTERNAL
 from routerapp.routing.router import Router, fit_router, single_threaded
 from routerapp.routing.tables import load_suite, normalise_prompts, read_table
 from routerapp.routing.types import Constraints, RouterError
@@ -93,8 +96,8 @@ def _build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="SUITE",
         default=None,
-        help="suite directories or outcome-source names (with --data): fit on every other task "
-        "family, score the held-out one",
+        help="suite directories, outcome-source names (with --data) or NAME=DIR of an external "
+        "source fetched to DIR: fit on every other task family, score the held-out one",
     )
     e.add_argument(
         "--data",
@@ -231,13 +234,17 @@ def _lofo_tables(spec: str, data: Path | None) -> tuple[pd.DataFrame, pd.DataFra
     path = Path(spec)
     if path.is_dir():
         return transfer.load_suite_pooled(path)
+    ext = transfer.parse_external(spec)
+    if ext is not None:
+        return transfer.load_external(ext[0], ext[1], data)
     if spec in transfer.SOURCES:
         if data is None:
             raise _Fail(f"outcome source {spec!r} needs --data DIR (the public outcome tables)")
         return transfer.load_source(data, spec)
     raise _Fail(
-        f"{spec}: neither a suite directory nor an outcome source "
-        f"({', '.join(sorted(transfer.SOURCES))})"
+        f"{spec}: neither a suite directory, an outcome source "
+        f"({', '.join(sorted(transfer.SOURCES))}) nor NAME=DIR of an external source "
+        f"({', '.join(sorted(EXTERNAL))})"
     )
 
 
@@ -278,7 +285,7 @@ def _cmd_lofo(args: argparse.Namespace) -> int:
     print(_LOFO_HEAD, flush=True)
     rows: list[dict[str, Any]] = []
     for spec, (o, p) in tables:
-        name = Path(spec).name if Path(spec).is_dir() else spec
+        name = Path(spec).name if Path(spec).is_dir() else spec.partition("=")[0]
         rows += transfer.lofo(
             o,
             p,

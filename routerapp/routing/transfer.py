@@ -11,8 +11,10 @@ the best single configuration chosen on the training families (the floor), kNN, 
 min-CoP oracle.
 
 Sources: a suite directory (``../shared/suites`` layout; its train and test splits are pooled and
-re-split by family) or a named source of the public outcome table (:data:`SOURCES`, read from a
-``dev_outcomes_single.parquet`` directory given by the caller; nothing is copied).
+re-split by family), a named source of the public outcome table (:data:`SOURCES`, read from a
+``dev_outcomes_single.parquet`` directory given by the caller; nothing is copied), or an external
+source fetched from GitHub by the caller (``routing.external.EXTERNAL``, spelled ``NAME=DIR``:
+:func:`load_external`).
 
     rows = lofo(outcomes, prompts, name="zeroeval", seeds=3)   # one plain dict per family
     summary = summarise(rows)
@@ -32,13 +34,23 @@ import pandas as pd
 
 from routerapp.routing import metrics as M
 from routerapp.routing.evaluation import evaluate, outcome_matrices, replay_prefix_figures
+from routerapp.routing.external import get_external, prices_for
 from routerapp.routing.router import Router, RouterParams, fit_router, single_threaded
 from routerapp.routing.simulation import build_suite, hash_unit, outcomes_from_raw
 from routerapp.routing.tables import Suite, load_suite
 from routerapp.routing.types import TableError, family_of
 
 CURVE_POINTS = (50, 100, 200, 500)
-__all__ = ["CURVE_POINTS", "SOURCES", "family_of", "load_source", "lofo", "summarise"]
+__all__ = [
+    "CURVE_POINTS",
+    "SOURCES",
+    "family_of",
+    "load_external",
+    "load_source",
+    "lofo",
+    "parse_external",
+    "summarise",
+]
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,44 @@ def load_source(data_dir: str | Path, name: str) -> tuple[pd.DataFrame, pd.DataF
         tag = o.drop_duplicates("prompt_uid").set_index("prompt_uid")["dataset"]
         p = p.assign(dataset=p["prompt_uid"].map(tag).to_numpy())
     return o, p
+
+
+def parse_external(spec: str) -> tuple[str, Path] | None:
+    """Return (name, directory) for an external source spelled ``NAME=DIR``, else None.
+
+    Raise TableError when NAME is not a registered external source.
+    """
+    if "=" not in spec:
+        return None
+    name, _, path = spec.partition("=")
+    get_external(name)
+    return name, Path(path)
+
+
+def load_external(
+    name: str, path: str | Path, data_dir: str | Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (outcomes, prompts) of external source ``name`` read from ``path`` (its fetched
+    files), priced by ``data_dir/prices.csv`` when given (``external.prices_for``) and pooled
+    with its ``pool_with`` source of ``data_dir`` when it declares one and ``data_dir`` has the
+    tables. Raise TableError for an unknown name or a directory without the source's files.
+    """
+    src = get_external(name)
+    d = None if data_dir is None else Path(data_dir)
+    raw, prompts = src.read(Path(path))
+    o = outcomes_from_raw(raw, prices_for(d), prompts)
+    if o.empty:
+        raise TableError(f"{name}: no priced rows (no model of {path} has a price)")
+    p = prompts[prompts["prompt_uid"].isin(set(o["prompt_uid"]))]
+    if (
+        src.pool_with is not None
+        and d is not None
+        and (d / "dev_outcomes_single.parquet").is_file()
+    ):
+        o2, p2 = load_source(d, src.pool_with)
+        o = pd.concat([o2, o], ignore_index=True)
+        p = pd.concat([p2, p], ignore_index=True).drop_duplicates("prompt_uid")
+    return o.reset_index(drop=True), p.reset_index(drop=True)
 
 
 _RAW_CACHE: dict[Path, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = {}
