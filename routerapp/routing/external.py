@@ -30,6 +30,13 @@ Registered sources (one registry, :data:`EXTERNAL`; ``@external_source`` adds to
   with their evaluation, real token counts and real USD (``inference_cost``); the score is the
   benchmark's own metric in [0, 1] (accuracy, exact match, METEOR for translation / NarrativeQA).
 
+- ``lcb-scenarios``: LiveCodeBench/livecodebench.github.io ``src/mocks/performances_*.json`` (the
+  leaderboard's per-problem results; no license file: internal evaluation only): code execution
+  (479 samples, 37 models, direct and CoT), test output prediction (442 cases, 37 models) and
+  self-repair (713 problems, 17 models); pass@1 over the leaderboard's samples (a fraction). The
+  files carry no prompt text and no token counts: tokens are per-scenario proxies
+  (:data:`LCB_TOKENS`), so cost differs between models by list price only.
+
 Prices: ``prices.csv`` of ../shared/data when the caller gives it; :data:`LIST_PRICES` fills the
 models it lacks (list prices, sources in the table).
 """
@@ -101,6 +108,96 @@ LIST_PRICES = pd.DataFrame(
         ("gpt-4", 30.00, 60.00, "OpenAI list price gpt-4 (8k); the MoT repo's own cost formula"),
     ],
     columns=["model", "input_usd_per_mtok", "output_usd_per_mtok", "price_source"],
+)
+
+
+# LiveCodeBench leaderboard names -> list price (USD / Mtok in, out; source). Open-weight models
+# by the parameter rule of ../shared/data/prices.csv (1B 0.1, 7B 0.2, 13-15B 0.3, 33-34B 0.8,
+# 70-72B 0.9, 8x7B 0.6, 8x22B 1.2, 405B 2.4).
+_LCB_PRICE_ROWS: list[tuple[str, float, float, str]] = [
+    ("Claude-2", 8.0, 24.0, "Anthropic list price Claude 2.x"),
+    ("Claude-Instant-1", 0.8, 2.4, "Anthropic list price Claude Instant 1.2"),
+    ("Claude-3-Haiku", 0.25, 1.25, "Anthropic list price"),
+    ("Claude-3-Sonnet", 3.0, 15.0, "Anthropic list price"),
+    ("Claude-3-Opus", 15.0, 75.0, "Anthropic list price"),
+    ("Claude-3.5-Sonnet-20240620", 3.0, 15.0, "Anthropic list price"),
+    ("Claude-3.5-Sonnet-20241022", 3.0, 15.0, "Anthropic list price"),
+    ("GPT-3.5-Turbo-0125", 0.5, 1.5, "OpenAI list price"),
+    ("GPT-3.5-Turbo-0301", 1.5, 2.0, "OpenAI list price (legacy 0301)"),
+    ("GPT-4-0613", 30.0, 60.0, "OpenAI list price gpt-4 (8k)"),
+    ("GPT-4-Turbo-1106", 10.0, 30.0, "OpenAI list price"),
+    ("GPT-4-Turbo-2024-04-09", 10.0, 30.0, "OpenAI list price"),
+    ("GPT-4O-2024-05-13", 5.0, 15.0, "OpenAI list price"),
+    ("GPT-4O-2024-08-06", 2.5, 10.0, "OpenAI list price"),
+    ("GPT-4O-mini-2024-07-18", 0.15, 0.6, "OpenAI list price"),
+    ("O1-Mini-2024-09-12 (N=1)", 3.0, 12.0, "OpenAI list price; hidden reasoning not counted"),
+    ("O1-Preview-2024-09-12 (N=1)", 15.0, 60.0, "OpenAI list price; hidden reasoning not counted"),
+    ("Gemini-Pro", 0.5, 1.5, "Google list price Gemini 1.0 Pro"),
+    ("Gemini-Pro-1.5 (April) (n=1)", 1.25, 5.0, "Google list price Gemini 1.5 Pro (as prices.csv)"),
+    ("Gemini-Pro-1.5-May", 1.25, 5.0, "Google list price Gemini 1.5 Pro (as prices.csv)"),
+    ("Gemini-Pro-1.5-002", 1.25, 5.0, "Google list price Gemini 1.5 Pro (as prices.csv)"),
+    ("Gemini-Flash-1.5-May", 0.075, 0.3, "Google list price Gemini 1.5 Flash (as prices.csv)"),
+    ("Gemini-Flash-1.5-002", 0.075, 0.3, "Google list price Gemini 1.5 Flash (as prices.csv)"),
+    ("Mistral-Large", 4.0, 12.0, "Mistral list price mistral-large-2402 (mid 2024)"),
+    ("Codestral-Latest", 1.0, 3.0, "Mistral list price Codestral at launch (May 2024)"),
+    *[
+        (name, p, p, f"param rule [{size}]")
+        for size, p, names in (
+            ("1.3B", 0.1, ("DSCoder-1.3b-Base", "DSCoder-1.3b-Ins", "OC-DS-1.3B")),
+            (
+                "6.7-8B",
+                0.2,
+                (
+                    "Cllama-7b-Ins",
+                    "CodeLlama-7b-Ins",
+                    "DSCoder-6.7b-Base",
+                    "DSCoder-6.7b-Ins",
+                    "OC-DS-6.7B",
+                    "MagiCoderS-CL-7B",
+                    "MagiCoderS-DS-6.7B",
+                    "LLama3-8b-Ins",
+                    "LLama3.1-8b-Ins",
+                ),
+            ),
+            ("13-15B", 0.3, ("Cllama-13b-Ins", "CodeLlama-13b-Ins", "StarCoder")),
+            (
+                "32-34B",
+                0.8,
+                (
+                    "Cllama-34b-Ins",
+                    "CodeLlama-34b-Ins",
+                    "DSCoder-33b-Base",
+                    "DSCoder-33b-Ins",
+                    "OC-DS-33B",
+                    "Phind-34B-V2",
+                    "WCoder-34B-V1",
+                    "Qwen2.5-Ins-32B",
+                ),
+            ),
+            (
+                "70-72B",
+                0.9,
+                (
+                    "CodeLlama-70b-Ins",
+                    "LLama3-70b-Ins",
+                    "LLama3.1-70b-Ins",
+                    "Qwen2-Ins-72B",
+                    "Dracarys-72B-Instruct",
+                    "Dracarys2-72B-Instruct",
+                    "Dracarys-Llama-3.1-70B-Instruct",
+                    "Dracarys2-Llama-3.1-70B-Instruct",
+                ),
+            ),
+            ("MoE 8x7B", 0.6, ("Mixtral-8x7B-Ins",)),
+            ("MoE 8x22B", 1.2, ("Mixtral-8x22B-Ins",)),
+            ("405B", 2.4, ("LLama3.1-405b-Ins-FP8",)),
+        )
+        for name in names
+    ],
+]
+LIST_PRICES = pd.concat(
+    [LIST_PRICES, pd.DataFrame(_LCB_PRICE_ROWS, columns=list(LIST_PRICES.columns))],
+    ignore_index=True,
 )
 
 
@@ -405,6 +502,69 @@ def read_routerarena(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not rows:
         raise TableError(f"{d}: no graded results")
     return _frames(rows, prompts, None)
+
+
+# --- LiveCodeBench leaderboard scenarios ---------------------------------------------------------
+
+# (input, output) tokens per call, by scenario and strategy: proxies, the files have no text. Code
+# execution: a ~20-line function and its input, an answer (single) or a short trace (cot); test
+# output prediction: a problem statement and a test input; self-repair: statement, faulty program
+# and its error, a new program.
+LCB_TOKENS = {
+    ("execution", "single"): (250.0, 20.0),
+    ("execution", "cot"): (350.0, 250.0),
+    ("testgen", "single"): (450.0, 30.0),
+    ("repair", "single"): (900.0, 400.0),
+}
+
+
+@external_source(
+    "lcb-scenarios",
+    origin="https://github.com/LiveCodeBench/livecodebench.github.io @ f186ab5 (src/mocks)",
+    license="no license file: internal evaluation only",
+)
+def read_lcb(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (raw rows, prompts) of ``path/src/mocks/performances_{execution,testgen,repair}.json``
+    (a checkout of the LiveCodeBench leaderboard site): one row per (item, model[, strategy]),
+    correct = pass@1 / 100 (the leaderboard averages its samples), tags ``execution/lcb``,
+    ``testgen/lcb``, ``repair/lcb``; tokens from :data:`LCB_TOKENS`. Test-prediction items are
+    the k-th test case of a problem (the file lists them in the same order for every model)."""
+    d = _need_dir(path, "src/mocks")
+    rows: list[dict[str, Any]] = []
+    for scenario in ("execution", "testgen", "repair"):
+        f = d / f"performances_{scenario}.json"
+        if not f.is_file():
+            continue
+        perf = pd.DataFrame(json.loads(f.read_text())["performances"])
+        if scenario == "execution":
+            item = perf["sample_id"].astype(str)
+            cols = {"single": "Pass@1", "cot": "Pass@1-COT"}
+        else:
+            k = perf.groupby(["model", "question_id"]).cumcount().astype(str)
+            qid = perf["question_id"].astype(str)
+            item = qid + "_" + k if scenario == "testgen" else qid
+            cols = {"single": "pass@1"}
+        for strategy, col in cols.items():
+            if col not in perf:
+                continue
+            tin, tout = LCB_TOKENS[(scenario, strategy)]
+            rows += pd.DataFrame(
+                {
+                    "prompt_uid": "lcb::" + scenario + "_" + item,
+                    "dataset": f"{scenario}/lcb",
+                    "model": perf["model"].astype(str),
+                    "strategy": strategy,
+                    "correct": pd.to_numeric(perf[col], errors="coerce").clip(0, 100) / 100.0,
+                    "input_tokens": tin,
+                    "output_tokens": tout,
+                }
+            ).to_dict("records")
+    if not rows:
+        raise TableError(f"{d}: no performances_*.json")
+    raw = pd.DataFrame(rows).dropna(subset=["correct"])
+    raw = raw.drop_duplicates(["prompt_uid", "model", "strategy"])
+    prompts = dict.fromkeys(raw["prompt_uid"].unique(), "")  # the files carry no text
+    return _frames(raw.to_dict("records"), prompts, None)
 
 
 def _num(v: Any) -> float:

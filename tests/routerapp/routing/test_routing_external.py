@@ -13,6 +13,7 @@ import pytest
 from routerapp.routing.cli import main
 from routerapp.routing.external import (
     EXTERNAL,
+    LCB_TOKENS,
     LIST_PRICES,
     get_external,
     mot_equal,
@@ -293,10 +294,10 @@ def test_cli_leave_one_family_out_on_an_external_source(
 def test_unknown_or_missing_external_sources_fail_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
-    assert set(EXTERNAL) >= {"zeroeval-math", "mot-gpt4", "routerarena-sub10"}
+    assert set(EXTERNAL) >= {"zeroeval-math", "mot-gpt4", "routerarena-sub10", "lcb-scenarios"}
     for src in EXTERNAL.values():
         assert src.origin.startswith("https://github.com/") and src.license
-    with pytest.raises(TableError, match="known: mot-gpt4"):
+    with pytest.raises(TableError, match="known: lcb-scenarios, mot-gpt4"):
         get_external("nope")
     with pytest.raises(TableError, match="known"):
         parse_external("nope=/tmp")
@@ -305,3 +306,65 @@ def test_unknown_or_missing_external_sources_fail_with_a_message(
         load_external("mot-gpt4", tmp_path)
     assert main(["evaluate", "--leave-one-family-out", f"mot-gpt4={tmp_path}"]) == 2
     assert "fetch the source" in capsys.readouterr().err
+
+
+# --- LiveCodeBench leaderboard: src/mocks/performances_{execution,testgen,repair}.json ----------
+
+
+def _write_lcb(root: Path) -> Path:
+    d = root / "src" / "mocks"
+    d.mkdir(parents=True)
+    ex = [
+        {
+            "model": m,
+            "sample_id": f"sample_{i}",
+            "question_id": 2777 + i,
+            "Pass@1": p,
+            "date": 1683504000000,
+            "Pass@1-COT": c,
+        }
+        for m, rows in {
+            "GPT-4-0613": [(100.0, 70.0), (0.0, 40.0)],
+            "Claude-2": [(0.0, 0.0)],
+        }.items()
+        for i, (p, c) in enumerate(rows)
+    ]
+    tg = [  # two test cases of problem 2727 and one of 2728, the same order for both models
+        {"question_id": q, "model": m, "date": 1, "difficulty": "easy", "pass@1": v}
+        for m in ("GPT-4-0613", "Claude-2")
+        for q, v in ((2727, 30.0), (2727, 0.0), (2728, 90.0))
+    ]
+    rp = [
+        {
+            "question_id": "1873_A",
+            "model": "GPT-4O-2024-08-06",
+            "date": 1,
+            "difficulty": "easy",
+            "pass@1": 80.0,
+            "platform": "codeforces",
+        }
+    ]
+    for name, perf in (("execution", ex), ("testgen", tg), ("repair", rp)):
+        (d / f"performances_{name}.json").write_text(
+            json.dumps({"performances": perf, "models": [], "date_marks": []})
+        )
+    return root
+
+
+def test_lcb_reader_scenarios_strategies_and_proxy_tokens(tmp_path: Path):
+    o, p = load_external("lcb-scenarios", _write_lcb(tmp_path / "lcb"))
+    assert families(o) == ["execution", "repair", "testgen"]
+    assert set(p["prompt"]) == {""}  # the leaderboard files carry no text
+    c = o.set_index(["prompt_uid", "config_id"])
+    assert c.loc[("lcb::execution_sample_0", "GPT-4-0613|single"), "correct"] == 1.0
+    assert c.loc[("lcb::execution_sample_0", "GPT-4-0613|cot"), "correct"] == pytest.approx(0.7)
+    assert c.loc[("lcb::execution_sample_1", "GPT-4-0613|cot"), "correct"] == pytest.approx(0.4)
+    assert c.loc[("lcb::testgen_2727_0", "Claude-2|single"), "correct"] == pytest.approx(0.3)
+    assert c.loc[("lcb::testgen_2727_1", "Claude-2|single"), "correct"] == 0.0
+    assert c.loc[("lcb::repair_1873_A", "GPT-4O-2024-08-06|single"), "correct"] == 0.8
+    tin, tout = LCB_TOKENS[("repair", "single")]
+    assert c.loc[("lcb::repair_1873_A", "GPT-4O-2024-08-06|single"), "cost_usd"] == pytest.approx(
+        (tin * 2.5 + tout * 10.0) / 1e6
+    )
+    # every leaderboard name has a list price (none is dropped for want of one)
+    assert len(o) == 4 + 2 + 6 + 1
