@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -147,7 +149,78 @@ def budget_reserve(
         elif not policy.is_hard:
             _flag_soft(policy, usage_id, team, reservation)
         reservation.usage_ids.append(usage_id)
+        _remember_window(policy, now, end_user, usage_id)
     return reservation
+
+
+# The id of each budget window this process has reserved in, by (policy, period start, end
+# user): what lets a request reserve and store its query in one statement. Windows are never
+# re-keyed; a stale id (a window deleted) matches no row, and the statement is refused.
+_WINDOW_IDS: OrderedDict[tuple[int, dt.date, str], int] = OrderedDict()
+_WINDOW_IDS_MAX = 4096
+_WINDOW_IDS_LOCK = threading.Lock()
+
+
+def _window_key(policy: BudgetPolicy, now: dt.datetime, end_user: str) -> tuple[int, dt.date, str]:
+    return (policy.pk, period_start(policy.period, now), window_user(policy, end_user))
+
+
+def _remember_window(policy: BudgetPolicy, now: dt.datetime, end_user: str, usage_id: int) -> None:
+    key = _window_key(policy, now, end_user)
+    with _WINDOW_IDS_LOCK:
+        _WINDOW_IDS[key] = usage_id
+        _WINDOW_IDS.move_to_end(key)
+        while len(_WINDOW_IDS) > _WINDOW_IDS_MAX:
+            _WINDOW_IDS.popitem(last=False)
+
+
+@dataclass
+class ReservationParts:
+    """A reservation as parts of one guarded statement (services.statements)."""
+
+    reservation: Reservation
+    parts: list[tuple[str, str, list[Any]]]  # (name, UPDATE ... RETURNING, params)
+    guard: str  # 1 when every window took its share, else 0
+    soft: list[tuple[BudgetPolicy, str]]  # each soft policy and its part's name
+
+    def flag_soft(self, totals: list[Decimal]) -> None:
+        """Record the soft budgets the reservation took over their limit (``totals``: each
+        soft window's spent + reserved after it, in ``soft`` order)."""
+        for (policy, _), total in zip(self.soft, totals, strict=True):
+            if total > policy.limit_usd:
+                self.reservation.soft_flags.append(policy.name)
+                log.warning("soft budget %s is over its limit", policy.name)
+
+
+def budget_reserve_parts(
+    *, amount: Decimal, policies: list[BudgetPolicy], end_user: str = "", now: dt.datetime
+) -> ReservationParts | None:
+    """Return ``budget_reserve``'s reservation as parts of one statement, or None when this
+    process does not know every covering window's id yet (take ``budget_reserve``, which
+    learns them). The same conditional UPDATE per window as ``_reserve_fast``: a hard budget
+    that cannot cover ``amount`` matches no row, so the guard refuses the whole statement."""
+    if amount < 0:
+        raise ValueError("a reservation cannot be negative")
+    with _WINDOW_IDS_LOCK:
+        ids = [_WINDOW_IDS.get(_window_key(p, now, end_user)) for p in policies]
+    if any(i is None for i in ids):
+        return None
+    result = ReservationParts(Reservation(amount=amount), [], "1", [])
+    counts = []
+    for i, (policy, usage_id) in enumerate(zip(policies, ids, strict=True)):
+        assert usage_id is not None
+        name = f"r{i}"
+        sql, params = _reserve_sql(
+            policy, now, amount, end_user, usage_id, returning='"spent_usd" + "reserved_usd"'
+        )
+        if not policy.is_hard:
+            result.soft.append((policy, name))
+        result.parts.append((name, sql, params))
+        result.reservation.usage_ids.append(usage_id)
+        counts.append(f"(SELECT count(*) FROM {name})")
+    if counts:
+        result.guard = " * ".join(counts)
+    return result
 
 
 def _reserve_fast(
@@ -158,25 +231,36 @@ def _reserve_fast(
     (no window yet, the budget cannot cover it, or another database)."""
     if connection.vendor != "postgresql":
         return None
+    sql, params = _reserve_sql(policy, now, amount, end_user)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def _reserve_sql(
+    policy: BudgetPolicy,
+    now: dt.datetime,
+    amount: Decimal,
+    end_user: str,
+    usage_id: int | None = None,
+    returning: str = '"id"',
+) -> tuple[str, list[Any]]:
+    """The Postgres reservation of one window: ``UPDATE ... RETURNING``, matching no row when
+    the window does not exist (or is not ``usage_id``) or a hard budget cannot cover it."""
     table = BudgetUsage._meta.db_table
     sql = (
         f'UPDATE "{table}" SET "reserved_usd" = "reserved_usd" + %s, "updated_at" = %s '
         'WHERE "policy_id" = %s AND "period_start" = %s AND "end_user" = %s'
     )
-    params: list[Any] = [
-        amount,
-        now,
-        policy.pk,
-        period_start(policy.period, now),
-        window_user(policy, end_user),
-    ]
+    params: list[Any] = [amount, now, *_window_key(policy, now, end_user)]
+    if usage_id is not None:
+        sql += ' AND "id" = %s'
+        params.append(usage_id)
     if policy.is_hard:
         sql += ' AND "spent_usd" <= %s - %s - "reserved_usd"'
         params += [policy.limit_usd, amount]
-    with connection.cursor() as cursor:
-        cursor.execute(sql + ' RETURNING "id"', params)
-        row = cursor.fetchone()
-    return None if row is None else int(row[0])
+    return f"{sql} RETURNING {returning}", params
 
 
 def _reserve(
@@ -242,6 +326,22 @@ def budget_settle(
             reserved_usd=F("reserved_usd") - reserved, spent_usd=F("spent_usd") + spent
         )
         return None
+    sql, params = budget_settle_sql(usage_ids=usage_ids, reserved=reserved, spent=spent)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return settled_windows(rows)
+
+
+SETTLED_COLUMNS = 12  # what budget_settle_sql returns per window
+
+
+def budget_settle_sql(
+    *, usage_ids: list[int], reserved: Decimal, spent: Decimal
+) -> tuple[str, list[Any]]:
+    """Return budget_settle's Postgres statement (``UPDATE ... RETURNING``, SETTLED_COLUMNS
+    columns per window: read them with ``settled_windows``), to run alone or as a part of one
+    guarded statement (services.statements)."""
     usage, policy = BudgetUsage._meta.db_table, BudgetPolicy._meta.db_table
     sql = (
         f'UPDATE "{usage}" AS u SET "reserved_usd" = u."reserved_usd" - %s, '
@@ -251,9 +351,11 @@ def budget_settle(
         'u."updated_at", p."id", p."name", p."limit_usd", p."alert_thresholds", p."enabled", '
         'p."per_end_user"'
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [reserved, spent, list(usage_ids)])
-        rows = cursor.fetchall()
+    return sql, [reserved, spent, list(usage_ids)]
+
+
+def settled_windows(rows: list[tuple[Any, ...]]) -> list[BudgetUsage]:
+    """The windows (each with its policy) from budget_settle_sql's rows."""
     windows = []
     for uid, start, user, res, spe, updated, pid, name, limit, thresholds, enabled, per in rows:
         if isinstance(thresholds, str):  # Django reads jsonb as text

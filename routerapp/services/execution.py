@@ -8,7 +8,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -18,7 +19,14 @@ from django.db.models import Count, F, Max, Q, Sum
 from django.utils import timezone
 
 from routerapp.errors import BudgetExceeded
-from routerapp.models import Configuration, ModelEndpoint, Query, Sample, ScorerCall
+from routerapp.models import (
+    BudgetUsage,
+    Configuration,
+    ModelEndpoint,
+    Query,
+    Sample,
+    ScorerCall,
+)
 from routerapp.services.attempts import Attempt, Attempts, NoTargetLeft, may_fall_back
 from routerapp.services.breakers import target_busy
 from routerapp.services.budgets import budget_reserve_more, budget_settle
@@ -817,16 +825,39 @@ def _finish(query: Query, *, aborted_completion_tokens: int | None = None) -> No
 
     ``aborted_completion_tokens`` (from the strategy's ledger) spares the metrics a query for
     them when the caller has it."""
+    finish_stamp(query)
+    with settle_span(query):
+        windows = budget_settle(
+            usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd
+        )
+    finish_settled(query, windows, aborted_completion_tokens=aborted_completion_tokens)
+
+
+def finish_stamp(query: Query) -> None:
+    """Stamp a finishing query's end time and latency (and grading time), not saved."""
     query.finished_at = timezone.now()
     query.latency_ms = int((query.finished_at - query.created_at).total_seconds() * 1000)
     if query.graded_correct is not None and query.graded_at is None:
         query.graded_at = query.finished_at
+
+
+@contextmanager
+def settle_span(query: Query) -> Iterator[None]:
+    """The ``costpass.budget.settle`` span around a query's settlement."""
     with tracing.span("costpass.budget.settle") as span:
         if span is not None:
             span.set_attributes(_settle_attributes(query))
-        windows = budget_settle(
-            usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd
-        )
+        yield
+
+
+def finish_settled(
+    query: Query,
+    windows: list[BudgetUsage] | None,
+    *,
+    aborted_completion_tokens: int | None = None,
+) -> None:
+    """What follows a finished query's settlement: its budget alerts (``windows``: the
+    settled windows, as budget_settle returns them) and, once committed, its end hooks."""
     if query.budget_windows and query.cost_usd > 0:
         from routerapp.services.alerts import budget_alerts_raise
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import AutoField
-from django.db.models.sql.subqueries import InsertQuery, UpdateQuery
 from django.utils import timezone
 
 from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
@@ -26,12 +24,17 @@ from routerapp.models import (
 )
 from routerapp.selectors.access import permitted_configuration_slugs
 from routerapp.selectors.catalog_cache import cached, catalog_pinned
+from routerapp.services import statements
 from routerapp.services.budgets import (
     ZERO,
+    Reservation,
     budget_reserve,
+    budget_reserve_parts,
     budget_settle,
+    budget_settle_sql,
     hard_budget_left,
     policies_for,
+    settled_windows,
 )
 from routerapp.services.pricing import endpoint_prices, prompt_token_bound, worst_case_cost
 from routerapp.services.request_fields import query_run_spec, strategy_params
@@ -119,7 +122,6 @@ def prompt_text(prompt: str, messages: list[dict[str, str]] | None) -> str:
     return prompt
 
 
-@transaction.atomic
 def query_create(
     *,
     team: Team,
@@ -212,23 +214,12 @@ def query_create(
             span.set_attributes(_route_attributes(team, decision))
     configuration = decision.configuration
     reserve = worst_case_cost(configuration, tokens_bound, options)
-    with tracing.span("costpass.budget.reserve") as span:
-        reservation = budget_reserve(
-            team=team, api_key=api_key, amount=reserve, policies=policies, end_user=end_user
-        )
-        if span is not None:
-            span.set_attributes(
-                {
-                    tracing.RESERVED_USD: tracing.usd(reservation.amount),
-                    "costpass.budget.windows": len(reservation.usage_ids),
-                }
-            )
     strategy, params = strategy_params(configuration, options)
 
     # A query this process will run itself starts running at once (saves a round trip).
     inline = defer_dispatch and _runs_inline(configuration, strategy.planned_samples(params))
     now = timezone.now()
-    query = Query.objects.create(
+    query = Query(
         status=Query.Status.RUNNING if inline else Query.Status.QUEUED,
         started_at=now if inline else None,
         # The reaper's clocks: a running query's heartbeat, a queued one's last dispatch.
@@ -256,17 +247,22 @@ def query_create(
         predicted_cost_usd=decision.cost_usd,
         decision=decision.as_json(),
         samples_planned=strategy.planned_samples(params),
-        reserved_usd=reservation.amount,
-        budget_windows=reservation.usage_ids,
-        budget_flags=reservation.soft_flags,
         benchmark_run=benchmark_run,
     )
+    tag_rows = [QueryTag(query=query, team=team, tag=t) for t in tags]
+    with tracing.span("costpass.budget.reserve") as span:
+        reservation = _reserve_and_store(
+            query, tag_rows, team=team, api_key=api_key, amount=reserve, policies=policies
+        )
+        if span is not None:
+            span.set_attributes(
+                {
+                    tracing.RESERVED_USD: tracing.usd(reservation.amount),
+                    "costpass.budget.windows": len(reservation.usage_ids),
+                }
+            )
     # The request's span (Django's, when tracing is on) names the query: find a trace by id.
     tracing.annotate({tracing.QUERY_ID: str(query.pk)})
-    if tags:
-        QueryTag.objects.bulk_create(
-            [QueryTag(query=query, team=team, tag=t, created_at=query.created_at) for t in tags]
-        )
     if not defer_dispatch:
         transaction.on_commit(lambda: query_enqueue(query=query))
     from routerapp import metrics
@@ -277,6 +273,82 @@ def query_create(
         lambda: metrics.record_decision(router_version=version_id, reason=reason), robust=True
     )
     return query
+
+
+def _reserve_and_store(
+    query: Query,
+    tag_rows: list[QueryTag],
+    *,
+    team: Team,
+    api_key: ApiKey | None,
+    amount: Decimal,
+    policies: list[BudgetPolicy],
+) -> Reservation:
+    """Reserve ``amount`` under ``policies`` and insert the query (and its tag rows) with the
+    reservation, all or nothing; return the reservation (BudgetExceeded: nothing written).
+
+    On Postgres, once this process knows the budget windows' ids, one guarded statement
+    (services.statements): the reservations and the inserts commit together, or the guard
+    refuses them all when a hard budget cannot cover the amount, and the general path below
+    says which. Elsewhere, or then, one transaction."""
+    end_user = query.end_user
+    now = query.dispatched_at or timezone.now()
+    parts = (
+        budget_reserve_parts(amount=amount, policies=policies, end_user=end_user, now=now)
+        if statements.available()
+        else None
+    )
+    if parts is not None:
+        _set_reservation(query, parts.reservation)
+        writes = [*parts.parts, ("q", *statements.insert_sql(Query, [query]))]  # stamps it
+        _stamp_tags(query, tag_rows)
+        if tag_rows:
+            writes.append(("t", *statements.insert_sql(QueryTag, tag_rows)))
+        soft = ", ".join(f"(SELECT * FROM {name})" for _, name in parts.soft)
+        try:
+            [row] = statements.run_guarded(writes, parts.guard, select=soft)
+        except statements.Refused:
+            pass  # a budget could not cover it, or a window is gone: the general path says
+        else:
+            parts.flag_soft(list(row[1:]))
+            if parts.reservation.soft_flags:
+                Query.objects.filter(pk=query.pk).update(budget_flags=parts.reservation.soft_flags)
+            query.budget_flags = parts.reservation.soft_flags
+            _mark_saved([query, *tag_rows])
+            return parts.reservation
+    with transaction.atomic():
+        reservation = budget_reserve(
+            team=team,
+            api_key=api_key,
+            amount=amount,
+            policies=policies,
+            end_user=end_user,
+            now=now,
+        )
+        _set_reservation(query, reservation)
+        query.save(force_insert=True)
+        _stamp_tags(query, tag_rows)
+        if tag_rows:
+            QueryTag.objects.bulk_create(tag_rows)
+    return reservation
+
+
+def _set_reservation(query: Query, reservation: Reservation) -> None:
+    query.reserved_usd = reservation.amount
+    query.budget_windows = list(reservation.usage_ids)
+    query.budget_flags = list(reservation.soft_flags)
+
+
+def _stamp_tags(query: Query, tag_rows: list[QueryTag]) -> None:
+    """Give the tag rows their query's creation time (stamped when it is inserted)."""
+    for row in tag_rows:
+        row.created_at = query.created_at
+
+
+def _mark_saved(objs: list[Any]) -> None:
+    """Mark objects inserted by a guarded statement as saved (as ``save()`` would)."""
+    for obj in objs:
+        obj._state.adding, obj._state.db = False, connection.alias
 
 
 def _route_attributes(team: Team, decision: RoutingDecision) -> dict[str, Any]:
@@ -598,53 +670,53 @@ def _inline_complete(
     ]
     execution.apply_result(query, result, prices)
     execution.bill_rows(query, [*partials, *samples], [*scorers_before, *scorers])
+    rows, scorer_rows = [*partials, *samples], [*scorers_before, *scorers]
+    aborted = int(result.ledger.aborted_completion_tokens)
+    if statements.available():
+        # One guarded statement: the final row (only while running), the samples and scorer
+        # calls, and the settlement; refused as a whole when the query finished meanwhile
+        # (e.g. failed by an operator), which keeps that.
+        execution.finish_stamp(query)
+        final = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING)
+        f_sql, f_params = statements.update_sql(final, _final_values(query))
+        writes = [("f", f"{f_sql} RETURNING 1", f_params)]
+        for name, model, objs in (("s", Sample, rows), ("c", ScorerCall, scorer_rows)):
+            if objs:
+                writes.append((name, *statements.insert_sql(model, objs)))
+        select, joins = "", ""
+        if query.budget_windows:
+            b_sql, b_params = budget_settle_sql(
+                usage_ids=query.budget_windows, reserved=query.reserved_usd, spent=query.cost_usd
+            )
+            writes.append(("b", b_sql, b_params))
+            select, joins = "b.*", "LEFT JOIN b ON true"
+        with execution.settle_span(query):
+            try:
+                found = statements.run_guarded(
+                    writes, "(SELECT count(*) FROM f)", select=select, joins=joins
+                )
+            except statements.Refused:
+                raise _AlreadyFinished() from None
+        _mark_saved([*rows, *scorer_rows])
+        windows = settled_windows([r[1:] for r in found if r[1] is not None]) if select else []
+        execution.finish_settled(query, windows, aborted_completion_tokens=aborted)
+        return str(query.status), rows
     with transaction.atomic():
         # Settle the reservation, register the end hooks.
-        execution._finish(
-            query, aborted_completion_tokens=int(result.ledger.aborted_completion_tokens)
+        execution._finish(query, aborted_completion_tokens=aborted)
+        updated = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING).update(
+            **_final_values(query)
         )
-        updated = _write_final(query, [*partials, *samples], [*scorers_before, *scorers])
         if not updated:  # finished meanwhile (e.g. failed by an operator): keep that
             raise _AlreadyFinished  # (and the rows written with it are rolled back)
-    return str(query.status), [*partials, *samples]
+        Sample.objects.bulk_create(rows)
+        ScorerCall.objects.bulk_create(scorer_rows)
+    return str(query.status), rows
 
 
-def _write_final(query: Query, samples: list[Sample], scorers: list[ScorerCall]) -> int:
-    """Write a finished inline query's final row (``_FINAL_FIELDS``, only while it is still
-    running) with its sample and scorer-call rows; return how many query rows were updated
-    (0: it had finished meanwhile; the caller rolls the samples back). On Postgres one
-    statement: ``WITH <insert samples>, <insert scorer calls> UPDATE <query>``, the SQL Django
-    builds for each."""
-    rows = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING)
-    values = {name: getattr(query, name) for name in _FINAL_FIELDS}
-    if connection.vendor != "postgresql":
-        updated = rows.update(**values)
-        if updated:
-            Sample.objects.bulk_create(samples)
-            ScorerCall.objects.bulk_create(scorers)
-        return updated
-    ctes: list[str] = []
-    params: list[Any] = []
-    parts: list[tuple[Any, list[Any]]] = [(Sample, samples), (ScorerCall, scorers)]
-    for model, objs in parts:
-        if not objs:
-            continue
-        insert = InsertQuery(model)
-        insert.insert_values(
-            [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)], objs
-        )
-        [(sql, args)] = insert.get_compiler(connection=connection).as_sql()
-        ctes.append(f"w{len(ctes)} AS ({sql})")
-        params.extend(args)
-    update = cast(UpdateQuery, rows.query.chain(UpdateQuery))
-    update.add_update_values(values)
-    sql, args = update.get_compiler(connection=connection).as_sql()
-    with connection.cursor() as cursor:
-        cursor.execute((f"WITH {', '.join(ctes)} " if ctes else "") + sql, [*params, *args])
-        updated = int(cursor.rowcount)
-    for obj in [*samples, *scorers]:
-        obj._state.adding, obj._state.db = False, connection.alias
-    return updated
+def _final_values(query: Query) -> dict[str, Any]:
+    """A finished inline query's final row (``_FINAL_FIELDS``)."""
+    return {name: getattr(query, name) for name in _FINAL_FIELDS}
 
 
 class _InlineEvents:

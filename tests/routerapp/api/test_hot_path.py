@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.test import Client, override_settings
 from django.utils import timezone
@@ -36,11 +37,13 @@ class RoundTrips:
     sql: list[str] = field(default_factory=list)
     redis: list[str] = field(default_factory=list)
     threads: set[str] = field(default_factory=set)
+    commits: int = 0  # transactions committed (each a BEGIN and a COMMIT round trip)
 
     def report(self) -> str:
         verbs = Counter(s.split()[0].upper() for s in self.sql)
         return (
-            f"{len(self.sql)} SQL statements {dict(verbs)}, {len(self.redis)} Redis round trips:\n"
+            f"{len(self.sql)} SQL statements {dict(verbs)} in {self.commits} transactions, "
+            f"{len(self.redis)} Redis round trips:\n"
             + "\n".join(f"  sql: {s[:160]}" for s in self.sql)
             + "\n"
             + "\n".join(f"  redis: {r[:160]}" for r in self.redis)
@@ -55,6 +58,12 @@ def round_trips() -> Iterator[RoundTrips]:
     execute = CursorWrapper._execute_with_wrappers
     executemany = CursorWrapper.executemany
     send = AbstractConnection.send_packed_command
+    commit = BaseDatabaseWrapper._commit
+
+    def _commit(self: Any) -> Any:
+        with lock:
+            seen.commits += 1
+        return commit(self)
 
     def _execute(self: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
         with lock:
@@ -72,12 +81,14 @@ def round_trips() -> Iterator[RoundTrips]:
 
     CursorWrapper._execute_with_wrappers = _execute  # type: ignore[method-assign]
     AbstractConnection.send_packed_command = _send  # type: ignore[method-assign]
+    BaseDatabaseWrapper._commit = _commit  # type: ignore[method-assign]
     try:
         yield seen
     finally:
         CursorWrapper._execute_with_wrappers = execute  # type: ignore[method-assign]
         CursorWrapper.executemany = executemany  # type: ignore[method-assign]
         AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+        BaseDatabaseWrapper._commit = commit  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -128,10 +139,11 @@ def test_inline_request_round_trips(hot_path: Any) -> None:
     # Pinned: a change that adds a statement or a round trip to the hot path must say so here.
     # The key comes from the process's cache (AUTH_CACHE_S), and so do the configurations,
     # router versions and budget policies while the catalog version (one SELECT) is unchanged.
-    # Left: the catalog version, the reservation and the query row (one transaction), then the
-    # settlement (returning the windows the budget alerts read) and one statement writing the
-    # sample and the query's final row (another).
-    assert len(seen.sql) == 5, seen.report()
+    # Left: the catalog version; one statement reserving the budget and inserting the query
+    # row; one writing the sample and the query's final row and settling the budget (returning
+    # the windows the budget alerts read). Each is atomic on its own: no BEGIN, no COMMIT.
+    assert len(seen.sql) == 3, seen.report()
+    assert seen.commits == 0, seen.report()
     # The end-of-query event (one pipeline); the rollup marker was set by the first request and
     # its refresh has not started yet.
     assert len(seen.redis) == 1, seen.report()
@@ -272,3 +284,85 @@ def test_a_query_finished_elsewhere_keeps_its_state_and_gets_no_sample_rows(
     query = Query.objects.get()
     assert r.status_code == 502 and query.status == Query.Status.FAILED
     assert query.error == "operator" and not Sample.objects.filter(query=query).exists()
+    # The settlement was part of the refused statement: the reservation is untouched (the
+    # operator's path settles it, not this run).
+    usage = BudgetUsage.objects.get()
+    assert usage.spent_usd == 0 and usage.reserved_usd == query.reserved_usd > 0
+
+
+def _windows() -> list[tuple[Decimal, Decimal]]:
+    return [(u.reserved_usd, u.spent_usd) for u in BudgetUsage.objects.order_by("id")]
+
+
+def test_a_budget_that_cannot_cover_a_request_refuses_the_one_statement_whole(
+    hot_path: Any,
+) -> None:
+    """Reservation and query row are one guarded statement once the window's id is known:
+    when a hard budget cannot cover the request, nothing of it is written, and the refusal
+    names the budget as before."""
+    client = Client()
+    _post(client, hot_path)  # the window's id is now known to this process
+    done = Query.objects.get()
+    BudgetPolicy.objects.filter(team=hot_path.team).update(limit_usd=done.cost_usd)
+    before = _windows()
+    with round_trips() as seen:
+        r = client.post(
+            "/v1/chat/completions",
+            BODY,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {hot_path.raw}"},
+        )
+    assert r.status_code == 402, r.content
+    assert "monthly" in r.json()["error"]["message"]
+    assert any(s.startswith("WITH") for s in seen.sql), seen.report()  # the guarded statement ran
+    assert list(Query.objects.all()) == [done]
+    assert _windows() == before
+
+
+def test_soft_budgets_and_tags_go_through_the_one_statement(hot_path: Any) -> None:
+    """A soft budget over its limit is flagged on the query, and the tag rows are written with
+    the query, stamped with its creation time."""
+    BudgetPolicy.objects.create(
+        team=hot_path.team,
+        name="soft-cap",
+        period=BudgetPolicy.Period.DAY,
+        limit_usd=Decimal("0"),
+        mode=BudgetPolicy.Mode.SOFT,
+    )
+    client = Client()
+    _post(client, hot_path)  # both windows' ids are now known
+    with round_trips() as seen:
+        r = client.post(
+            "/v1/chat/completions",
+            BODY,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {hot_path.raw}", "x-costpass-tags": "a, b"},
+        )
+    assert r.status_code == 200, r.content
+    assert seen.commits == 0, seen.report()
+    query = Query.objects.get(pk=r.json()["costpass"]["query_id"])
+    assert query.budget_flags == ["soft-cap"] and len(query.budget_windows) == 2
+    assert sorted((t.tag, t.created_at) for t in query.tag_rows.all()) == [
+        ("a", query.created_at),
+        ("b", query.created_at),
+    ]
+    assert all(reserved == 0 for reserved, _ in _windows())
+    spent = sum(q.cost_usd for q in Query.objects.all())
+    assert [s for _, s in _windows()] == [spent, spent]
+
+
+def test_a_window_gone_from_under_the_cached_id_is_recreated(hot_path: Any) -> None:
+    """A cached window id that no longer exists matches nothing: the statement is refused and
+    the general path creates the window again (and charges it)."""
+    client = Client()
+    _post(client, hot_path)
+    Query.objects.all().delete()
+    BudgetUsage.objects.all().delete()
+    r = _post(client, hot_path)
+    usage = BudgetUsage.objects.get()
+    query = Query.objects.get()
+    assert query.budget_windows == [usage.pk] and usage.spent_usd == query.cost_usd > 0
+    assert r.json()["costpass"]["query_id"] == str(query.pk)
+    _post(client, hot_path)  # and the new id is used from then on
+    usage.refresh_from_db()
+    assert usage.spent_usd == sum(q.cost_usd for q in Query.objects.all())
