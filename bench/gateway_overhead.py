@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -326,35 +327,60 @@ def children(pid: int) -> list[int]:
     return kids + [g for k in kids for g in children(k)]
 
 
+SERVERS = ("gthread", "uvicorn")
+
+
 def start_gateway(
-    py: str, env: dict[str, str], args: argparse.Namespace, port: int, cwd: Path = REPO
+    py: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    port: int,
+    cwd: Path = REPO,
+    server: str = "gthread",
 ) -> subprocess.Popen:
-    """gunicorn as in `make run` (gthread, access log), pinned to the gateway's core, serving
-    the code of ``cwd`` (a checkout of the repository)."""
+    """The gateway pinned to the gateway's core, serving the code of ``cwd`` (a checkout of
+    the repository): gunicorn as in `make run` (gthread, access log), or, with ``server``
+    "uvicorn", the same Django application as ASGI under uvicorn (one process, its views run
+    in asgiref's thread pool)."""
+    if server == "uvicorn":
+        argv = [
+            py,
+            "-m",
+            "uvicorn",
+            "routerapp.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backlog",
+            "2048",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    else:
+        argv = [
+            py,
+            "-m",
+            "gunicorn",
+            "routerapp.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(args.workers),
+            "-k",
+            "gthread",
+            "--threads",
+            str(args.threads),
+            "--timeout",
+            "300",
+            "--backlog",
+            "2048",
+            "--access-logfile",
+            os.devnull,
+        ]
     return subprocess.Popen(
-        pinned(
-            args.gateway_cpu,
-            [
-                py,
-                "-m",
-                "gunicorn",
-                "routerapp.wsgi",
-                "-b",
-                f"127.0.0.1:{port}",
-                "-w",
-                str(args.workers),
-                "-k",
-                "gthread",
-                "--threads",
-                str(args.threads),
-                "--timeout",
-                "300",
-                "--backlog",
-                "2048",
-                "--access-logfile",
-                os.devnull,
-            ],
-        ),
+        pinned(args.gateway_cpu, argv),
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -392,190 +418,208 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-def compare_trees(args: argparse.Namespace) -> None:
-    """Gateway overhead of two checkouts of the product (e.g. main before and after a change),
-    served alternately in one run, each on its own fresh database; medians over rounds and the
-    ratio new / old (the machine's load drifts: only the ratio is comparable)."""
-    import statistics
+@dataclass
+class Variant:
+    """One way of serving the gateway in an alternating comparison."""
 
-    import httpx
+    env: dict[str, str]
+    cwd: Path = REPO
+    server: str = "gthread"
+    key: str = ""
+    check: Any = None  # called with (port) after the first request, e.g. to scrape /metrics
 
-    trees = {"old": Path(args.compare_trees[0]).resolve(), "new": Path(args.compare_trees[1])}
-    trees["new"] = trees["new"].resolve()
-    base = dict(os.environ)
-    base["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
-    base["COSTPASS_LOG_LEVEL"] = base.get("COSTPASS_LOG_LEVEL", "WARNING")
-    base.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
-    base["DJANGO_DEBUG"] = "false"
-    py = sys.executable
-    up_port = free_port()
+
+def bench_env(database_suffix: str) -> dict[str, str]:
+    """The environment every comparison serves with (production settings, inline path)."""
+    env = dict(os.environ)
+    env["DATABASE_URL"] = bench_database(env, database_suffix)
+    env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
+    env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
+    env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
+    env["DJANGO_DEBUG"] = "false"
+    return env
+
+
+def start_upstream(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    """The scripted upstream on the client's core; return it and its base URL."""
+    port = free_port()
     upstream = subprocess.Popen(
         pinned(
-            args.client_cpu, [py, str(REPO / "bench" / "fake_upstream.py"), "--port", str(up_port)]
+            args.client_cpu,
+            [sys.executable, str(REPO / "bench" / "fake_upstream.py"), "--port", str(port)],
         ),
         stdout=subprocess.DEVNULL,
     )
-    results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-    envs: dict[str, dict[str, str]] = {}
-    keys: dict[str, str] = {}
-    try:
-        wait_port(up_port, upstream)
-        up_url = f"http://127.0.0.1:{up_port}/v1"
-        for name, tree in trees.items():
-            env = {**base, "DATABASE_URL": bench_database(base, f"_bench_{name}")}
-            subprocess.run(
-                [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=tree, env=env, check=True
-            )
-            keys[name] = setup_upstream(py, env, up_url, cwd=tree)
-            envs[name] = env
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {int(args.client_cpu.split(",")[0])})
-        for round_ in range(args.rounds):
-            # ABBA order: a load that drifts during the run penalises neither tree.
-            order = list(trees.items())
-            for name, tree in order if round_ % 2 == 0 else order[::-1]:
-                port = free_port()
-                gunicorn = start_gateway(py, envs[name], args, port, cwd=tree)
-                try:
-                    wait_port(port, gunicorn)
-                    check = httpx.post(
-                        f"http://127.0.0.1:{port}/v1/chat/completions",
-                        json=BODY,
-                        headers={"Authorization": f"Bearer {keys[name]}"},
-                        timeout=300,  # a first request on a saturated machine can be slow
-                    )
-                    if check.status_code != 200:
-                        raise SystemExit(f"{name} gateway check failed: {check.status_code}")
-                    print(f"  round {round_ + 1}, {name} ({tree}):")
-                    row = closed_loop_round(gunicorn, port, keys[name], args)
-                finally:
-                    stop(gunicorn)
-                print(
-                    f"    gateway CPU per request: {row['cpu_ms_per_request']:.2f} ms", flush=True
+    wait_port(port, upstream)
+    return upstream, f"http://127.0.0.1:{port}/v1"
+
+
+def alternate(
+    args: argparse.Namespace, variants: dict[str, Variant]
+) -> dict[str, list[dict[str, float]]]:
+    """Serve each variant in turn, ABBA order over ``--rounds`` rounds (a load that drifts
+    during the run penalises none), a closed-loop round each; return each variant's rows."""
+    import httpx
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(args.client_cpu.split(",")[0])})
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for round_ in range(args.rounds):
+        order = list(variants.items())
+        for name, v in order if round_ % 2 == 0 else order[::-1]:
+            port = free_port()
+            proc = start_gateway(sys.executable, v.env, args, port, cwd=v.cwd, server=v.server)
+            try:
+                wait_port(port, proc)
+                check = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json=BODY,
+                    headers={"Authorization": f"Bearer {v.key}"},
+                    timeout=300,  # a first request on a saturated machine can be slow
                 )
-                results[name].append(row)
-    finally:
-        upstream.terminate()
-        upstream.wait(timeout=20)
-    names = list(results["old"][0])
+                if check.status_code != 200:
+                    raise SystemExit(f"{name} gateway check failed: {check.status_code}")
+                if v.check is not None:
+                    v.check(port)
+                print(f"  round {round_ + 1}, {name}:")
+                row = closed_loop_round(proc, port, v.key, args)
+            finally:
+                stop(proc)
+            print(f"    gateway CPU per request: {row['cpu_ms_per_request']:.2f} ms", flush=True)
+            results[name].append(row)
+    return results
+
+
+def report_pair(
+    args: argparse.Namespace,
+    results: dict[str, list[dict[str, float]]],
+    base: str,
+    other: str,
+    extra: dict[str, Any],
+) -> None:
+    """Print and (``--json``) write the medians over rounds of two variants and their ratio
+    other / base."""
+    import statistics
+
+    names = list(results[base][0])
     median = {
         name: {k: round(statistics.median(r[k] for r in rows), 2) for k in names}
         for name, rows in results.items()
     }
-    ratio = {k: round(median["new"][k] / median["old"][k], 3) for k in names if median["old"][k]}
-    print("\nmedians over rounds (old | new | new/old):")
+    ratio = {k: round(median[other][k] / median[base][k], 3) for k in names if median[base][k]}
+    print(f"\nmedians over rounds ({base} | {other} | {other}/{base}):")
     for k in names:
-        print(f"  {k:>22} {median['old'][k]:9.2f} {median['new'][k]:9.2f} {ratio.get(k, 0):7.3f}")
+        print(f"  {k:>22} {median[base][k]:9.2f} {median[other][k]:9.2f} {ratio.get(k, 0):7.3f}")
     if args.json_out:
-        Path(args.json_out).write_text(
-            json.dumps(
-                {
-                    "old": median["old"],
-                    "new": median["new"],
-                    "ratio_new_old": ratio,
-                    "trees": {k: str(v) for k, v in trees.items()},
-                    "labels": args.labels,
-                    "rounds": args.rounds,
-                    "duration_s": args.duration,
-                    "concurrency": args.concurrency,
-                    "raw": results,
-                },
-                indent=2,
-            )
-        )
+        out = {
+            **{name: median[name] for name in results},
+            **extra,
+            f"ratio_{other}_{base}": ratio,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "concurrency": args.concurrency,
+            "raw": results,
+        }
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json_out}")
+
+
+def compare_trees(args: argparse.Namespace) -> None:
+    """Gateway overhead of two checkouts of the product (e.g. main before and after a change),
+    served alternately in one run, each on its own fresh database; medians over rounds and the
+    ratio new / old (the machine's load drifts: only the ratio is comparable)."""
+    trees = {"old": Path(args.compare_trees[0]), "new": Path(args.compare_trees[1])}
+    upstream, up_url = start_upstream(args)
+    try:
+        variants = {}
+        for name, tree in trees.items():
+            env = bench_env(f"_bench_{name}")
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+                cwd=tree.resolve(),
+                env=env,
+                check=True,
+            )
+            key = setup_upstream(sys.executable, env, up_url, cwd=tree.resolve())
+            variants[name] = Variant(env, tree.resolve(), key=key)
+        results = alternate(args, variants)
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=20)
+    report_pair(
+        args,
+        results,
+        "old",
+        "new",
+        {
+            "trees": {k: str(v.resolve()) for k, v in trees.items()},
+            "labels": args.labels,
+        },
+    )
 
 
 def compare_metrics(args: argparse.Namespace) -> None:
     """Gateway overhead with metrics off and on, alternating in one run (the machine's load
     drifts; alternating rounds and taking medians keeps the ratio fair)."""
-    import statistics
     import tempfile
 
     import httpx
 
-    env = dict(os.environ)
-    env["DATABASE_URL"] = bench_database(env, "_bench_metrics")
-    env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
-    env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
-    env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
-    env["DJANGO_DEBUG"] = "false"
+    env = bench_env("_bench_metrics")
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    py = sys.executable
     metrics_dir = tempfile.mkdtemp(prefix="costpass-metrics-")
-    variants = {
-        "off": {**env, "COSTPASS_METRICS": "false"},
-        "on": {**env, "COSTPASS_METRICS": "true", "COSTPASS_METRICS_DIR": metrics_dir},
-    }
-    results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-    up_port = free_port()
-    upstream = subprocess.Popen(
-        pinned(
-            args.client_cpu, [py, str(REPO / "bench" / "fake_upstream.py"), "--port", str(up_port)]
-        ),
-        stdout=subprocess.DEVNULL,
-    )
+    upstream, up_url = start_upstream(args)
+
+    def scrapes(expected: int) -> Any:
+        def check(port: int) -> None:
+            scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+            if scrape.status_code != expected:
+                raise SystemExit(f"/metrics answered {scrape.status_code}, not {expected}")
+
+        return check
+
     try:
-        wait_port(up_port, upstream)
-        up_url = f"http://127.0.0.1:{up_port}/v1"
         subprocess.run(
-            [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO, env=env, check=True
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=REPO,
+            env=env,
+            check=True,
         )
-        key = setup_upstream(py, env, up_url)
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {int(args.client_cpu.split(",")[0])})
-        for round_ in range(args.rounds):
-            for name, variant in variants.items():
-                port = free_port()
-                gunicorn = start_gateway(py, variant, args, port)
-                try:
-                    wait_port(port, gunicorn)
-                    check = httpx.post(
-                        f"http://127.0.0.1:{port}/v1/chat/completions",
-                        json=BODY,
-                        headers={"Authorization": f"Bearer {key}"},
-                        timeout=60,
-                    )
-                    if check.status_code != 200:
-                        raise SystemExit(f"gateway check failed: {check.status_code}")
-                    scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
-                    expected = 200 if name == "on" else 404
-                    if scrape.status_code != expected:
-                        raise SystemExit(f"/metrics answered {scrape.status_code} with {name}")
-                    print(f"  round {round_ + 1}, metrics {name}:")
-                    row = closed_loop_round(gunicorn, port, key, args)
-                finally:
-                    stop(gunicorn)
-                results[name].append(row)
+        key = setup_upstream(sys.executable, env, up_url)
+        on = {**env, "COSTPASS_METRICS": "true", "COSTPASS_METRICS_DIR": metrics_dir}
+        results = alternate(
+            args,
+            {
+                "off": Variant({**env, "COSTPASS_METRICS": "false"}, key=key, check=scrapes(404)),
+                "on": Variant(on, key=key, check=scrapes(200)),
+            },
+        )
     finally:
         upstream.terminate()
         upstream.wait(timeout=20)
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    keys = list(results["off"][0])
-    median = {
-        name: {k: round(statistics.median(r[k] for r in rows), 2) for k in keys}
-        for name, rows in results.items()
-    }
-    ratio = {k: round(median["on"][k] / median["off"][k], 3) for k in keys if median["off"][k]}
-    print("\nmedians over rounds (metrics off | on | on/off):")
-    for k in keys:
-        print(f"  {k:>22} {median['off'][k]:9.2f} {median['on'][k]:9.2f} {ratio.get(k, 0):7.3f}")
-    if args.json_out:
-        Path(args.json_out).write_text(
-            json.dumps(
-                {
-                    "metrics_off": median["off"],
-                    "metrics_on": median["on"],
-                    "ratio_on_off": ratio,
-                    "rounds": args.rounds,
-                    "duration_s": args.duration,
-                    "concurrency": args.concurrency,
-                    "raw": results,
-                },
-                indent=2,
-            )
+    report_pair(args, results, "off", "on", {})
+
+
+def compare_servers(args: argparse.Namespace) -> None:
+    """The same checkout served by gunicorn gthread (as ``make run``) and by uvicorn (ASGI),
+    alternating in one run on one database; medians over rounds and the ratio uvicorn /
+    gthread."""
+    env = bench_env("_bench_servers")
+    upstream, up_url = start_upstream(args)
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=REPO,
+            env=env,
+            check=True,
         )
-        print(f"wrote {args.json_out}")
+        key = setup_upstream(sys.executable, env, up_url)
+        results = alternate(args, {name: Variant(env, server=name, key=key) for name in SERVERS})
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=20)
+    report_pair(args, results, "gthread", "uvicorn", {})
 
 
 def main() -> None:
@@ -610,7 +654,16 @@ def main() -> None:
         "report both and their ratio new / old (closed loop at each --concurrency)",
     )
     parser.add_argument("--labels", nargs=2, default=["old", "new"], help="what OLD and NEW are")
+    parser.add_argument(
+        "--compare-servers",
+        action="store_true",
+        help="serve alternately with gunicorn gthread and uvicorn (ASGI) and report both and "
+        "their ratio (closed loop at each --concurrency, --rounds times)",
+    )
     args = parser.parse_args()
+    if args.compare_servers:
+        compare_servers(args)
+        return
     if args.compare_trees:
         compare_trees(args)
         return

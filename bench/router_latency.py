@@ -5,12 +5,19 @@ Fits a router on each suite's training split (or loads ``--model``), then times
 online forms: ``decide(explore=True)`` and ``observe``. Prints p50 / p95 / p99 / max in
 milliseconds.
 
-    .venv/bin/python bench/router_latency.py --suites ../shared/suites [--only mmlu-pro-dev] [--n 2000]
+    .venv/bin/python bench/router_latency.py --suites ../shared/suites [--only mmlu-pro-dev] [--n 2000] \
+        [--json bench/results/router_latency.json]
+
+``--json`` also writes every figure (milliseconds), with the machine's load average at the start
+and the end, so that a figure of record says how quiet the machine was.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -24,16 +31,23 @@ from routerapp.routing.router import single_threaded  # noqa: E402
 from routerapp.routing.tables import load_suite  # noqa: E402
 
 
-def _pct(xs: list[float]) -> str:
+def _ms(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1e3
-    return (
-        f"p50 {np.percentile(a, 50):.3f}  p95 {np.percentile(a, 95):.3f}  "
-        f"p99 {np.percentile(a, 99):.3f}  max {a.max():.3f} ms"
-    )
+    return {
+        "p50": round(float(np.percentile(a, 50)), 4),
+        "p95": round(float(np.percentile(a, 95)), 4),
+        "p99": round(float(np.percentile(a, 99)), 4),
+        "max": round(float(a.max()), 4),
+    }
 
 
-def run(suite_dir: Path, n: int, model: Path | None) -> None:
-    """Time one suite and print its figures."""
+def _pct(xs: list[float]) -> str:
+    m = _ms(xs)
+    return f"p50 {m['p50']:.3f}  p95 {m['p95']:.3f}  p99 {m['p99']:.3f}  max {m['max']:.3f} ms"
+
+
+def run(suite_dir: Path, n: int, model: Path | None) -> dict[str, object]:
+    """Time one suite, print its figures and return them."""
     suite = load_suite(suite_dir, need_test=True)
     t0 = time.perf_counter()
     router = (
@@ -93,6 +107,17 @@ def run(suite_dir: Path, n: int, model: Path | None) -> None:
     print(f"  decide (unseen tag) {_pct(unseen)}")
     print(f"  decide(explore), unseen tag {_pct(unseen_explore)}")
     print(f"  decide(explore)+observe, unseen tag {_pct(unseen_online)}")
+    return {
+        "configs": len(router.config_ids),
+        "prompts": len(texts),
+        "fit_s": None if model is not None else round(fit_s, 2),
+        "decide": _ms(static),
+        "decide_explore": _ms(online),
+        "observe": _ms(obs),
+        "decide_unseen_tag": _ms(unseen),
+        "decide_explore_unseen_tag": _ms(unseen_explore),
+        "decide_explore_observe_unseen_tag": _ms(unseen_online),
+    }
 
 
 def main() -> int:
@@ -106,6 +131,7 @@ def main() -> int:
     ap.add_argument(
         "--model", type=Path, default=None, help="time a saved router instead (needs one --only)"
     )
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     if not args.suites.is_dir():
         print(f"suites directory not found: {args.suites}", file=sys.stderr)
@@ -113,8 +139,20 @@ def main() -> int:
     names = args.only or sorted(
         p.name for p in args.suites.iterdir() if (p / "candidates.csv").exists()
     )
-    for name in names:
-        run(args.suites / name, args.n, args.model)
+    load_start = os.getloadavg()
+    suites = {name: run(args.suites / name, args.n, args.model) for name in names}
+    if args.json:
+        out = {
+            "command": " ".join(sys.argv),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "load_average_start": [round(x, 2) for x in load_start],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "unit": "ms, one decision at a time, wall clock, single thread",
+            "suites": suites,
+        }
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
