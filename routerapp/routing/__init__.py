@@ -74,7 +74,8 @@ cost)`` and ``Router.sweep(prompts, tags, n_points, constraints=None)`` (CLI, ev
 first k graded queries, against the best single configuration chosen on train and the oracle on
 the same k prompts. ``transfer.lofo(outcomes, prompts, ...)``: leave-one-family-out rows (static,
 online, curve, AIQ vs zero router, baselines); ``transfer.load_source(data_dir, name)`` builds the
-public sources of ``transfer.SOURCES``.
+public sources of ``transfer.SOURCES``; ``transfer.load_external(name, dir, data_dir=None)`` reads
+a source of ``external.EXTERNAL`` from files fetched from GitHub (bench/README.md says how).
 
 ``evaluate(router, test_outcomes, test_prompts, train_outcomes, train_prompts=None, *,
 sweep_points=25, online=True, knn=True, seed=0) -> dict``: ``{"n_prompts", "n_configs",
