@@ -677,8 +677,9 @@ def _inline_complete(
         # calls, and the settlement; refused as a whole when the query finished meanwhile
         # (e.g. failed by an operator), which keeps that.
         execution.finish_stamp(query)
-        final = Query.objects.filter(pk=query.pk, status=Query.Status.RUNNING)
-        f_sql, f_params = statements.update_sql(final, _final_values(query))
+        f_sql, f_params = statements.update_sql(
+            Query, _final_values(query), {"id": query.pk, "status": Query.Status.RUNNING}
+        )
         writes = [("f", f"{f_sql} RETURNING 1", f_params)]
         for name, model, objs in (("s", Sample, rows), ("c", ScorerCall, scorer_rows)):
             if objs:

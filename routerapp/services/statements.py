@@ -21,7 +21,7 @@ import contextlib
 from typing import Any
 
 from django.db import DataError, connection, transaction
-from django.db.models import AutoField, Model, QuerySet
+from django.db.models import AutoField, Field, Model
 from django.db.models.sql.subqueries import InsertQuery, UpdateQuery
 
 __all__ = ["Refused", "available", "insert_sql", "run_guarded", "update_sql"]
@@ -36,24 +36,72 @@ def available() -> bool:
     return connection.vendor == "postgresql"
 
 
+def _insert_fields(model: type[Model]) -> list[Field[Any, Any]]:
+    return [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)]
+
+
+def _plain(fields: list[Field[Any, Any]]) -> bool:
+    """Whether every field binds as a plain ``%s`` (no field-specific SQL placeholder)."""
+    return not any(hasattr(f, "get_placeholder") for f in fields)
+
+
 def insert_sql(model: type[Model], objs: list[Any]) -> tuple[str, list[Any]]:
-    """Return the ``INSERT`` Django builds for ``objs`` (every concrete field but an auto id;
-    ``pre_save`` applied, so ``auto_now_add`` fields are stamped on the objects)."""
-    insert = InsertQuery(model)
-    insert.insert_values(
-        [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)], objs
+    """Return the ``INSERT`` of ``objs`` (every concrete field but an auto id), each value
+    prepared as Django's insert compiler prepares it (``pre_save``, so ``auto_now_add``
+    fields are stamped on the objects, then ``get_db_prep_save``). The SQL text depends only
+    on the model and the number of rows; building it directly costs a fifth of compiling an
+    ``InsertQuery`` (which is used when a value is an expression)."""
+    fields = _insert_fields(model)
+    rows = [[f.pre_save(obj, True) for f in fields] for obj in objs]
+    if not _plain(fields) or any(hasattr(v, "resolve_expression") for r in rows for v in r):
+        insert = InsertQuery(model)
+        insert.insert_values(fields, objs)
+        [(sql, params)] = insert.get_compiler(connection=connection).as_sql()
+        return sql, list(params)
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(str(f.column)) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = f"INSERT INTO {qn(model._meta.db_table)} ({columns}) VALUES " + ", ".join(
+        [row] * len(objs)
     )
-    [(sql, params)] = insert.get_compiler(connection=connection).as_sql()
-    return sql, list(params)
+    params = [
+        f.get_db_prep_save(v, connection=connection)
+        for r in rows
+        for f, v in zip(fields, r, strict=True)
+    ]
+    return sql, params
 
 
-def update_sql(rows: QuerySet[Any], values: dict[str, Any]) -> tuple[str, list[Any]]:
-    """Return the ``UPDATE`` Django builds for ``rows.update(**values)`` (no ``RETURNING``)."""
-    update = rows.query.chain(UpdateQuery)
-    assert isinstance(update, UpdateQuery)
-    update.add_update_values(values)
-    sql, params = update.get_compiler(connection=connection).as_sql()
-    return sql, list(params)
+def _field(model: type[Model], name: str) -> Field[Any, Any]:
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field), f"{model.__name__}.{name} is not a concrete field"
+    return field
+
+
+def update_sql(
+    model: type[Model], values: dict[str, Any], where: dict[str, Any]
+) -> tuple[str, list[Any]]:
+    """Return ``UPDATE <model> SET <values> WHERE <field = value AND ...>`` (no
+    ``RETURNING``), each value prepared as Django's update compiler and exact lookups prepare
+    it. Expressions among the values are compiled by Django."""
+    sets = [(_field(model, name), value) for name, value in values.items()]
+    conds = [(_field(model, name), value) for name, value in where.items()]
+    if not _plain([f for f, _ in sets]) or any(hasattr(v, "resolve_expression") for _, v in sets):
+        update = model._default_manager.filter(**where).query.chain(UpdateQuery)
+        assert isinstance(update, UpdateQuery)
+        update.add_update_values(values)
+        sql, compiled = update.get_compiler(connection=connection).as_sql()
+        return sql, list(compiled)
+    qn = connection.ops.quote_name
+    sql = (
+        f"UPDATE {qn(model._meta.db_table)} SET "
+        + ", ".join(f"{qn(str(f.column))} = %s" for f, _ in sets)
+        + " WHERE "
+        + " AND ".join(f"{qn(str(f.column))} = %s" for f, _ in conds)
+    )
+    params = [f.get_db_prep_save(v, connection=connection) for f, v in sets]
+    params += [f.get_db_prep_value(v, connection=connection, prepared=False) for f, v in conds]
+    return sql, params
 
 
 def run_guarded(
