@@ -29,7 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_overhead import REPO, bench_database, free_port, setup_upstream, wait_port  # noqa: E402
+from gateway_overhead import (  # noqa: E402
+    REPO,
+    bench_database,
+    free_port,
+    gunicorn_argv,
+    setup_upstream,
+    wait_port,
+)
 from hostile_inputs import CASES  # noqa: E402
 
 
@@ -86,22 +93,7 @@ def main() -> None:
         log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"fuzz-gunicorn-{port}.log", "w")  # noqa: SIM115
         procs.append(
             subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "gunicorn",
-                    "routerapp.wsgi",
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "-w",
-                    "2",
-                    "-k",
-                    "gthread",
-                    "--threads",
-                    "16",
-                    "--timeout",
-                    "120",
-                ],
+                gunicorn_argv(py, "routerapp.wsgi", port, workers=2, threads=16),
                 cwd=REPO,
                 env=env,
                 stdout=log,

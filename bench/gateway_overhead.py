@@ -330,6 +330,31 @@ def children(pid: int) -> list[int]:
 SERVERS = ("gthread", "uvicorn")
 
 
+def gunicorn_argv(py: str, app: str, port: int, workers: int, threads: int) -> list[str]:
+    """gunicorn as `make run` starts it (gthread; an access log line per request, here to
+    /dev/null), serving ``app`` on ``port``."""
+    return [
+        py,
+        "-m",
+        "gunicorn",
+        app,
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        str(workers),
+        "-k",
+        "gthread",
+        "--threads",
+        str(threads),
+        "--timeout",
+        "300",
+        "--backlog",
+        "2048",
+        "--access-logfile",
+        os.devnull,
+    ]
+
+
 def start_gateway(
     py: str,
     env: dict[str, str],
@@ -359,26 +384,7 @@ def start_gateway(
             "warning",
         ]
     else:
-        argv = [
-            py,
-            "-m",
-            "gunicorn",
-            "routerapp.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            str(args.workers),
-            "-k",
-            "gthread",
-            "--threads",
-            str(args.threads),
-            "--timeout",
-            "300",
-            "--backlog",
-            "2048",
-            "--access-logfile",
-            os.devnull,
-        ]
+        argv = gunicorn_argv(py, "routerapp.wsgi", port, args.workers, args.threads)
     return subprocess.Popen(
         pinned(args.gateway_cpu, argv),
         cwd=cwd,
@@ -699,27 +705,13 @@ def main() -> None:
         gunicorn = subprocess.Popen(
             pinned(
                 args.gateway_cpu,
-                [
+                gunicorn_argv(
                     py,
-                    "-m",
-                    "gunicorn",
                     "bench.wsgi_without_rollup" if args.without_rollup else "routerapp.wsgi",
-                    "-b",
-                    f"127.0.0.1:{gw_port}",
-                    "-w",
-                    str(args.workers),
-                    "-k",
-                    "gthread",
-                    "--threads",
-                    str(args.threads),
-                    "--timeout",
-                    "300",
-                    "--backlog",
-                    "2048",
-                    # As `make run`: an access log line per request (here to /dev/null).
-                    "--access-logfile",
-                    os.devnull,
-                ],
+                    gw_port,
+                    args.workers,
+                    args.threads,
+                ),
             ),
             cwd=REPO,
             env=env,

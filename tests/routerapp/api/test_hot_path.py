@@ -105,13 +105,17 @@ def hot_path(upstream_url: str, make_caller: Any) -> Any:
     return caller
 
 
-def _post(client: Client, caller: Any) -> Any:
-    response = client.post(
+def _send(client: Client, caller: Any, **headers: str) -> Any:
+    return client.post(
         "/v1/chat/completions",
         BODY,
         content_type="application/json",
-        headers={"Authorization": f"Bearer {caller.raw}"},
+        headers={"Authorization": f"Bearer {caller.raw}", **headers},
     )
+
+
+def _post(client: Client, caller: Any, **headers: str) -> Any:
+    response = _send(client, caller, **headers)
     assert response.status_code == 200, response.content
     return response
 
@@ -156,12 +160,7 @@ def test_a_cached_key_revoked_here_fails_at_once_and_elsewhere_within_a_second(
     client = Client()
     _post(client, hot_path)  # now in this process's key cache
     api_key_revoke(key=hot_path.key)
-    r = client.post(
-        "/v1/chat/completions",
-        BODY,
-        content_type="application/json",
-        headers={"Authorization": f"Bearer {hot_path.raw}"},
-    )
+    r = _send(client, hot_path)
     assert r.status_code == 401
     # Revoked by another process (here: SQL): refused once the cached row is AUTH_CACHE_S old.
     key, raw = api_key_create(team=hot_path.team, name="other")
@@ -227,12 +226,7 @@ def test_catalog_changes_reach_the_cached_request_path_at_once(
     assert _post(client, hot_path).json()["costpass"]["configuration"] == other.slug
     assert first["configuration"] != other.slug
     BudgetPolicy.objects.filter(team=hot_path.team).update(limit_usd=Decimal("0"))
-    r = client.post(
-        "/v1/chat/completions",
-        BODY,
-        content_type="application/json",
-        headers={"Authorization": f"Bearer {hot_path.raw}"},
-    )
+    r = _send(client, hot_path)
     assert r.status_code == 402, r.content
 
 
@@ -275,12 +269,7 @@ def test_a_query_finished_elsewhere_keeps_its_state_and_gets_no_sample_rows(
         return result
 
     monkeypatch.setattr(queries, "_inline_attempt", failed_meanwhile)
-    r = Client().post(
-        "/v1/chat/completions",
-        BODY,
-        content_type="application/json",
-        headers={"Authorization": f"Bearer {hot_path.raw}"},
-    )
+    r = _send(Client(), hot_path)
     query = Query.objects.get()
     assert r.status_code == 502 and query.status == Query.Status.FAILED
     assert query.error == "operator" and not Sample.objects.filter(query=query).exists()
@@ -306,12 +295,7 @@ def test_a_budget_that_cannot_cover_a_request_refuses_the_one_statement_whole(
     BudgetPolicy.objects.filter(team=hot_path.team).update(limit_usd=done.cost_usd)
     before = _windows()
     with round_trips() as seen:
-        r = client.post(
-            "/v1/chat/completions",
-            BODY,
-            content_type="application/json",
-            headers={"Authorization": f"Bearer {hot_path.raw}"},
-        )
+        r = _send(client, hot_path)
     assert r.status_code == 402, r.content
     assert "monthly" in r.json()["error"]["message"]
     assert any(s.startswith("WITH") for s in seen.sql), seen.report()  # the guarded statement ran
@@ -332,13 +316,7 @@ def test_soft_budgets_and_tags_go_through_the_one_statement(hot_path: Any) -> No
     client = Client()
     _post(client, hot_path)  # both windows' ids are now known
     with round_trips() as seen:
-        r = client.post(
-            "/v1/chat/completions",
-            BODY,
-            content_type="application/json",
-            headers={"Authorization": f"Bearer {hot_path.raw}", "x-costpass-tags": "a, b"},
-        )
-    assert r.status_code == 200, r.content
+        r = _post(client, hot_path, **{"x-costpass-tags": "a, b"})
     assert seen.commits == 0, seen.report()
     query = Query.objects.get(pk=r.json()["costpass"]["query_id"])
     assert query.budget_flags == ["soft-cap"] and len(query.budget_windows) == 2
