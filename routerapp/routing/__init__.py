@@ -47,7 +47,12 @@ not a text-classifier mixture of the known tags, plus what that tag learned onli
 ``kappa_unseen > 0`` a configuration other than ``router.anchor_config_id`` (the best single
 configuration of the training data) must beat it by ``kappa_unseen`` times the spread of its logit
 gap to the anchor across the training families (``router.unseen_margin(tag)``, shrinking as the
-tag's outcomes arrive). The online prior of a new tag is the covariance of the configurations'
+tag's outcomes arrive). A guard (``router.unseen_guard``, ``router.unseen_penalty(tag)``) keeps
+that default choice at the anchor unless the challenger's predicted cost-of-pass beats the
+anchor's by more than ``unseen_cop_se`` paired standard errors of their training CoP ratio, after
+a family-level advantage the pooled training data does not show is pulled back unless the
+training families agree on it (``unseen_family_se``); it fades as the tag's outcomes arrive and
+leaves the explicit-lambda sweep (AIQ) alone. The online prior of a new tag is the covariance of the configurations'
 logits across the training families, so a few outcomes of one configuration move the others.
 ``unseen_rule="ratio"`` restores the earlier rule. ``Constraints(allowed_config_ids, allowed_models, max_cost_usd,
 max_latency_s, min_accuracy)``: nothing allowed -> NoAllowedCandidateError (message names the

@@ -67,6 +67,13 @@ class RouterParams(BaseModel):
     # the earlier cost / p rule with the learner's own standard error.
     unseen_rule: Literal["anchored", "ratio"] = "anchored"
     kappa_unseen: float = 0.0
+    # The anchored rule's guard (``unseen_guard``): a challenger of the anchor must beat it in
+    # predicted cost-of-pass by ``unseen_cop_se`` paired standard errors of their training CoP
+    # ratio (near-ties are noise), after its predicted family-level advantage is pulled back to
+    # the pooled training one unless the training families agree on it (``unseen_family_se``
+    # across-family standard errors). Chosen by leave-one-family-out (bench/README.md).
+    unseen_cop_se: float = Field(default=0.5, ge=0.0)
+    unseen_family_se: float = Field(default=1.0, ge=0.0)
     # p(correct) on an unseen tag: "irt" reads the prompt's difficulty with an item-response
     # model fitted across the training families (``routing.irt``; needs >= 3 of them, else the
     # family mean); "family-mean" gives every prompt the configurations' mean over families.
@@ -105,6 +112,7 @@ class Router:
         anchor: int | None = None,
         fam_logits: np.ndarray | None = None,
         irt: DifficultyModel | None = None,
+        guard: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.candidates = candidates
         self.config_ids = [c.config_id for c in candidates]
@@ -133,6 +141,10 @@ class Router:
         if self.online.tag_cov is None and self.fam_logits.shape[1] >= 2:
             self.online.tag_cov = self.tag_cov
         self._latency = np.asarray(costs.latency, dtype=float)
+        # (offset, se) of every configuration's log CoP ratio to the anchor (``unseen_guard``);
+        # zeros for a router saved before the guard (the earlier rule).
+        self.guard = guard if guard is not None else (np.zeros(a_n), np.zeros(a_n))
+        self._prior_margin = self._gap_sd(self.online.prior_cov("", False))
 
     def _fresh_online(self) -> OnlineState:
         st = OnlineState(len(self.candidates), params=self.params.online, seed=self.seed)
@@ -157,20 +169,38 @@ class Router:
         independent part). The anchor's own entry is 0.
         """
         st = self.online.tags.get(tag)
-        cov = st.cov if st is not None else self.online.prior_cov(tag, False)
+        return self._gap_sd(st.cov if st is not None else self.online.prior_cov(tag, False))
+
+    def _gap_sd(self, cov: np.ndarray) -> np.ndarray:
         a = self.anchor if self.anchor is not None else 0
         d = np.diag(cov)
         return np.sqrt(np.clip(d + d[a] - 2.0 * cov[:, a], 0.0, None))
 
+    def unseen_penalty(self, tag: str) -> np.ndarray:
+        """Return (A,) the log cost-of-pass handicap of each configuration against the anchor on
+        an unseen ``tag`` (0 for the anchor): the guard's offset plus ``unseen_cop_se`` standard
+        errors, scaled by how much of the prior spread of its gap to the anchor the tag's online
+        posterior has left (1 before any outcome of the tag, towards 0 as outcomes arrive)."""
+        off, se = self.guard
+        pen = off + self.params.unseen_cop_se * se
+        if tag in self.online.tags:
+            pm = self._prior_margin
+            fade = np.divide(self.unseen_margin(tag), pm, out=np.zeros_like(pm), where=pm > 0)
+            pen = pen * np.clip(fade, 0.0, 1.0)
+        return pen
+
     def _unseen_decision_p(self, p: np.ndarray, tag: str) -> np.ndarray:
         """Return the p used to choose on an unseen tag (anchored rule): lower bounds relative
-        to the anchor, whose own p is taken at face value."""
+        to the anchor, whose own p is taken at face value. Dividing p by exp(penalty) raises
+        the configuration's cost / p by that factor (``unseen_penalty``)."""
         k = self.params.kappa_unseen
         a = self.anchor
         assert a is not None
         pc = np.clip(p, 1e-9, 1 - 1e-9)
-        z = np.log(pc / (1 - pc)) - k * self.unseen_margin(tag)
-        out = 0.5 * (1.0 + np.tanh(0.5 * z))
+        if k:
+            z = np.log(pc / (1 - pc)) - k * self.unseen_margin(tag)
+            pc = 0.5 * (1.0 + np.tanh(0.5 * z))
+        out = pc * np.exp(-self.unseen_penalty(tag))
         out[..., a] = p[..., a]
         return out
 
@@ -449,6 +479,7 @@ class Router:
         arrays.update({f"learner_{k}": v for k, v in l_arr.items()})
         arrays.update(c_arr)
         arrays["router_fam_logits"] = self.fam_logits
+        arrays["router_unseen_offset"], arrays["router_unseen_se"] = self.guard
         if self.irt is not None:
             arrays.update({f"router_irt_{k}": v for k, v in self.irt.state().items()})
         manifest = {
@@ -528,6 +559,11 @@ class Router:
             online=online,
             anchor=ids.index(anchor_id) if anchor_id in ids else None,
             fam_logits=arrays.get("router_fam_logits"),
+            guard=(
+                (arrays["router_unseen_offset"], arrays["router_unseen_se"])
+                if "router_unseen_offset" in arrays
+                else None
+            ),
             irt=(
                 DifficultyModel.from_state(
                     {k[11:]: v for k, v in arrays.items() if k[:11] == "router_irt_"}
@@ -721,6 +757,19 @@ def _fit_router(
             feats, data.y, data.w, [family_of(t) for t in tags], rank=prm.irt_rank
         )
         info["irt_seconds"] = time.perf_counter() - t_irt
+    guard = None
+    if anchor is not None:
+        t_g = time.perf_counter()
+        p_unseen = (
+            irt.predict(feats)
+            if irt is not None
+            else np.broadcast_to(_sigmoid(fam_logits.mean(1)), data.y.shape)
+        )
+        no_tag = "" if "" not in d_index else "\x00unseen"
+        guard = unseen_guard(
+            data, anchor, p_unseen, costs.predict(feats, [no_tag] * p_n), prm.unseen_family_se
+        )
+        info["guard_seconds"] = time.perf_counter() - t_g
     info["fit_seconds"] = time.perf_counter() - t0
     return Router(
         candidates=cands,
@@ -736,7 +785,76 @@ def _fit_router(
         anchor=anchor,
         fam_logits=fam_logits,
         irt=irt,
+        guard=guard,
     )
+
+
+def unseen_guard(
+    data: TrainData,
+    anchor: int,
+    p_unseen: np.ndarray,
+    c_unseen: np.ndarray,
+    kappa_family: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (offset, se), each (A,), the guard of the anchored rule on an unseen tag.
+
+    Both are in log cost-of-pass relative to the anchor. The anchor is the best single
+    configuration of the *pooled* training prompts, while the unseen-tag p (family mean or
+    item-response model) weighs the training *families* equally; where the two disagree, the
+    family view wins only if the families agree. ``offset[j] = b*[j] - pred[j] >= 0``, where
+    ``pred`` is the log CoP ratio to the anchor that the unseen-tag predictions ``p_unseen``,
+    ``c_unseen`` ((P, A), on the training prompts) give over the pooled training prompts, and
+    ``b* = max(pred, min(pooled, m + kappa_family * se_m))`` with ``pooled`` the realised one
+    (>= 0: the anchor is the pooled best) and ``m``, ``se_m`` the mean and standard error of
+    the realised ratio across the training families. ``se`` is the paired standard error of the
+    pooled realised ratio (delta method over prompts): a gap smaller than that is noise.
+    """
+    obs = (data.w > 0) & np.isfinite(data.cost)
+    a_n = data.y.shape[1]
+    y = np.where(obs, data.y, 0.0)
+    c = np.where(obs, data.cost, 0.0)
+
+    def log_cop(rows: np.ndarray, yy: np.ndarray, cc: np.ndarray) -> np.ndarray:
+        n = np.maximum((obs & rows[:, None]).sum(0), 1)
+        ym = np.where(obs & rows[:, None], yy, 0.0).sum(0) / n
+        cm = np.where(obs & rows[:, None], cc, 0.0).sum(0) / n
+        with np.errstate(divide="ignore"):
+            out = np.log(np.maximum(cm, 1e-300)) - np.log(np.maximum(ym, 1e-3))
+        return np.where((obs & rows[:, None]).any(0), out - out[anchor], np.nan)
+
+    every = np.ones(len(y), dtype=bool)
+    pooled = log_cop(every, y, c)
+    pred = log_cop(every, p_unseen, c_unseen)
+    fam_of_tag = np.array([family_of(t) for t in data.datasets], dtype=object)
+    fam_of_row = fam_of_tag[data.d_idx]
+    per_fam = np.array([log_cop(fam_of_row == f, y, c) for f in sorted(set(fam_of_row))])
+    n_f = np.isfinite(per_fam).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.nanmean(np.where(n_f >= 2, per_fam, 0.0), axis=0)
+        sd = np.sqrt(np.nansum((per_fam - m) ** 2, axis=0) / np.maximum(n_f - 1, 1))
+        se_m = np.where(n_f >= 2, sd / np.sqrt(np.maximum(n_f, 1)), np.inf)
+    upper = np.where(np.isfinite(se_m), m + kappa_family * se_m, np.inf)
+    b_star = np.maximum(pred, np.minimum(pooled, upper))
+    offset = np.where(np.isfinite(b_star - pred), b_star - pred, 0.0)
+    offset[anchor] = 0.0
+    # Paired standard error of the pooled log CoP ratio (delta method, rows where both ran).
+    se = np.zeros(a_n)
+    oa = obs[:, anchor]
+    for j in range(a_n):
+        both = obs[:, j] & oa
+        nb = int(both.sum())
+        if j == anchor or nb < 2:
+            continue
+        cj, ca = c[both, j], c[both, anchor]
+        yj, ya = y[both, j], y[both, anchor]
+        psi = (
+            cj / max(cj.mean(), 1e-300)
+            - yj / max(yj.mean(), 1e-3)
+            - ca / max(ca.mean(), 1e-300)
+            + ya / max(ya.mean(), 1e-3)
+        )
+        se[j] = float(psi.std() / np.sqrt(nb))
+    return offset, se
 
 
 def _anchor(data: TrainData) -> int | None:
