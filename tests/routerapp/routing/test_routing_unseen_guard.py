@@ -15,7 +15,7 @@ from conftest import _WORDS
 
 from routerapp.routing import fit_router
 from routerapp.routing.data import TrainData
-from routerapp.routing.router import unseen_guard
+from routerapp.routing.router import Router, unseen_guard
 from routerapp.routing.types import Candidate
 
 CANDS = pd.DataFrame(
@@ -153,3 +153,12 @@ def test_a_near_tie_stays_with_the_anchor():
     assert se[1] > 0.003
     # A predicted 0.3 % CoP edge does not clear offset + 0.5 se.
     assert -0.003 + offset[1] + 0.5 * se[1] > 0
+
+
+def test_the_guard_is_saved_with_the_router(disagree):
+    out, pr = disagree
+    r = fit_router(out, pr, CANDS, seed=0)
+    back = Router.from_bytes(r.to_bytes())
+    np.testing.assert_array_equal(back.guard[0], r.guard[0])
+    np.testing.assert_array_equal(back.guard[1], r.guard[1])
+    assert back.decide(NEW_PROMPT, "never-seen").config_id == "cheap|single"
