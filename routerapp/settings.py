@@ -85,6 +85,10 @@ try:
     }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's, skipping the per-request health check of a connection used a moment ago
+    # (routerapp/dbbackends/postgresql).
+    DATABASES["default"]["ENGINE"] = "routerapp.dbbackends.postgresql"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker share one file: WAL lets readers run beside the writer, and
     # IMMEDIATE transactions take the write lock up front instead of failing on upgrade.

@@ -46,25 +46,51 @@ _pinned: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
-def catalog_version() -> int | None:
-    """Return the catalog version now (one round trip), or None where there is none."""
+# The newest catalog version this process has read (what an optimistic pin starts from).
+_newest: int | None = None
+# An SQL test, for a guarded statement (services.statements), that is 1 while the catalog is
+# still at the version given as its parameter, else 0.
+CATALOG_AT = f'(SELECT count(*) FROM "{VERSION_TABLE}" WHERE "id" = 1 AND "n" = %s)'
+
+
+class CatalogChanged(Exception):
+    """The catalog moved after an optimistic pin: route again on the current version."""
+
+
+def catalog_version(*, fresh: bool = False) -> int | None:
+    """Return the catalog version now (one round trip), or None where there is none. Inside
+    ``catalog_pinned``, the pinned version unless ``fresh``."""
+    global _newest
     if connection.vendor != "postgresql":
         return None
     pinned = _pinned.get()
-    if pinned is not None:
+    if pinned is not None and not fresh:
         return pinned
     with connection.cursor() as cursor:
         cursor.execute(f'SELECT "n" FROM "{VERSION_TABLE}" WHERE "id" = 1')
         row = cursor.fetchone()
-    return None if row is None else int(row[0])
+    if row is None:
+        return None
+    version = int(row[0])
+    with _lock:
+        if _newest is None or version > _newest:
+            _newest = version
+    return version
 
 
 @contextmanager
-def catalog_pinned() -> Iterator[None]:
-    """Read the catalog version once for every cached lookup inside (one request's)."""
-    token = _pinned.set(catalog_version())
+def catalog_pinned(*, optimistic: bool = False) -> Iterator[int | None]:
+    """Pin one catalog version for every cached lookup inside (one request's); yield it.
+
+    By default the version is read (one round trip). ``optimistic`` pins the newest version
+    this process has read, with no round trip (when it has read one): the caller must then
+    check, in the statement that writes what it decided, that the catalog is still at that
+    version (``CATALOG_AT``), and decide again on a fresh pin when it is not. The versions
+    come from a sequence, so a catalog that moved never comes back to an older number."""
+    version = _newest if optimistic and _newest is not None else catalog_version()
+    token = _pinned.set(version)
     try:
-        yield
+        yield version
     finally:
         _pinned.reset(token)
 

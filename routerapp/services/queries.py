@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -11,7 +13,13 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from routerapp.errors import Conflict, InvalidInput, PayloadTooLarge, ServiceUnavailable
+from routerapp.errors import (
+    Conflict,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    ServiceUnavailable,
+)
 from routerapp.models import (
     ApiKey,
     BudgetPolicy,
@@ -23,7 +31,13 @@ from routerapp.models import (
     Team,
 )
 from routerapp.selectors.access import permitted_configuration_slugs
-from routerapp.selectors.catalog_cache import cached, catalog_pinned
+from routerapp.selectors.catalog_cache import (
+    CATALOG_AT,
+    CatalogChanged,
+    cached,
+    catalog_pinned,
+    catalog_version,
+)
 from routerapp.services import statements
 from routerapp.services.budgets import (
     ZERO,
@@ -188,79 +202,110 @@ def query_create(
     constraints = dataclasses.replace(
         constraints, permitted=permitted_configuration_slugs(team=team, api_key=api_key)
     )
-    # The configurations, router versions and policies come from this process's cache, valid
-    # for the catalog version read once here (selectors.catalog_cache).
-    with tracing.span("costpass.route") as span, catalog_pinned():
-        decision = decide(
-            prompt=text, task=task, constraints=constraints, prompt_tokens=tokens_bound, team=team
-        )
-        policies = cached(
-            ("policies", team.pk, api_key.pk if api_key else None, end_user),
-            lambda: policies_for(team, api_key, end_user),
-        )
-        decision = _within_budget(
-            team,
-            api_key,
-            policies,
-            decision,
-            constraints,
-            text,
-            task,
-            tokens_bound,
-            downgrade_on_budget,
-            end_user=end_user,
-        )
-        if span is not None:
-            span.set_attributes(_route_attributes(team, decision))
-    configuration = decision.configuration
-    reserve = worst_case_cost(configuration, tokens_bound, options)
-    strategy, params = strategy_params(configuration, options)
 
-    # A query this process will run itself starts running at once (saves a round trip).
-    inline = defer_dispatch and _runs_inline(configuration, strategy.planned_samples(params))
-    now = timezone.now()
-    query = Query(
-        status=Query.Status.RUNNING if inline else Query.Status.QUEUED,
-        started_at=now if inline else None,
-        # The reaper's clocks: a running query's heartbeat, a queued one's last dispatch.
-        heartbeat_at=now if inline else None,
-        dispatched_at=now,
-        team=team,
-        api_key=api_key,
-        user=user if getattr(user, "is_authenticated", False) else None,
-        source=source,
-        prompt=prompt,
-        messages=messages,
-        task=task,
-        end_user=end_user,
-        tags=tags,
-        request_options={
-            **(options.as_json() if options is not None else {}),
-            **({"recorded": recorded} if recorded else {}),
-        },
-        gold=gold,
-        answer_kind=answer_kind,
-        constraints=constraints.as_json(),
-        configuration=configuration,
-        router_version=decision.router_version,
-        predicted_p_correct=decision.p_correct,
-        predicted_cost_usd=decision.cost_usd,
-        decision=decision.as_json(),
-        samples_planned=strategy.planned_samples(params),
-        benchmark_run=benchmark_run,
-    )
-    tag_rows = [QueryTag(query=query, team=team, tag=t) for t in tags]
-    with tracing.span("costpass.budget.reserve") as span:
-        reservation = _reserve_and_store(
-            query, tag_rows, team=team, api_key=api_key, amount=reserve, policies=policies
-        )
-        if span is not None:
-            span.set_attributes(
-                {
-                    tracing.RESERVED_USD: tracing.usd(reservation.amount),
-                    "costpass.budget.windows": len(reservation.usage_ids),
-                }
+    # The configurations, router versions and policies come from this process's cache, pinned
+    # first at the newest catalog version this process has read, without a round trip: the
+    # statement that reserves and stores the query checks that version, and when the catalog
+    # has moved the request is routed again on the current one (selectors.catalog_cache).
+    def route_and_store(optimistic: bool) -> tuple[Query, RoutingDecision, Reservation]:
+        with (
+            tracing.span("costpass.route") as span,
+            catalog_pinned(optimistic=optimistic) as seen,
+            _pin_on_errors(seen),
+        ):
+            decision = decide(
+                prompt=text,
+                task=task,
+                constraints=constraints,
+                prompt_tokens=tokens_bound,
+                team=team,
             )
+            policies = cached(
+                ("policies", team.pk, api_key.pk if api_key else None, end_user),
+                lambda: policies_for(team, api_key, end_user),
+            )
+            decision = _within_budget(
+                team,
+                api_key,
+                policies,
+                decision,
+                constraints,
+                text,
+                task,
+                tokens_bound,
+                downgrade_on_budget,
+                end_user=end_user,
+            )
+            if span is not None:
+                span.set_attributes(_route_attributes(team, decision))
+        configuration = decision.configuration
+        reserve = worst_case_cost(configuration, tokens_bound, options)
+        strategy, params = strategy_params(configuration, options)
+
+        # A query this process will run itself starts running at once (saves a round trip).
+        inline = defer_dispatch and _runs_inline(configuration, strategy.planned_samples(params))
+        now = timezone.now()
+        query = Query(
+            status=Query.Status.RUNNING if inline else Query.Status.QUEUED,
+            started_at=now if inline else None,
+            # The reaper's clocks: a running query's heartbeat, a queued one's last dispatch.
+            heartbeat_at=now if inline else None,
+            dispatched_at=now,
+            team=team,
+            api_key=api_key,
+            user=user if getattr(user, "is_authenticated", False) else None,
+            source=source,
+            prompt=prompt,
+            messages=messages,
+            task=task,
+            end_user=end_user,
+            tags=tags,
+            request_options={
+                **(options.as_json() if options is not None else {}),
+                **({"recorded": recorded} if recorded else {}),
+            },
+            gold=gold,
+            answer_kind=answer_kind,
+            constraints=constraints.as_json(),
+            configuration=configuration,
+            router_version=decision.router_version,
+            predicted_p_correct=decision.p_correct,
+            predicted_cost_usd=decision.cost_usd,
+            decision=decision.as_json(),
+            samples_planned=strategy.planned_samples(params),
+            benchmark_run=benchmark_run,
+        )
+        tag_rows = [QueryTag(query=query, team=team, tag=t) for t in tags]
+        with tracing.span("costpass.budget.reserve") as span:
+            reservation = _reserve_and_store(
+                query,
+                tag_rows,
+                team=team,
+                api_key=api_key,
+                amount=reserve,
+                policies=policies,
+                catalog=seen if optimistic else None,
+            )
+            if span is not None:
+                span.set_attributes(
+                    {
+                        tracing.RESERVED_USD: tracing.usd(reservation.amount),
+                        "costpass.budget.windows": len(reservation.usage_ids),
+                    }
+                )
+        return query, decision, reservation
+
+    try:
+        query, decision, reservation = route_and_store(optimistic=True)
+    except CatalogChanged:
+        query, decision, reservation = route_and_store(optimistic=False)
+    except ServiceError as exc:
+        # Refused on what the optimistic pin read (nothing fits, a budget): refuse only if
+        # that is still the catalog, else decide again on the current one.
+        pin = _optimistic_pin(exc)
+        if pin is None or catalog_version(fresh=True) == pin:
+            raise
+        query, decision, reservation = route_and_store(optimistic=False)
     # The request's span (Django's, when tracing is on) names the query: find a trace by id.
     tracing.annotate({tracing.QUERY_ID: str(query.pk)})
     if not defer_dispatch:
@@ -275,6 +320,20 @@ def query_create(
     return query
 
 
+@contextlib.contextmanager
+def _pin_on_errors(version: int | None) -> Iterator[None]:
+    """Note on a ServiceError raised inside the catalog version it was decided at."""
+    try:
+        yield
+    except ServiceError as exc:
+        exc.catalog_version = version  # type: ignore[attr-defined]
+        raise
+
+
+def _optimistic_pin(exc: ServiceError) -> int | None:
+    return getattr(exc, "catalog_version", None)
+
+
 def _reserve_and_store(
     query: Query,
     tag_rows: list[QueryTag],
@@ -283,9 +342,12 @@ def _reserve_and_store(
     api_key: ApiKey | None,
     amount: Decimal,
     policies: list[BudgetPolicy],
+    catalog: int | None = None,
 ) -> Reservation:
     """Reserve ``amount`` under ``policies`` and insert the query (and its tag rows) with the
     reservation, all or nothing; return the reservation (BudgetExceeded: nothing written).
+    ``catalog``: the catalog version the request was routed at without reading it; raise
+    CatalogChanged (nothing written) when the catalog is no longer at that version.
 
     On Postgres, once this process knows the budget windows' ids, one guarded statement
     (services.statements): the reservations and the inserts commit together, or the guard
@@ -305,10 +367,16 @@ def _reserve_and_store(
         if tag_rows:
             writes.append(("t", *statements.insert_sql(QueryTag, tag_rows)))
         soft = ", ".join(f"(SELECT * FROM {name})" for _, name in parts.soft)
+        guard, args = parts.guard, []
+        if catalog is not None:
+            guard, args = f"({guard}) * {CATALOG_AT}", [catalog]
         try:
-            [row] = statements.run_guarded(writes, parts.guard, select=soft)
+            [row] = statements.run_guarded(writes, guard, select=soft, params=args)
         except statements.Refused:
-            pass  # a budget could not cover it, or a window is gone: the general path says
+            # The catalog moved (route again), a budget cannot cover the request or a window
+            # is gone (the general path says which).
+            if catalog is not None and catalog_version(fresh=True) != catalog:
+                raise CatalogChanged() from None
         else:
             parts.flag_soft(list(row[1:]))
             if parts.reservation.soft_flags:
@@ -316,6 +384,8 @@ def _reserve_and_store(
             query.budget_flags = parts.reservation.soft_flags
             _mark_saved([query, *tag_rows])
             return parts.reservation
+    if catalog is not None and catalog_version(fresh=True) != catalog:
+        raise CatalogChanged()
     with transaction.atomic():
         reservation = budget_reserve(
             team=team,

@@ -142,11 +142,12 @@ def test_inline_request_round_trips(hot_path: Any) -> None:
     assert usage.spent_usd == sum(q.cost_usd for q in Query.objects.all())
     # Pinned: a change that adds a statement or a round trip to the hot path must say so here.
     # The key comes from the process's cache (AUTH_CACHE_S), and so do the configurations,
-    # router versions and budget policies while the catalog version (one SELECT) is unchanged.
-    # Left: the catalog version; one statement reserving the budget and inserting the query
-    # row; one writing the sample and the query's final row and settling the budget (returning
-    # the windows the budget alerts read). Each is atomic on its own: no BEGIN, no COMMIT.
-    assert len(seen.sql) == 3, seen.report()
+    # router versions and budget policies, pinned at the catalog version this process last
+    # read (checked by the first statement, not read). Left: one statement reserving the
+    # budget and inserting the query row while the catalog is at that version; one writing
+    # the sample and the query's final row and settling the budget (returning the windows the
+    # budget alerts read). Each is atomic on its own: no BEGIN, no COMMIT.
+    assert len(seen.sql) == 2, seen.report()
     assert seen.commits == 0, seen.report()
     # The end-of-query event (one pipeline); the rollup marker was set by the first request and
     # its refresh has not started yet.
@@ -228,6 +229,14 @@ def test_catalog_changes_reach_the_cached_request_path_at_once(
     BudgetPolicy.objects.filter(team=hot_path.team).update(limit_usd=Decimal("0"))
     r = _send(client, hot_path)
     assert r.status_code == 402, r.content
+    # Refused on the pinned catalog: a refusal is checked against the current one, so a
+    # raised limit serves the next request.
+    BudgetPolicy.objects.filter(team=hot_path.team).update(limit_usd=Decimal("1000"))
+    assert _post(client, hot_path).json()["costpass"]["configuration"] == other.slug
+    Configuration.objects.filter(pk=other.pk).update(enabled=False)
+    assert _send(client, hot_path).status_code != 200  # nothing left to route to
+    Configuration.objects.exclude(pk=other.pk).update(enabled=True)
+    assert _post(client, hot_path).json()["costpass"]["configuration"] == first["configuration"]
 
 
 def test_a_rolled_back_catalog_change_never_serves_a_later_request(
@@ -344,3 +353,72 @@ def test_a_window_gone_from_under_the_cached_id_is_recreated(hot_path: Any) -> N
     _post(client, hot_path)  # and the new id is used from then on
     usage.refresh_from_db()
     assert usage.spent_usd == sum(q.cost_usd for q in Query.objects.all())
+
+
+def test_a_connection_used_a_moment_ago_is_not_health_checked_an_idle_one_is(
+    hot_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two requests (Django's request-end and first-use hooks, called here as a
+    server calls them), the health check (a SELECT 1 round trip) is skipped for a connection
+    the previous request used without an error less than FRESH_S ago, and runs otherwise."""
+    from django.db import connections
+
+    from routerapp.dbbackends.postgresql import base
+
+    connection = connections["default"]
+    if not isinstance(connection, base.DatabaseWrapper):
+        pytest.skip("not on Postgres")
+    checks = []
+    is_usable = base.DatabaseWrapper.is_usable
+
+    def counted(self: Any) -> bool:
+        checks.append(1)
+        return bool(is_usable(self))
+
+    monkeypatch.setattr(base.DatabaseWrapper, "is_usable", counted)
+    monkeypatch.setattr(connection, "close_at", None)
+
+    def request() -> None:
+        connection.close_if_health_check_failed()  # first use in a request
+        Team.objects.count()
+        connection.close_if_unusable_or_obsolete()  # request_finished
+
+    connection.ensure_connection()
+    request()
+    checks.clear()
+    request()
+    request()
+    assert checks == []  # fresh: not checked
+    connection._fresh_until = 0.0  # idle for FRESH_S or more
+    request()
+    assert checks == [1]
+
+
+def test_a_connection_that_died_while_idle_is_replaced_before_a_request_uses_it(
+    hot_path: Any, tmp_path: Any
+) -> None:
+    """Through gunicorn: the server kills the web process's idle connection; once it has been
+    idle for FRESH_S, the next request's health check finds it dead and reconnects (200)."""
+    import httpx
+    from django.db import connection
+
+    from tests.routerapp.api.conftest import start_gunicorn, stop
+
+    web = start_gunicorn(tmp_path, {}, workers=1, threads=1)
+    try:
+        headers = {"Authorization": f"Bearer {hot_path.raw}"}
+        url = f"{web.url}/v1/chat/completions"
+        for _ in range(3):
+            assert httpx.post(url, json=BODY, headers=headers, timeout=60).status_code == 200
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            )
+            assert cursor.fetchone() is not None
+        time.sleep(1.2)  # past FRESH_S
+        r = httpx.post(url, json=BODY, headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        stop(web.proc)
