@@ -460,6 +460,18 @@ def start_upstream(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     return upstream, f"http://127.0.0.1:{port}/v1"
 
 
+def prepare(env: dict[str, str], up_url: str, cwd: Path = REPO) -> str:
+    """Migrate the database of ``env`` with the checkout ``cwd`` and give it a configuration on
+    the upstream; return the API key to call it with."""
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=cwd,
+        env=env,
+        check=True,
+    )
+    return setup_upstream(sys.executable, env, up_url, cwd=cwd)
+
+
 def alternate(
     args: argparse.Namespace, variants: dict[str, Variant]
 ) -> dict[str, list[dict[str, float]]]:
@@ -540,13 +552,7 @@ def compare_trees(args: argparse.Namespace) -> None:
         variants = {}
         for name, tree in trees.items():
             env = bench_env(f"_bench_{name}")
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                cwd=tree.resolve(),
-                env=env,
-                check=True,
-            )
-            key = setup_upstream(sys.executable, env, up_url, cwd=tree.resolve())
+            key = prepare(env, up_url, cwd=tree.resolve())
             variants[name] = Variant(env, tree.resolve(), key=key)
         results = alternate(args, variants)
     finally:
@@ -585,13 +591,7 @@ def compare_metrics(args: argparse.Namespace) -> None:
         return check
 
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=REPO,
-            env=env,
-            check=True,
-        )
-        key = setup_upstream(sys.executable, env, up_url)
+        key = prepare(env, up_url)
         on = {**env, "COSTPASS_METRICS": "true", "COSTPASS_METRICS_DIR": metrics_dir}
         results = alternate(
             args,
@@ -614,13 +614,7 @@ def compare_servers(args: argparse.Namespace) -> None:
     env = bench_env("_bench_servers")
     upstream, up_url = start_upstream(args)
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=REPO,
-            env=env,
-            check=True,
-        )
-        key = setup_upstream(sys.executable, env, up_url)
+        key = prepare(env, up_url)
         results = alternate(args, {name: Variant(env, server=name, key=key) for name in SERVERS})
     finally:
         upstream.terminate()
