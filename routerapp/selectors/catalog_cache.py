@@ -46,7 +46,7 @@ _pinned: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
-# The newest catalog version this process has read (what an optimistic pin starts from).
+# The catalog version this process read last (what an optimistic pin starts from).
 _newest: int | None = None
 # An SQL test, for a guarded statement (services.statements), that is 1 while the catalog is
 # still at the version given as its parameter, else 0.
@@ -72,9 +72,10 @@ def catalog_version(*, fresh: bool = False) -> int | None:
     if row is None:
         return None
     version = int(row[0])
-    with _lock:
-        if _newest is None or version > _newest:
-            _newest = version
+    # The last version read, not the largest: after a database was restored or recreated the
+    # counter restarts, and pinning a number it will not reach soon would refuse every write.
+    # (Two threads racing here leave the older of two reads at worst: one refused statement.)
+    _newest = version
     return version
 
 
@@ -82,8 +83,8 @@ def catalog_version(*, fresh: bool = False) -> int | None:
 def catalog_pinned(*, optimistic: bool = False) -> Iterator[int | None]:
     """Pin one catalog version for every cached lookup inside (one request's); yield it.
 
-    By default the version is read (one round trip). ``optimistic`` pins the newest version
-    this process has read, with no round trip (when it has read one): the caller must then
+    By default the version is read (one round trip). ``optimistic`` pins the version this
+    process read last, with no round trip (when it has read one): the caller must then
     check, in the statement that writes what it decided, that the catalog is still at that
     version (``CATALOG_AT``), and decide again on a fresh pin when it is not. The versions
     come from a sequence, so a catalog that moved never comes back to an older number."""

@@ -422,3 +422,20 @@ def test_a_connection_that_died_while_idle_is_replaced_before_a_request_uses_it(
         assert r.status_code == 200, r.text
     finally:
         stop(web.proc)
+
+
+def test_a_catalog_counter_that_restarted_lower_costs_one_retry(hot_path: Any) -> None:
+    """The optimistic pin is the version read last: after the counter restarted below it (a
+    database restored under a running process), one request is refused, re-reads the
+    version and is routed again; the next ones are back to two statements."""
+    from routerapp.selectors import catalog_cache
+
+    client = Client()
+    _post(client, hot_path)
+    catalog_cache._newest = 10**12
+    with round_trips() as seen:
+        _post(client, hot_path)
+    assert any(s.startswith("SELECT") for s in seen.sql), seen.report()  # the version re-read
+    with round_trips() as seen:
+        _post(client, hot_path)
+    assert len(seen.sql) == 2, seen.report()
