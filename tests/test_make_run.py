@@ -3,6 +3,7 @@ README says, create a key as the README says, and run the README's curl flow aga
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -118,7 +119,9 @@ def test_make_run_serves_admin_and_api_on_the_embedded_default(tmp_path: Path) -
         assert float(body["cost_usd"]) > 0
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        # make may exit before every child it started has (a celery beat was once left
+        # running for hours): whatever is left of the group goes.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
