@@ -37,6 +37,21 @@ _WORDS = {
 }
 
 
+def single_row(
+    uid: str, family: str, config: str, correct: float, cost: float, model: str | None = None
+) -> dict[str, object]:
+    """One outcome row of a single-sample configuration ``<config>|single``."""
+    return {
+        "prompt_uid": uid,
+        "dataset": family,
+        "config_id": f"{config}|single",
+        "model": model or f"{config}-model",
+        "strategy": "single",
+        "correct": float(correct),
+        "cost_usd": cost,
+    }
+
+
 def make_world(
     tasks: tuple[str, ...] = ("easy", "hard"),
     n_per_task: int = 150,
@@ -58,19 +73,15 @@ def make_world(
             )
             prompts.append({"prompt_uid": uid, "dataset": task, "prompt": text})
             for c, p in P[task].items():
-                rows.append(
-                    {
-                        "prompt_uid": uid,
-                        "dataset": task,
-                        "config_id": f"{c}|single",
-                        "model": MODEL[c],
-                        "strategy": "single",
-                        "correct": float(rng.random() < p),
-                        "cost_usd": COST[c] * (1 + 0.05 * rng.standard_normal()),
-                        "input_tokens": 30.0,
-                        "output_tokens": 50.0,
-                    }
+                row = single_row(
+                    uid,
+                    task,
+                    c,
+                    rng.random() < p,
+                    COST[c] * (1 + 0.05 * rng.standard_normal()),
+                    MODEL[c],
                 )
+                rows.append({**row, "input_tokens": 30.0, "output_tokens": 50.0})
     cands = pd.DataFrame(
         [
             {"config_id": f"{c}|single", "model": MODEL[c], "strategy": "single"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import single_row
 
 from routerapp.routing import evaluate, fit_router
 from routerapp.routing.router import Router
@@ -40,16 +41,9 @@ def world(
             uid = f"{prefix}{fam}-{i}"
             prompts.append({"prompt_uid": uid, "dataset": fam, "prompt": _text(rng, fam, hard)})
             for c, (p_easy, p_hard) in P.items():
+                hit = rng.random() < (p_hard if hard else p_easy)
                 rows.append(
-                    {
-                        "prompt_uid": uid,
-                        "dataset": fam,
-                        "config_id": f"{c}|single",
-                        "model": f"{c}-model",
-                        "strategy": "single",
-                        "correct": float(rng.random() < (p_hard if hard else p_easy)),
-                        "cost_usd": COST[c] * (1 + 0.02 * rng.standard_normal()),
-                    }
+                    single_row(uid, fam, c, hit, COST[c] * (1 + 0.02 * rng.standard_normal()))
                 )
     cands = pd.DataFrame(
         [{"config_id": f"{c}|single", "model": f"{c}-model", "strategy": "single"} for c in COST]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _WORDS
+from conftest import _WORDS, single_row
 
 from routerapp.routing import evaluate, fit_router
 from routerapp.routing.cli import main
@@ -48,16 +48,9 @@ def world(
             text = f"Question {i}: " + " ".join(rng.choice(_WORDS[words], size=8)) + "?"
             prompts.append({"prompt_uid": uid, "dataset": fam, "prompt": text})
             for c, p in ps.items():
+                hit = rng.random() < p
                 rows.append(
-                    {
-                        "prompt_uid": uid,
-                        "dataset": fam,
-                        "config_id": f"{c}|single",
-                        "model": f"{c}-model",
-                        "strategy": "single",
-                        "correct": float(rng.random() < p),
-                        "cost_usd": COST[c] * (1 + 0.05 * rng.standard_normal()),
-                    }
+                    single_row(uid, fam, c, hit, COST[c] * (1 + 0.05 * rng.standard_normal()))
                 )
     cands = pd.DataFrame(
         [{"config_id": f"{c}|single", "model": f"{c}-model", "strategy": "single"} for c in COST]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _WORDS
+from conftest import _WORDS, single_row
 
 from routerapp.routing import fit_router
 from routerapp.routing.data import TrainData
@@ -37,17 +37,8 @@ def _world(fams: dict[str, tuple[str, int, dict[str, tuple[float, float]]]], see
             text = f"Question {i}: " + " ".join(rng.choice(_WORDS[words], size=8)) + "?"
             prompts.append({"prompt_uid": uid, "dataset": fam, "prompt": text})
             for c, (_, cost) in cfg.items():
-                rows.append(
-                    {
-                        "prompt_uid": uid,
-                        "dataset": fam,
-                        "config_id": f"{c}|single",
-                        "model": f"{c}-model",
-                        "strategy": "single",
-                        "correct": float(hits[c][i]),
-                        "cost_usd": cost * (1 + 0.01 * rng.standard_normal()),
-                    }
-                )
+                noisy = cost * (1 + 0.01 * rng.standard_normal())
+                rows.append(single_row(uid, fam, c, hits[c][i], noisy))
     return pd.DataFrame(rows), pd.DataFrame(prompts)
 
 
