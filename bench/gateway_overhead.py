@@ -278,7 +278,7 @@ from decimal import Decimal
 from routerapp.models import *
 from routerapp.services.apikeys import api_key_create
 e = ModelEndpoint.objects.create(name="fake-upstream", engine="openai_compat",
-    engine_params={"base_url": "%(upstream)s", "model": "fake", "tokenize": "none"},
+    engine_params={"base_url": "%(upstream)s", "model": "%(model)s", "tokenize": "none"},
     input_usd_per_mtok=Decimal("0.15"), output_usd_per_mtok=Decimal("0.60"))
 s = StrategyConfig.objects.create(name="single", strategy="single",
     params={"temperature": 0.0, "max_tokens": 64})
@@ -291,10 +291,13 @@ print(raw)
 """
 
 
-def setup_upstream(py: str, env: dict[str, str], upstream_url: str, cwd: Path = REPO) -> str:
-    """Register the upstream as the only configuration (SETUP); return the new API key."""
+def setup_upstream(
+    py: str, env: dict[str, str], upstream_url: str, cwd: Path = REPO, model: str = "fake"
+) -> str:
+    """Register the upstream as the only configuration (SETUP; ``model``: the model name sent
+    to it); return the new API key."""
     out = subprocess.run(
-        [py, "manage.py", "shell", "-c", SETUP % {"upstream": upstream_url}],
+        [py, "manage.py", "shell", "-c", SETUP % {"upstream": upstream_url, "model": model}],
         cwd=cwd,
         env=env,
         check=True,
@@ -436,7 +439,8 @@ class Variant:
 
 
 def bench_env(database_suffix: str) -> dict[str, str]:
-    """The environment every comparison serves with (production settings, inline path)."""
+    """The environment every benchmark serves with: its own database, production settings (a
+    local .env may turn debug, i.e. query logging, on), the inline path."""
     env = dict(os.environ)
     env["DATABASE_URL"] = bench_database(env, database_suffix)
     env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
@@ -460,7 +464,7 @@ def start_upstream(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     return upstream, f"http://127.0.0.1:{port}/v1"
 
 
-def prepare(env: dict[str, str], up_url: str, cwd: Path = REPO) -> str:
+def prepare(env: dict[str, str], up_url: str, cwd: Path = REPO, model: str = "fake") -> str:
     """Migrate the database of ``env`` with the checkout ``cwd`` and give it a configuration on
     the upstream; return the API key to call it with."""
     subprocess.run(
@@ -469,7 +473,7 @@ def prepare(env: dict[str, str], up_url: str, cwd: Path = REPO) -> str:
         env=env,
         check=True,
     )
-    return setup_upstream(sys.executable, env, up_url, cwd=cwd)
+    return setup_upstream(sys.executable, env, up_url, cwd=cwd, model=model)
 
 
 def alternate(
@@ -671,12 +675,8 @@ def main() -> None:
         compare_metrics(args)
         return
 
-    env = dict(os.environ)
-    env["DATABASE_URL"] = bench_database(env)
+    env = bench_env("_bench_gateway")
     env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true" if args.mode == "inline" else "false"
-    env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
-    env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
-    env["DJANGO_DEBUG"] = "false"  # production: a local .env may turn debug (query logging) on
     py = sys.executable
     procs: list[subprocess.Popen] = []
     try:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import BODY, REPO, bench_database, free_port, setup_upstream, wait_port  # noqa: E402
+from gateway_overhead import BODY, REPO, bench_env, free_port, setup_upstream, wait_port  # noqa: E402
 
 # (label, (file suffix, function name)) whose cumulative CPU is that part's; nested parts are
 # reported both inside their parent and on their own line.
@@ -135,12 +135,7 @@ def main() -> None:
     parser.add_argument("--pstats", help="also write the raw profile here (for pstats/snakeviz)")
     args = parser.parse_args()
 
-    env = dict(os.environ)
-    env["DATABASE_URL"] = bench_database(env, "_bench_profile")
-    env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
-    env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
-    env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
-    env["DJANGO_DEBUG"] = "false"
+    env = bench_env("_bench_profile")
     py = sys.executable
     up_port = free_port()
     upstream = subprocess.Popen(

@@ -100,7 +100,8 @@ def measure(args: argparse.Namespace, upstream_url: str) -> dict:
     call_command("migrate", verbosity=0)
     raw_key = {}
     exec(
-        SETUP.replace("print(raw)", "out['key'] = raw") % {"upstream": upstream_url},
+        SETUP.replace("print(raw)", "out['key'] = raw")
+        % {"upstream": upstream_url, "model": "fake"},
         {"out": raw_key},
     )
     client = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key['key']}")

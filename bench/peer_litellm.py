@@ -47,9 +47,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_overhead import (  # noqa: E402
     REPO,
-    bench_database,
+    bench_env,
     free_port,
     pinned,
+    prepare,
     start_gateway,
     stop,
     wait_port,
@@ -59,23 +60,6 @@ LITELLM_KEY = "sk-litellm-bench-master-key"
 # The kit's default body (what LiteLLM gets), with the router choosing for costpass.
 BODY = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-SETUP = """
-from decimal import Decimal
-from routerapp.models import *
-from routerapp.services.apikeys import api_key_create
-e = ModelEndpoint.objects.create(name="fake-model", engine="openai_compat",
-    engine_params={"base_url": "%(upstream)s", "model": "fake-model", "tokenize": "none"},
-    input_usd_per_mtok=Decimal("0.15"), output_usd_per_mtok=Decimal("0.60"))
-s = StrategyConfig.objects.create(name="single", strategy="single",
-    params={"temperature": 0.0, "max_tokens": 64})
-Configuration.objects.create(slug="fake-model/single", endpoint=e, strategy=s)
-t = Team.objects.create(name="bench")
-BudgetPolicy.objects.create(team=t, name="bench-monthly", limit_usd=Decimal("1000000"),
-    period="month", mode="hard_reject")
-key, raw = api_key_create(team=t, name="bench")
-print(raw)
-"""
 
 
 def server_cpu_seconds(names: tuple[str, ...]) -> float:
@@ -293,12 +277,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="costpass-peer-"))
     kit = Kit(args, work)
-    env = dict(os.environ)
-    env["DATABASE_URL"] = bench_database(env, "_bench_peer")
-    env["COSTPASS_INLINE_REMOTE_SINGLE"] = "true"
-    env["COSTPASS_LOG_LEVEL"] = env.get("COSTPASS_LOG_LEVEL", "WARNING")
-    env.setdefault("DJANGO_SECRET_KEY", "bench-" + "x" * 40)
-    env["DJANGO_DEBUG"] = "false"
+    env = bench_env("_bench_peer")
     gw_args = argparse.Namespace(gateway_cpu=args.gateway_cpu, workers=1, threads=args.threads)
     up_port = free_port()
     upstream = subprocess.Popen(
@@ -313,24 +292,8 @@ def main() -> None:
     try:
         wait_port(up_port, upstream)
         up_url = f"http://127.0.0.1:{up_port}/v1"
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=REPO,
-            env=env,
-            check=True,
-        )
-        key = (
-            subprocess.run(
-                [sys.executable, "manage.py", "shell", "-c", SETUP % {"upstream": up_url}],
-                cwd=REPO,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        # The upstream is asked for "fake-model", as LiteLLM's configuration asks it.
+        key = prepare(env, up_url, model="fake-model")
         print("direct (load generator -> upstream):", flush=True)
         direct = sweep(kit, f"{up_url}/chat/completions", "direct", [upstream.pid], None)
         for round_ in range(args.rounds):
