@@ -373,10 +373,7 @@ def _reserve_and_store(
         try:
             [row] = statements.run_guarded(writes, guard, select=soft, params=args)
         except statements.Refused:
-            # The catalog moved (route again), a budget cannot cover the request or a window
-            # is gone (the general path says which).
-            if catalog is not None and catalog_version(fresh=True) != catalog:
-                raise CatalogChanged() from None
+            pass  # the catalog moved (checked below), or the general path says why
         else:
             parts.flag_soft(list(row[1:]))
             if parts.reservation.soft_flags:
@@ -385,7 +382,7 @@ def _reserve_and_store(
             _mark_saved([query, *tag_rows])
             return parts.reservation
     if catalog is not None and catalog_version(fresh=True) != catalog:
-        raise CatalogChanged()
+        raise CatalogChanged()  # routed on a catalog that has moved: route again
     with transaction.atomic():
         reservation = budget_reserve(
             team=team,

@@ -18,6 +18,7 @@ statement runs under a savepoint, so a refusal leaves the transaction usable.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 from django.db import DataError, connection, transaction
@@ -36,8 +37,12 @@ def available() -> bool:
     return connection.vendor == "postgresql"
 
 
-def _insert_fields(model: type[Model]) -> list[Field[Any, Any]]:
-    return [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)]
+@functools.cache
+def _insert_fields(model: type[Model]) -> tuple[list[Field[Any, Any]], bool]:
+    """The fields an insert writes (every concrete one but an auto id), and whether they all
+    bind as a plain ``%s``."""
+    fields = [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)]
+    return fields, _plain(fields)
 
 
 def _plain(fields: list[Field[Any, Any]]) -> bool:
@@ -51,9 +56,9 @@ def insert_sql(model: type[Model], objs: list[Any]) -> tuple[str, list[Any]]:
     fields are stamped on the objects, then ``get_db_prep_save``). The SQL text depends only
     on the model and the number of rows; building it directly costs a fifth of compiling an
     ``InsertQuery`` (which is used when a value is an expression)."""
-    fields = _insert_fields(model)
+    fields, plain = _insert_fields(model)
     rows = [[f.pre_save(obj, True) for f in fields] for obj in objs]
-    if not _plain(fields) or any(hasattr(v, "resolve_expression") for r in rows for v in r):
+    if not plain or any(hasattr(v, "resolve_expression") for r in rows for v in r):
         insert = InsertQuery(model)
         insert.insert_values(fields, objs)
         [(sql, params)] = insert.get_compiler(connection=connection).as_sql()
