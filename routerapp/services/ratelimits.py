@@ -80,7 +80,10 @@ def _duration(seconds: float) -> str:
         return f"{max(1, round(seconds * 1000))}ms"
     if seconds < 60:
         return f"{round(seconds, 3):g}s"
-    return f"{int(seconds // 60)}m{int(round(seconds % 60))}s"
+    # Whole milliseconds first, so the seconds part is never rounded up to "60s" (1m60s) and
+    # 60.4 s does not read as a flat minute (1m0s).
+    minutes, ms = divmod(round(seconds * 1000), 60_000)
+    return f"{minutes}m{ms / 1000:g}s"
 
 
 def _full_reset_s(count: int, prev: int, fraction: float) -> float:

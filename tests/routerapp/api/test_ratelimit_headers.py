@@ -73,3 +73,12 @@ def test_jobs_api_reports_them_and_unlimited_keys_send_none(http) -> None:  # ty
     r = client.post(CHAT, json=BODY, headers=caller.auth)
     assert r.status_code == 200
     assert not [k for k in r.headers if k.startswith("x-ratelimit")]
+
+
+def test_reset_durations_keep_their_fraction_and_never_read_60s() -> None:
+    from routerapp.services.ratelimits import _duration
+
+    assert _duration(0) == "0s" and _duration(0.02) == "20ms" and _duration(1.5) == "1.5s"
+    assert _duration(360) == "6m0s"
+    assert _duration(60.4) == "1m0.4s" and _reset_s(_duration(60.4)) > 60
+    assert _duration(119.9996) == "2m0s"  # not 1m60s
